@@ -1,0 +1,251 @@
+"""The four public functions and the dispatch layer behind them.
+
+Everything every backend would otherwise repeat lives here, once: input validation, defaults
+from configuration, choosing the backend, timing, observability hooks, logging, and turning
+a ``ChatplugError`` (or a misbehaving plugin) into a failed ``LLMResponse``. The sync and async
+twins differ only in how they call the backend.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ._backend import ChatBackend
+from ._config import settings
+from ._exceptions import ChatplugError, InvalidInputError, PluginError
+from ._plugins import registry
+from ._types import ChatRequest, ChatResult, LLMResponse, Message
+
+logger = logging.getLogger("chatplug")
+
+ROLES = ("system", "user", "assistant")
+
+
+# -- the public functions ----------------------------------------------------------------
+
+
+def generate_completion_sync(
+    prompt: str,
+    model_name: str | None = None,
+    temperature: float | None = None,
+    max_tokens: int | None = None,
+    *,
+    backend: str | None = None,
+    **options: Any,
+) -> LLMResponse:
+    """Ask for a completion of ``prompt`` (sent as one user message). Never raises for
+    provider or transport failures: check ``response.success`` / ``response.error``."""
+    return _dispatch_sync(_prompt_messages, prompt, model_name, temperature, max_tokens, backend, options)
+
+
+async def generate_completion_async(
+    prompt: str,
+    model_name: str | None = None,
+    temperature: float | None = None,
+    max_tokens: int | None = None,
+    *,
+    backend: str | None = None,
+    **options: Any,
+) -> LLMResponse:
+    """Async twin of ``generate_completion_sync``; never blocks the event loop."""
+    return await _dispatch_async(_prompt_messages, prompt, model_name, temperature, max_tokens, backend, options)
+
+
+def generate_completion_with_messages_sync(
+    messages: Sequence[Mapping[str, Any]],
+    model_name: str | None = None,
+    temperature: float | None = None,
+    max_tokens: int | None = None,
+    *,
+    backend: str | None = None,
+    **options: Any,
+) -> LLMResponse:
+    """Ask for the next assistant message after ``messages``
+    (``[{"role": "system"|"user"|"assistant", "content": str}, ...]``, never mutated)."""
+    return _dispatch_sync(_copy_messages, messages, model_name, temperature, max_tokens, backend, options)
+
+
+async def generate_completion_with_messages_async(
+    messages: Sequence[Mapping[str, Any]],
+    model_name: str | None = None,
+    temperature: float | None = None,
+    max_tokens: int | None = None,
+    *,
+    backend: str | None = None,
+    **options: Any,
+) -> LLMResponse:
+    """Async twin of ``generate_completion_with_messages_sync``."""
+    return await _dispatch_async(_copy_messages, messages, model_name, temperature, max_tokens, backend, options)
+
+
+# -- dispatch ----------------------------------------------------------------------------
+
+
+def _dispatch_sync(to_messages: Any, payload: Any, model_name: str | None, temperature: float | None,
+                   max_tokens: int | None, backend: str | None, options: dict[str, Any]) -> LLMResponse:
+    start = time.perf_counter()
+    request: ChatRequest | None = None
+    try:
+        chosen, request = _prepare(to_messages(payload), model_name, temperature, max_tokens, backend, options)
+        registry.notify("on_request", request=request)
+        result = chosen.complete(request)
+    except Exception as exc:
+        return _failed(exc, request, start)
+    return _succeeded(result, request, start)
+
+
+async def _dispatch_async(to_messages: Any, payload: Any, model_name: str | None, temperature: float | None,
+                          max_tokens: int | None, backend: str | None, options: dict[str, Any]) -> LLMResponse:
+    start = time.perf_counter()
+    request: ChatRequest | None = None
+    try:
+        chosen, request = _prepare(to_messages(payload), model_name, temperature, max_tokens, backend, options)
+        registry.notify("on_request", request=request)
+        result = await chosen.acomplete(request)
+    except Exception as exc:
+        return _failed(exc, request, start)
+    return _succeeded(result, request, start)
+
+
+def _prepare(messages: tuple[Message, ...], model_name: str | None, temperature: float | None,
+             max_tokens: int | None, backend: str | None, options: dict[str, Any]) -> tuple[ChatBackend, ChatRequest]:
+    """Validate the call's arguments, fill the rest from configuration, pick the backend."""
+    if temperature is not None:
+        _check_temperature(temperature)
+    if max_tokens is not None:
+        _check_max_tokens(max_tokens)
+    if model_name is not None and (not isinstance(model_name, str) or not model_name.strip()):
+        raise InvalidInputError(f"model_name must be a non-empty string, got {model_name!r}.")
+    if backend is not None and (not isinstance(backend, str) or not backend.strip()):
+        raise InvalidInputError(f"backend must be a non-empty string, got {backend!r}.")
+
+    name, model = _resolve_backend_and_model(backend, model_name)
+    chosen = registry.get(name)
+    if model is None:
+        model = chosen.default_model or settings.model_name
+    request = ChatRequest(
+        messages=messages,
+        model=model,
+        temperature=settings.temperature if temperature is None else float(temperature),
+        max_tokens=settings.max_tokens if max_tokens is None else max_tokens,
+        timeout=settings.timeout,
+        options=dict(options),
+        backend=name,
+    )
+    return chosen, request
+
+
+def _resolve_backend_and_model(backend: str | None, model_name: str | None) -> tuple[str, str | None]:
+    """Explicit ``backend=`` > a ``backend:model`` prefix naming a registered backend >
+    ``LLM_BACKEND`` > ``ollama``. A prefix that names no backend (``llama3.2:1b``) is part
+    of the model name. Returns the model as ``None`` when it is left to configuration."""
+    explicit_model = model_name is not None
+    model = model_name if explicit_model else (settings.model_name if settings.model_name_is_set() else None)
+    if model is not None:
+        prefix, sep, rest = model.partition(":")
+        if sep and rest and registry.is_backend(prefix):
+            if backend is None or backend == prefix:
+                return prefix, rest
+    return (backend or settings.backend), model
+
+
+def _prompt_messages(prompt: object) -> tuple[Message, ...]:
+    if not isinstance(prompt, str):
+        raise InvalidInputError(f"prompt must be a string, got {type(prompt).__name__}.")
+    if not prompt.strip():
+        raise InvalidInputError("prompt is empty: pass the text to send to the model.")
+    return ({"role": "user", "content": prompt},)
+
+
+def _copy_messages(messages: object) -> tuple[Message, ...]:
+    """Validate and copy the caller's messages; the caller's objects are never touched."""
+    if not isinstance(messages, (list, tuple)):
+        raise InvalidInputError(
+            f"messages must be a list of {{'role': ..., 'content': ...}} dicts, got {type(messages).__name__}."
+        )
+    if not messages:
+        raise InvalidInputError("messages is empty: pass at least one message.")
+    copied: list[Message] = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, Mapping):
+            raise InvalidInputError(f"messages[{i}] must be a dict with 'role' and 'content', got {type(message).__name__}.")
+        missing = [key for key in ("role", "content") if key not in message]
+        if missing:
+            raise InvalidInputError(f"messages[{i}] has no {' or '.join(repr(k) for k in missing)}.")
+        extra = sorted(set(message) - {"role", "content"})
+        if extra:
+            raise InvalidInputError(
+                f"messages[{i}] has unsupported key(s) {', '.join(map(repr, extra))}: chatplug sends text "
+                "messages with only 'role' and 'content'."
+            )
+        role, content = message["role"], message["content"]
+        if role not in ROLES:
+            raise InvalidInputError(f"messages[{i}] has role {role!r}; use one of {', '.join(ROLES)}.")
+        if not isinstance(content, str):
+            raise InvalidInputError(
+                f"messages[{i}] content must be a string (text only), got {type(content).__name__}."
+            )
+        copied.append({"role": role, "content": content})
+    return tuple(copied)
+
+
+def _check_temperature(value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 <= value <= 2:
+        raise InvalidInputError(f"temperature must be a number from 0 to 2, got {value!r}.")
+
+
+def _check_max_tokens(value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidInputError(f"max_tokens must be a whole number of at least 1, got {value!r}.")
+
+
+# -- results -----------------------------------------------------------------------------
+
+
+def _succeeded(result: ChatResult, request: ChatRequest, start: float) -> LLMResponse:
+    if not isinstance(result, ChatResult):
+        garbage = PluginError(
+            f"{registry.describe(request.backend)} returned {type(result).__name__}, not a chatplug.ChatResult."
+        )
+        return _failed(garbage, request, start)
+    response = LLMResponse(
+        content=result.content,
+        tokens_used=result.prompt_tokens + result.completion_tokens,
+        response_time=time.perf_counter() - start,
+        model_used=result.model or request.model,
+        success=True,
+        prompt_tokens=result.prompt_tokens,
+        completion_tokens=result.completion_tokens,
+        finish_reason=result.finish_reason,
+        backend=request.backend,
+    )
+    registry.notify("on_response", request=request, response=response)
+    return response
+
+
+def _failed(exc: Exception, request: ChatRequest | None, start: float) -> LLMResponse:
+    if not isinstance(exc, ChatplugError):
+        # Anything else escaped a backend: a bug in it, reported as such, never raised.
+        where = registry.describe(request.backend) if request else "chatplug"
+        exc = PluginError(f"{where} raised {type(exc).__name__}: {exc}")
+    if exc.backend is None and request is not None:
+        exc.backend = request.backend
+    response = LLMResponse(
+        content="",
+        tokens_used=0,
+        response_time=time.perf_counter() - start,
+        model_used=request.model if request else "",
+        success=False,
+        error=str(exc),
+        backend=request.backend if request else None,
+        error_kind=exc.kind,
+        retry_after=exc.retry_after,
+        exception=exc,
+    )
+    logger.warning("chat completion failed (%s): %s", exc.kind.value, response.error)
+    registry.notify("on_response", request=request, response=response)
+    return response

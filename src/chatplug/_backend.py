@@ -1,0 +1,37 @@
+"""The one protocol every backend implements, built-in or plugin.
+
+A backend turns a ``ChatRequest`` into a ``ChatResult``, or raises a ``ChatplugError``
+subclass (``chatplug.NotFoundError``, ``chatplug.APIConnectionError`` ...) that says what went
+wrong and what to do. Validation, defaults, timing, logging and the conversion into an
+``LLMResponse`` happen once, in the dispatch layer, never in a backend.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+from ._types import ChatRequest, ChatResult
+
+
+class ChatBackend(ABC):
+    """Base class of all backends: a blocking ``complete`` and a native async ``acomplete``.
+
+    One instance serves every call to its backend name, from many threads and event loops:
+    keep reusable clients on it, not per call. Import the provider SDK lazily (inside a
+    method), so that registering the backend costs nothing until it is used.
+    """
+
+    #: Model used when neither the call nor ``LLM_MODEL_NAME`` names one.
+    default_model: ClassVar[str | None] = None
+
+    @abstractmethod
+    def complete(self, request: ChatRequest) -> ChatResult:
+        """Send ``request`` and wait for the whole reply."""
+
+    @abstractmethod
+    async def acomplete(self, request: ChatRequest) -> ChatResult:
+        """Send ``request`` without blocking the event loop."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
+        """Release clients and connections. Called by ``chatplug.close()``."""

@@ -1,0 +1,117 @@
+"""Settings: each one an override set in code, else an environment variable, else a default.
+
+Nothing is cached: every call reads the environment again, so an operator's change to
+``LLM_BACKEND`` or ``LLM_TIMEOUT`` takes effect on the next call.
+
+    >>> from chatplug import settings
+    >>> settings.temperature = 0.2      # overrides LLM_TEMPERATURE for this process
+    >>> settings.temperature = None     # back to the environment
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar, overload
+
+from ._exceptions import ConfigError
+
+T = TypeVar("T")
+
+
+def _parse_temperature(raw: str) -> float:
+    value = float(raw)
+    if not 0.0 <= value <= 2.0:
+        raise ValueError("must be between 0 and 2")
+    return value
+
+
+def _parse_positive_int(raw: str) -> int:
+    value = int(raw)
+    if value < 1:
+        raise ValueError("must be a whole number of at least 1")
+    return value
+
+
+def _parse_timeout(raw: str) -> float:
+    value = float(raw)
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError("must be a positive, finite number of seconds")
+    return value
+
+
+def _parse_name(raw: str) -> str:
+    value = raw.strip()
+    if not value:
+        raise ValueError("must not be empty")
+    return value
+
+
+@dataclass(frozen=True)
+class Setting(Generic[T]):
+    """A descriptor: the value set in code if any, else the parsed env var, else the default."""
+
+    env: str
+    default: T
+    parse: Callable[[str], T]
+    help: str
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        object.__setattr__(self, "attr", "_" + name)
+
+    @overload
+    def __get__(self, obj: None, owner: type) -> Setting[T]: ...
+    @overload
+    def __get__(self, obj: object, owner: type) -> T: ...
+    def __get__(self, obj: object | None, owner: type) -> Setting[T] | T:
+        if obj is None:
+            return self
+        override: T | None = getattr(obj, self.attr, None)
+        if override is not None:
+            return override
+        raw = os.environ.get(self.env)
+        if raw is None or raw == "":
+            return self.default
+        try:
+            return self.parse(raw)
+        except ValueError as exc:
+            detail = str(exc) if "must" in str(exc) else f"expected {self.help}"
+            raise ConfigError(f"{self.env}={raw!r} is not valid: {detail}.") from None
+
+    def __set__(self, obj: object, value: T | None) -> None:
+        if value is not None:
+            try:
+                value = self.parse(str(value))
+            except ValueError as exc:
+                raise ConfigError(f"settings.{self.attr[1:]}={value!r} is not valid: {exc}.") from None
+        object.__setattr__(obj, self.attr, value)
+
+
+class Settings:
+    """chatplug's configuration. Read at call time; see the README's configuration table."""
+
+    backend = Setting("LLM_BACKEND", "ollama", _parse_name, "a backend name")
+    model_name = Setting("LLM_MODEL_NAME", "llama3.2", _parse_name, "a model name")
+    temperature = Setting("LLM_TEMPERATURE", 0.7, _parse_temperature, "a number from 0 to 2")
+    max_tokens = Setting("LLM_MAX_TOKENS", 500, _parse_positive_int, "a whole number >= 1")
+    timeout = Setting("LLM_TIMEOUT", 120.0, _parse_timeout, "a number of seconds")
+
+    def model_name_is_set(self) -> bool:
+        """Whether a model name was configured (in code or env), rather than defaulted."""
+        return getattr(self, "_model_name", None) is not None or bool(os.environ.get("LLM_MODEL_NAME"))
+
+    def __repr__(self) -> str:
+        fields = ("backend", "model_name", "temperature", "max_tokens", "timeout")
+        shown: list[str] = []
+        for name in fields:
+            try:
+                value: Any = getattr(self, name)
+            except ConfigError as exc:
+                value = f"<{exc}>"
+            shown.append(f"{name}={value!r}")
+        return f"Settings({', '.join(shown)})"
+
+
+settings = Settings()

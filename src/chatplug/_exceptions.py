@@ -1,0 +1,135 @@
+"""chatplug's exceptions: one tree, each class carrying the ``ErrorKind`` it maps to.
+
+Backends raise these (mapping their SDK's own exceptions); the dispatch layer catches them
+once and turns them into a failed ``LLMResponse``. ``LLMResponse.raise_for_error()`` raises
+them again for callers who prefer exceptions.
+
+ChatplugError
+├── ConfigError                       config          bad setting, e.g. LLM_TEMPERATURE=hot
+│   └── UnknownBackendError           config          no backend of that name is installed
+├── InvalidInputError (ValueError)    invalid_input   the caller's arguments; nothing was sent
+├── PluginError                       plugin          a backend plugin failed or misbehaved
+└── APIError                                          the provider or the transport failed
+    ├── APIConnectionError            connection      server not reachable
+    │   └── APITimeoutError           timeout         no answer within the timeout
+    ├── APIStatusError                server          an HTTP error status (status_code)
+    │   ├── AuthenticationError       auth            401/403: key missing or wrong
+    │   ├── NotFoundError             not_found       404: usually the model
+    │   ├── BadRequestError           bad_request     400/422: the provider rejected the request
+    │   │   └── ContextLengthExceededError  context_length
+    │   ├── RateLimitError            rate_limit      429, with retry_after when the server said
+    │   └── ServerError               server          5xx
+    │       └── OverloadedError       overloaded      503/529: try again later
+    └── InvalidResponseError          server          a body the backend could not read
+"""
+
+from __future__ import annotations
+
+from ._types import ErrorKind
+
+
+class ChatplugError(Exception):
+    """Root of every chatplug error. ``str(e)`` is the message shown in ``LLMResponse.error``."""
+
+    kind: ErrorKind = ErrorKind.PLUGIN
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        backend: str | None = None,
+        status_code: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.backend = backend
+        self.status_code = status_code
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        return f"{self.backend}: {self.message}" if self.backend else self.message
+
+
+class ConfigError(ChatplugError):
+    kind = ErrorKind.CONFIG
+
+
+class UnknownBackendError(ConfigError):
+    pass
+
+
+class InvalidInputError(ChatplugError, ValueError):
+    kind = ErrorKind.INVALID_INPUT
+
+
+class PluginError(ChatplugError):
+    kind = ErrorKind.PLUGIN
+
+
+class APIError(ChatplugError):
+    kind = ErrorKind.SERVER
+
+
+class APIConnectionError(APIError):
+    kind = ErrorKind.CONNECTION
+
+
+class APITimeoutError(APIConnectionError):
+    kind = ErrorKind.TIMEOUT
+
+
+class APIStatusError(APIError):
+    kind = ErrorKind.SERVER
+
+
+class AuthenticationError(APIStatusError):
+    kind = ErrorKind.AUTH
+
+
+class NotFoundError(APIStatusError):
+    kind = ErrorKind.NOT_FOUND
+
+
+class BadRequestError(APIStatusError):
+    kind = ErrorKind.BAD_REQUEST
+
+
+class ContextLengthExceededError(BadRequestError):
+    kind = ErrorKind.CONTEXT_LENGTH
+
+
+class RateLimitError(APIStatusError):
+    kind = ErrorKind.RATE_LIMIT
+
+
+class ServerError(APIStatusError):
+    kind = ErrorKind.SERVER
+
+
+class OverloadedError(ServerError):
+    kind = ErrorKind.OVERLOADED
+
+
+class InvalidResponseError(APIError):
+    kind = ErrorKind.SERVER
+
+
+def status_error(status: int, message: str, *, retry_after: float | None = None) -> APIStatusError:
+    """The chatplug exception for an HTTP error status: one table shared by every backend."""
+    cls: type[APIStatusError]
+    if status in (401, 403):
+        cls = AuthenticationError
+    elif status == 404:
+        cls = NotFoundError
+    elif status == 429:
+        cls = RateLimitError
+    elif status in (503, 529):
+        cls = OverloadedError
+    elif status >= 500:
+        cls = ServerError
+    elif 400 <= status < 500:
+        cls = BadRequestError
+    else:
+        cls = APIStatusError
+    return cls(message, status_code=status, retry_after=retry_after)

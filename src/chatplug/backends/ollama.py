@@ -1,0 +1,154 @@
+"""The default backend: a local or remote Ollama server through the official ``ollama`` SDK.
+
+Uses the native ``/api/chat`` endpoint with ``ollama.Client`` / ``ollama.AsyncClient`` (no
+thread pool for async) and honours ``OLLAMA_HOST`` (and ``OLLAMA_API_KEY``, read by the SDK).
+The SDK is imported on first use, not when the backend is registered.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .._backend import ChatBackend
+from .._clients import ClientCache
+from .._exceptions import (
+    APIConnectionError,
+    APITimeoutError,
+    BadRequestError,
+    ChatplugError,
+    InvalidResponseError,
+    NotFoundError,
+    ServerError,
+    status_error,
+)
+from .._types import ChatRequest, ChatResult
+from ..hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    import ollama
+
+DEFAULT_HOST = "http://127.0.0.1:11434"
+
+# Sent unless the caller passes their own: the sampling the seed used.
+DEFAULT_OPTIONS = {"top_p": 0.9, "repeat_penalty": 1.1}
+
+# Keyword options that are top-level request fields in Ollama's API, not model options.
+TOP_LEVEL = ("keep_alive", "think", "format")
+
+
+class OllamaBackend(ChatBackend):
+    def __init__(self) -> None:
+        import ollama  # lazily: ~200 ms, paid only when this backend is used
+
+        self._sdk = ollama
+        self._clients: ClientCache[ollama.Client, ollama.AsyncClient] = ClientCache(
+            lambda host, timeout: ollama.Client(host=host, timeout=timeout),
+            lambda host, timeout: ollama.AsyncClient(host=host, timeout=timeout),
+        )
+
+    def complete(self, request: ChatRequest) -> ChatResult:
+        host = os.environ.get("OLLAMA_HOST") or None
+        client = self._clients.sync(_client_key(host, request), host, request.timeout)
+        try:
+            return _result(client.chat(**_chat_arguments(request)))
+        except Exception as exc:
+            mapped = self._map_error(exc, request, host)
+            if mapped is None:
+                raise
+            raise mapped from exc
+
+    async def acomplete(self, request: ChatRequest) -> ChatResult:
+        host = os.environ.get("OLLAMA_HOST") or None
+        client = self._clients.async_(_client_key(host, request), host, request.timeout)
+        try:
+            return _result(await client.chat(**_chat_arguments(request)))
+        except Exception as exc:
+            mapped = self._map_error(exc, request, host)
+            if mapped is None:
+                raise
+            raise mapped from exc
+
+    def close(self) -> None:
+        for client in self._clients.clear():
+            client.close()
+
+    def _map_error(self, exc: Exception, request: ChatRequest, host: str | None) -> ChatplugError | None:
+        """The chatplug error for what the SDK raised, saying what to do about it."""
+        import httpx
+
+        where = f"Ollama at {host or DEFAULT_HOST}"
+        if isinstance(exc, self._sdk.ResponseError):
+            status, detail = exc.status_code, exc.error
+            if status == 404:
+                return NotFoundError(
+                    f"model {request.model!r} not found on {where} ({detail}). Pull it with "
+                    f"`ollama pull {request.model}`, or choose an installed model (`ollama list`) "
+                    "with LLM_MODEL_NAME or model_name=.",
+                    status_code=404,
+                )
+            if status == -1:  # an error line inside a 200 stream: the model failed mid-run
+                return ServerError(f"{where} failed while generating: {detail}. Try again; if it "
+                                   "persists, check the Ollama server log.")
+            hint = {
+                401: " Set OLLAMA_API_KEY for ollama.com models, or run `ollama signin`.",
+                429: " Wait and retry, or slow down.",
+                503: " The server's queue is full: retry later, or raise OLLAMA_MAX_QUEUE.",
+            }.get(status, " Check the Ollama server log." if status >= 500 else "")
+            return status_error(status, f"{where} answered HTTP {status}: {detail}.{hint}")
+        if isinstance(exc, httpx.TimeoutException):
+            return APITimeoutError(
+                f"{where} did not answer within {request.timeout:g} s. Raise LLM_TIMEOUT, lower "
+                "max_tokens, or use a smaller model."
+            )
+        if isinstance(exc, (ConnectionError, httpx.ConnectError)):
+            return APIConnectionError(
+                f"could not connect to {where}. Start it with `ollama serve`, or set OLLAMA_HOST "
+                "to the address where it runs."
+            )
+        if isinstance(exc, httpx.TransportError):
+            return APIConnectionError(f"the connection to {where} failed: {type(exc).__name__}: {exc}")
+        if isinstance(exc, self._sdk.RequestError):
+            return BadRequestError(f"the ollama SDK rejected the request: {exc.error}")
+        if isinstance(exc, (ValueError, TypeError, AttributeError)):  # JSON or pydantic errors
+            return InvalidResponseError(
+                f"{where} sent a response that is not a valid Ollama chat reply "
+                f"({type(exc).__name__}). Check that OLLAMA_HOST points at an Ollama server."
+            )
+        return None  # not a provider failure: the dispatcher reports it as a backend bug
+
+
+def _client_key(host: str | None, request: ChatRequest) -> tuple[Any, ...]:
+    # The SDK reads OLLAMA_API_KEY when a client is made, so it is part of what configures one.
+    return (host, request.timeout, os.environ.get("OLLAMA_API_KEY"))
+
+
+def _chat_arguments(request: ChatRequest) -> dict[str, Any]:
+    options: dict[str, Any] = {**DEFAULT_OPTIONS, "temperature": request.temperature,
+                               "num_predict": request.max_tokens}
+    top_level: dict[str, Any] = {}
+    for key, value in request.options.items():
+        if key in TOP_LEVEL:
+            top_level[key] = value
+        elif key == "stop" and isinstance(value, str):
+            options["stop"] = [value]
+        else:
+            options[key] = value
+    return {"model": request.model, "messages": list(request.messages), "options": options,
+            "stream": False, **top_level}
+
+
+def _result(response: ollama.ChatResponse) -> ChatResult:
+    return ChatResult(
+        content=response.message.content or "",
+        model=response.model or "",
+        prompt_tokens=response.prompt_eval_count or 0,
+        completion_tokens=response.eval_count or 0,
+        finish_reason=response.done_reason,
+    )
+
+
+@hookimpl
+def register_backends(register: Callable[[str, Callable[[], ChatBackend]], None]) -> None:
+    register("ollama", OllamaBackend)

@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+import chatplug
+from chatplug import settings
+
+from .fakeserver import FakeServer, Reply, fixture
+
+OLLAMA_JSON = {"Content-Type": "application/json; charset=utf-8"}
+
+
+def ollama_reply(name: str, status: int = 200) -> Reply:
+    """A reply with an Ollama fixture body and the headers the real server sends."""
+    return Reply(status, fixture(f"ollama/{name}"), dict(OLLAMA_JSON))
+
+
+@pytest.fixture(autouse=True)
+def clean_config(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Each test starts from chatplug's defaults, whatever the machine's environment says."""
+    for var in ("LLM_BACKEND", "LLM_MODEL_NAME", "LLM_TEMPERATURE", "LLM_MAX_TOKENS", "LLM_TIMEOUT",
+                "OLLAMA_HOST", "OLLAMA_API_KEY", "CHATPLUG_PLUGINS", "OPENAI_API_KEY", "OPENAI_BASE_URL",
+                "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "ANTHROPIC_AUTH_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    for name in ("backend", "model_name", "temperature", "max_tokens", "timeout"):
+        setattr(settings, name, None)
+    yield
+    chatplug.close()
+
+
+@pytest.fixture
+def ollama(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeServer]:
+    """A fake Ollama server answering /api/chat with the recorded success body; OLLAMA_HOST points at it."""
+    server = FakeServer()
+    server.route("POST", "/api/chat", ollama_reply("chat_nonstream_200.json"))
+    monkeypatch.setenv("OLLAMA_HOST", server.url)
+    yield server
+    chatplug.close()
+    server.close()
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A loopback port with nothing listening on it: connections are refused at once."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def chatplug_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.DEBUG, logger="chatplug")
+    return caplog
