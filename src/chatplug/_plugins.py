@@ -11,13 +11,16 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from . import hookspecs
 from ._backend import ChatBackend
 from ._exceptions import ChatplugError, PluginError, UnknownBackendError
+
+if TYPE_CHECKING:
+    from importlib.metadata import EntryPoint
 
 logger = logging.getLogger("chatplug")
 
@@ -68,8 +71,10 @@ class Registry:
         from importlib.metadata import entry_points
 
         allowed = _allowed_plugins()
-        for ep in entry_points(group=ENTRY_POINT_GROUP):
-            dist = ep.dist.name if ep.dist is not None else "?"
+        # chatplug's own plugins first, so a third-party plugin can never take a built-in name.
+        eps = sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: _dist_name(ep) != OWN_DISTRIBUTION)
+        for ep in eps:
+            dist = _dist_name(ep)
             own = dist == OWN_DISTRIBUTION
             if self.pm.has_plugin(ep.name) or (allowed is not None and not own and ep.name not in allowed):
                 continue
@@ -193,6 +198,10 @@ class Registry:
                 if entry.instance is not None:
                     entry.instance.close()
                     entry.instance = None
+
+
+def _dist_name(ep: EntryPoint) -> str:
+    return ep.dist.name if ep.dist is not None else "?"
 
 
 def _allowed_plugins() -> set[str] | None:

@@ -1,0 +1,171 @@
+"""The dispatch layer: configuration, precedence, validation and the response contract."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from typing import Any
+
+import pytest
+
+import chatplug
+from chatplug import ErrorKind, LLMResponse, generate_completion_sync, generate_completion_with_messages_sync, settings
+
+from .fakeserver import FakeServer
+
+
+def sent(server: FakeServer, index: int = -1) -> dict[str, Any]:
+    body: dict[str, Any] = server.requests[index].json()
+    return body
+
+
+def test_public_api_and_seed_module() -> None:
+    from chatplug import chat_completion
+
+    for name in ("generate_completion_sync", "generate_completion_async", "generate_completion_with_messages_sync",
+                 "generate_completion_with_messages_async", "LLMResponse"):
+        assert getattr(chat_completion, name) is getattr(chatplug, name)
+    assert chatplug.ChatBackend and chatplug.hookimpl
+
+
+def test_llm_response_keeps_the_seed_field_order() -> None:
+    names = [f.name for f in dataclasses.fields(LLMResponse)]
+    assert names[:6] == ["content", "tokens_used", "response_time", "model_used", "success", "error"]
+    response = LLMResponse("hi", 5, 0.1, "m", True)
+    assert response.error is None and response.raise_for_error() is response
+
+
+def test_defaults_come_from_the_environment_at_call_time(monkeypatch: pytest.MonkeyPatch, ollama: FakeServer) -> None:
+    generate_completion_sync("Hi")
+    monkeypatch.setenv("LLM_MODEL_NAME", "qwen2.5:0.5b")
+    monkeypatch.setenv("LLM_TEMPERATURE", "0.1")
+    monkeypatch.setenv("LLM_MAX_TOKENS", "42")
+    generate_completion_sync("Hi")
+    first, second = sent(ollama, 0), sent(ollama, 1)
+    assert (first["model"], first["options"]["temperature"], first["options"]["num_predict"]) == ("llama3.2", 0.7, 500)
+    assert (second["model"], second["options"]["temperature"], second["options"]["num_predict"]) == ("qwen2.5:0.5b", 0.1, 42)
+
+
+def test_arguments_beat_settings_beat_environment(monkeypatch: pytest.MonkeyPatch, ollama: FakeServer) -> None:
+    monkeypatch.setenv("LLM_TEMPERATURE", "0.1")
+    settings.temperature = 0.5
+    generate_completion_sync("Hi")
+    generate_completion_sync("Hi", temperature=1.5)
+    settings.temperature = None
+    generate_completion_sync("Hi")
+    assert [sent(ollama, i)["options"]["temperature"] for i in range(3)] == [0.5, 1.5, 0.1]
+
+
+@pytest.mark.parametrize(
+    ("model_name", "expected_model"),
+    [("llama3.2:1b", "llama3.2:1b"), ("ollama:llama3.2:1b", "llama3.2:1b"), ("ollama:qwen", "qwen"),
+     ("hf.co/org/model:Q4_K_M", "hf.co/org/model:Q4_K_M")],
+)
+def test_model_prefix_only_when_it_names_a_backend(ollama: FakeServer, model_name: str, expected_model: str) -> None:
+    response = generate_completion_sync("Hi", model_name)
+    assert response.backend == "ollama"
+    assert sent(ollama)["model"] == expected_model
+
+
+def test_backend_precedence(monkeypatch: pytest.MonkeyPatch, ollama: FakeServer) -> None:
+    monkeypatch.setenv("LLM_BACKEND", "nope")
+    assert generate_completion_sync("Hi").error_kind is ErrorKind.CONFIG  # env is used ...
+    assert generate_completion_sync("Hi", "ollama:llama3.2").success  # ... a prefix beats it ...
+    assert generate_completion_sync("Hi", backend="ollama").success  # ... and so does backend=
+    monkeypatch.setenv("LLM_MODEL_NAME", "ollama:phi3")
+    assert generate_completion_sync("Hi").success  # a prefix in LLM_MODEL_NAME counts too
+    assert sent(ollama)["model"] == "phi3"
+
+
+def test_unknown_backend_lists_the_installed_ones() -> None:
+    response = generate_completion_sync("Hi", backend="nope")
+    assert response.error_kind is ErrorKind.CONFIG
+    assert "'nope'" in (response.error or "") and "ollama" in (response.error or "")
+    with pytest.raises(chatplug.UnknownBackendError):
+        response.raise_for_error()
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [("LLM_TEMPERATURE", "hot"), ("LLM_TEMPERATURE", "3"), ("LLM_MAX_TOKENS", "lots"), ("LLM_MAX_TOKENS", "0"),
+     ("LLM_TIMEOUT", "-1"), ("LLM_TIMEOUT", "inf"), ("LLM_BACKEND", "  ")],
+)
+def test_malformed_environment_value(monkeypatch: pytest.MonkeyPatch, ollama: FakeServer, var: str, value: str) -> None:
+    monkeypatch.setenv(var, value)
+    response = generate_completion_sync("Hi")
+    assert not response.success
+    assert response.error_kind is ErrorKind.CONFIG
+    assert var in (response.error or "") and repr(value) in (response.error or "")
+    assert ollama.requests == []
+
+
+def test_settings_reject_bad_values_in_code() -> None:
+    with pytest.raises(chatplug.ConfigError, match="temperature"):
+        settings.temperature = 9
+    assert "temperature=0.7" in repr(settings)
+
+
+VALID = [{"role": "user", "content": "Hi"}]
+
+
+@pytest.mark.parametrize(
+    ("messages", "words"),
+    [
+        ("Hi", "must be a list"),
+        ({"role": "user", "content": "Hi"}, "must be a list"),
+        ([], "empty"),
+        (["Hi"], "messages[0] must be a dict"),
+        ([{"content": "Hi"}], "messages[0] has no 'role'"),
+        ([{"role": "user"}], "messages[0] has no 'content'"),
+        ([*VALID, {"role": "tool", "content": "42"}], "messages[1] has role 'tool'"),
+        ([{"role": "user", "content": [{"type": "text", "text": "Hi"}]}], "text only"),
+        ([{"role": "user", "content": None}], "must be a string"),
+        ([{"role": "user", "content": "Hi", "images": ["..."]}], "unsupported key(s) 'images'"),
+    ],
+)
+def test_invalid_messages(ollama: FakeServer, messages: Any, words: str) -> None:
+    response = generate_completion_with_messages_sync(messages)
+    assert response.error_kind is ErrorKind.INVALID_INPUT
+    assert words in (response.error or "")
+    assert ollama.requests == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"prompt": ""}, "prompt is empty"),
+        ({"prompt": "   "}, "prompt is empty"),
+        ({"prompt": None}, "prompt must be a string"),
+        ({"temperature": 2.5}, "temperature must be a number from 0 to 2"),
+        ({"temperature": -0.1}, "temperature"),
+        ({"temperature": "0.5"}, "temperature"),
+        ({"temperature": float("nan")}, "temperature"),
+        ({"max_tokens": 0}, "max_tokens must be a whole number of at least 1"),
+        ({"max_tokens": 1.5}, "max_tokens"),
+        ({"max_tokens": True}, "max_tokens"),
+        ({"model_name": ""}, "model_name"),
+        ({"backend": 3}, "backend"),
+    ],
+)
+def test_invalid_arguments(ollama: FakeServer, kwargs: dict[str, Any], words: str) -> None:
+    call = {"prompt": "Hi", **kwargs}
+    response = generate_completion_sync(call.pop("prompt"), **call)
+    assert response.error_kind is ErrorKind.INVALID_INPUT
+    assert words in (response.error or "")
+    assert response.response_time >= 0 and response.success is False
+    assert ollama.requests == []
+    with pytest.raises(chatplug.InvalidInputError):
+        response.raise_for_error()
+    with pytest.raises(ValueError):  # InvalidInputError is a ValueError too
+        response.raise_for_error()
+
+
+def test_async_invalid_input() -> None:
+    response = asyncio.run(chatplug.generate_completion_with_messages_async("not a list"))  # type: ignore[arg-type]
+    assert response.error_kind is ErrorKind.INVALID_INPUT
+
+
+def test_boundary_values_are_accepted(ollama: FakeServer) -> None:
+    assert generate_completion_sync("Hi", temperature=0).success
+    assert generate_completion_sync("Hi", temperature=2, max_tokens=1).success
+    assert [sent(ollama, i)["options"]["temperature"] for i in range(2)] == [0, 2]

@@ -1,0 +1,58 @@
+"""The command line, run as users run it: a subprocess against a fake Ollama server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from .fakeserver import FakeServer
+
+
+def chatplug(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("LLM_")}
+    environ.update(env)
+    return subprocess.run([sys.executable, "-m", "chatplug", *args], capture_output=True, text=True, env=environ,
+                          timeout=60)
+
+
+def test_prompt_prints_the_content(ollama: FakeServer) -> None:
+    proc = chatplug("Why is the sky blue?", OLLAMA_HOST=ollama.url)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("Rayleigh scattering")
+
+
+def test_options_reach_the_request(ollama: FakeServer) -> None:
+    proc = chatplug("Hi", "--system", "Be brief.", "--model", "ollama:phi3", "--temperature", "0",
+                    "--max-tokens", "9", OLLAMA_HOST=ollama.url)
+    assert proc.returncode == 0, proc.stderr
+    body = ollama.requests[0].json()
+    assert body["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    assert (body["model"], body["options"]["temperature"], body["options"]["num_predict"]) == ("phi3", 0, 9)
+
+
+def test_json_output(ollama: FakeServer) -> None:
+    proc = chatplug("--json", "Hi", OLLAMA_HOST=ollama.url)
+    data = json.loads(proc.stdout)
+    assert data["success"] is True and data["tokens_used"] == 50 and data["backend"] == "ollama"
+    assert list(data)[:6] == ["content", "tokens_used", "response_time", "model_used", "success", "error"]
+
+
+def test_failure_exits_non_zero_with_the_error_on_stderr(closed_port: int) -> None:
+    proc = chatplug("Hi", OLLAMA_HOST=f"127.0.0.1:{closed_port}")
+    assert proc.returncode == 1
+    assert proc.stdout == ""
+    assert "ollama serve" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_unknown_backend(ollama: FakeServer) -> None:
+    proc = chatplug("--backend", "nope", "Hi")
+    assert proc.returncode == 1 and "Installed backends:" in proc.stderr
+
+
+def test_backends_lists_the_built_ins() -> None:
+    proc = chatplug("backends")
+    assert proc.returncode == 0
+    rows = dict(line.split() for line in proc.stdout.splitlines())
+    assert rows["ollama"] == "chatplug"

@@ -1,0 +1,229 @@
+"""The default backend, driving the real ollama SDK over a socket against a fake Ollama server."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import logging
+import threading
+
+import pytest
+
+from chatplug import (
+    ErrorKind,
+    generate_completion_async,
+    generate_completion_sync,
+    generate_completion_with_messages_async,
+    generate_completion_with_messages_sync,
+)
+
+from .conftest import ollama_reply
+from .fakeserver import FakeServer, Reply
+
+CONTENT = "Rayleigh scattering: air molecules scatter short blue wavelengths of sunlight more than red ones."
+
+
+def test_success_sync(ollama: FakeServer) -> None:
+    response = generate_completion_sync("Why is the sky blue?")
+    assert response.success, response.error
+    assert response.content == CONTENT
+    assert (response.prompt_tokens, response.completion_tokens, response.tokens_used) == (31, 19, 50)
+    assert response.model_used == "llama3.2"
+    assert response.finish_reason == "stop"
+    assert response.backend == "ollama"
+    assert response.error is None and response.error_kind is None
+    assert response.response_time > 0
+
+
+def test_success_async(ollama: FakeServer) -> None:
+    response = asyncio.run(generate_completion_async("Why is the sky blue?"))
+    assert response.success, response.error
+    assert response.content == CONTENT
+    assert response.tokens_used == 50
+
+
+def test_request_body_defaults(ollama: FakeServer) -> None:
+    generate_completion_sync("Hello")
+    (request,) = ollama.requests
+    assert (request.method, request.path) == ("POST", "/api/chat")
+    body = request.json()
+    assert body["model"] == "llama3.2"
+    assert body["messages"] == [{"role": "user", "content": "Hello"}]
+    assert body["stream"] is False
+    assert body["options"] == {"temperature": 0.7, "num_predict": 500, "top_p": 0.9, "repeat_penalty": 1.1}
+
+
+def test_arguments_and_extra_options(ollama: FakeServer) -> None:
+    generate_completion_sync(
+        "Hello", "qwen2.5:0.5b", 0.0, 64, num_ctx=4096, seed=7, stop="\n", top_p=0.5,
+        keep_alive="10m", think=False, format="json",
+    )
+    body = ollama.requests[0].json()
+    assert body["model"] == "qwen2.5:0.5b"
+    assert body["options"] == {"temperature": 0.0, "num_predict": 64, "top_p": 0.5, "repeat_penalty": 1.1,
+                               "num_ctx": 4096, "seed": 7, "stop": ["\n"]}
+    assert (body["keep_alive"], body["think"], body["format"]) == ("10m", False, "json")
+
+
+def test_messages_are_sent_and_not_mutated(ollama: FakeServer) -> None:
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    before = copy.deepcopy(messages)
+    response = generate_completion_with_messages_sync(messages)
+    assert response.success
+    assert messages == before
+    assert ollama.requests[0].json()["messages"] == before
+    asyncio.run(generate_completion_with_messages_async(messages))
+    assert messages == before
+
+
+def test_ollama_host_is_read_at_call_time(monkeypatch: pytest.MonkeyPatch, ollama: FakeServer) -> None:
+    other = FakeServer()
+    other.route("POST", "/api/chat", ollama_reply("chat_nonstream_200.json"))
+    try:
+        assert generate_completion_sync("one").success
+        monkeypatch.setenv("OLLAMA_HOST", f"127.0.0.1:{other.port}")  # the SDK's short form
+        assert generate_completion_sync("two").success
+        assert (len(ollama.requests), len(other.requests)) == (1, 1)
+    finally:
+        other.close()
+
+
+def test_sync_client_is_reused(ollama: FakeServer) -> None:
+    for _ in range(5):
+        assert generate_completion_sync("Hi").success
+    assert len(ollama.requests) == 5
+    assert ollama.connections == 1
+
+
+def test_async_client_is_reused_within_a_loop_and_survives_new_loops(ollama: FakeServer) -> None:
+    async def three() -> list[bool]:
+        return [(await generate_completion_async("Hi")).success for _ in range(3)]
+
+    assert asyncio.run(three()) == [True] * 3
+    assert ollama.connections == 1
+    # A second asyncio.run has a new loop: it must get a new client, not the dead loop's one.
+    assert asyncio.run(three()) == [True] * 3
+    assert ollama.connections == 2
+
+
+def test_async_calls_run_concurrently(ollama: FakeServer) -> None:
+    async def many() -> list[bool]:
+        results = await asyncio.gather(*(generate_completion_async(f"q{i}") for i in range(10)))
+        return [r.success for r in results]
+
+    assert asyncio.run(many()) == [True] * 10
+    assert len(ollama.requests) == 10
+
+
+def test_sync_call_inside_a_running_event_loop(ollama: FakeServer) -> None:
+    async def notebook_cell() -> bool:  # what Jupyter does: sync code with a loop running
+        return generate_completion_sync("Hi").success
+
+    assert asyncio.run(notebook_cell())
+
+
+def test_many_threads(ollama: FakeServer) -> None:
+    results: list[bool] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        for _ in range(5):
+            ok = generate_completion_sync("Hi").success
+            with lock:
+                results.append(ok)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [True] * 40
+    assert len(ollama.requests) == 40
+
+
+# -- failures ----------------------------------------------------------------------------
+
+
+def test_connection_refused(monkeypatch: pytest.MonkeyPatch, closed_port: int, chatplug_log: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("OLLAMA_HOST", f"http://127.0.0.1:{closed_port}")
+    response = generate_completion_sync("Hi")
+    assert not response.success
+    assert response.error_kind is ErrorKind.CONNECTION
+    assert response.error is not None
+    assert f"http://127.0.0.1:{closed_port}" in response.error
+    assert "ollama serve" in response.error and "OLLAMA_HOST" in response.error
+    assert response.response_time > 0
+    failures = [r for r in chatplug_log.records if r.levelno >= logging.WARNING]
+    assert len(failures) == 1 and "connection" in failures[0].getMessage()
+
+
+def test_connection_refused_async(monkeypatch: pytest.MonkeyPatch, closed_port: int) -> None:
+    monkeypatch.setenv("OLLAMA_HOST", f"127.0.0.1:{closed_port}")
+    response = asyncio.run(generate_completion_async("Hi"))
+    assert response.error_kind is ErrorKind.CONNECTION
+    assert "ollama serve" in (response.error or "")
+
+
+def test_model_not_found(ollama: FakeServer) -> None:
+    ollama.route("POST", "/api/chat", ollama_reply("error_model_not_found_404.json", 404))
+    response = generate_completion_sync("Hi", "nonexistent-model")
+    assert response.error_kind is ErrorKind.NOT_FOUND
+    assert "'nonexistent-model'" in (response.error or "")
+    assert "ollama pull nonexistent-model" in (response.error or "")
+    assert response.model_used == "nonexistent-model"
+    with pytest.raises(Exception) as raised:
+        response.raise_for_error()
+    assert type(raised.value).__name__ == "NotFoundError"
+
+
+@pytest.mark.parametrize(
+    ("fixture_name", "status", "kind", "words"),
+    [
+        ("error_bad_request_400.json", 400, ErrorKind.BAD_REQUEST, "model is required"),
+        ("error_auth_401_cloud.json", 401, ErrorKind.AUTH, "OLLAMA_API_KEY"),
+        ("error_rate_limit_429.json", 429, ErrorKind.RATE_LIMIT, "HTTP 429"),
+        ("error_internal_500.json", 500, ErrorKind.SERVER, "HTTP 500"),
+        ("error_server_busy_503.json", 503, ErrorKind.OVERLOADED, "OLLAMA_MAX_QUEUE"),
+    ],
+)
+def test_error_statuses(ollama: FakeServer, fixture_name: str, status: int, kind: ErrorKind, words: str) -> None:
+    ollama.route("POST", "/api/chat", ollama_reply(fixture_name, status))
+    for response in (generate_completion_sync("Hi"), asyncio.run(generate_completion_async("Hi"))):
+        assert not response.success
+        assert response.error_kind is kind
+        assert words in (response.error or "")
+        assert response.exception is not None and response.exception.status_code == status
+    assert len(ollama.requests) == 2  # the ollama SDK does not retry
+
+
+@pytest.mark.parametrize("body", [b"<html>502 Bad Gateway</html>", b'{"unexpected": true}', b"{trunc"])
+def test_malformed_body(ollama: FakeServer, body: bytes) -> None:
+    ollama.route("POST", "/api/chat", Reply(200, body, {"Content-Type": "application/json; charset=utf-8"}))
+    response = generate_completion_sync("Hi")
+    assert not response.success
+    assert response.error_kind is ErrorKind.SERVER
+    assert "not a valid Ollama chat reply" in (response.error or "")
+
+
+def test_timeout(monkeypatch: pytest.MonkeyPatch, ollama: FakeServer) -> None:
+    monkeypatch.setenv("LLM_TIMEOUT", "0.3")
+    ollama.route("POST", "/api/chat", Reply(hang=True))
+    response = generate_completion_sync("Hi")
+    assert response.error_kind is ErrorKind.TIMEOUT
+    assert "0.3 s" in (response.error or "") and "LLM_TIMEOUT" in (response.error or "")
+    assert response.response_time >= 0.3
+    response = asyncio.run(generate_completion_async("Hi"))
+    assert response.error_kind is ErrorKind.TIMEOUT
+
+
+def test_invalid_input_sends_no_request(ollama: FakeServer) -> None:
+    response = generate_completion_with_messages_sync([{"role": "robot", "content": "beep"}])
+    assert response.error_kind is ErrorKind.INVALID_INPUT
+    assert ollama.requests == []
+
+
+def test_json_of_a_failure_is_serialisable(ollama: FakeServer) -> None:
+    ollama.route("POST", "/api/chat", ollama_reply("error_internal_500.json", 500))
+    data = generate_completion_sync("Hi").to_dict()
+    assert json.loads(json.dumps(data))["error_kind"] == "server"
