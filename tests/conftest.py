@@ -22,9 +22,21 @@ def ollama_reply(name: str, status: int = 200) -> Reply:
 @pytest.fixture(autouse=True)
 def clean_config(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Each test starts from chatplug's defaults, whatever the machine's environment says."""
-    for var in ("LLM_BACKEND", "LLM_MODEL_NAME", "LLM_TEMPERATURE", "LLM_MAX_TOKENS", "LLM_TIMEOUT",
-                "OLLAMA_HOST", "OLLAMA_API_KEY", "CHATPLUG_PLUGINS", "OPENAI_API_KEY", "OPENAI_BASE_URL",
-                "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "ANTHROPIC_AUTH_TOKEN"):
+    for var in (
+        "LLM_BACKEND",
+        "LLM_MODEL_NAME",
+        "LLM_TEMPERATURE",
+        "LLM_MAX_TOKENS",
+        "LLM_TIMEOUT",
+        "OLLAMA_HOST",
+        "OLLAMA_API_KEY",
+        "CHATPLUG_PLUGINS",
+        "OPENAI_API_KEY",
+        "OPENAI_BASE_URL",
+        "ANTHROPIC_API_KEY",
+        "ANTHROPIC_BASE_URL",
+        "ANTHROPIC_AUTH_TOKEN",
+    ):
         monkeypatch.delenv(var, raising=False)
     for name in ("backend", "model_name", "temperature", "max_tokens", "timeout"):
         setattr(settings, name, None)

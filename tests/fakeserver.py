@@ -73,8 +73,7 @@ class FakeServer:
         with self._lock:
             replies = self.routes.get((method, path.split("?")[0]))
             if not replies:
-                return Reply(404, b'{"error":"no such route in the fake server"}',
-                             {"Content-Type": "application/json"})
+                return Reply(404, b'{"error":"no such route in the fake server"}', {"Content-Type": "application/json"})
             return replies.pop(0) if len(replies) > 1 else replies[0]
 
     def close(self) -> None:
@@ -86,6 +85,10 @@ class FakeServer:
 def _handler(server: FakeServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, so connection reuse is observable
+        # One buffered write per response and no Nagle: otherwise headers and body go out in
+        # two segments and delayed ACKs add ~40 ms to every exchange.
+        wbufsize = -1
+        disable_nagle_algorithm = True
 
         def setup(self) -> None:
             super().setup()
@@ -112,6 +115,7 @@ def _handler(server: FakeServer) -> type[BaseHTTPRequestHandler]:
                 self.end_headers()
                 for line in reply.body.splitlines(keepends=True):
                     self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
+                    self.wfile.flush()  # each stream line is its own chunk on the wire
                 self.wfile.write(b"0\r\n\r\n")
             else:
                 self.send_header("Content-Length", str(len(reply.body)))

@@ -22,8 +22,13 @@ def sent(server: FakeServer, index: int = -1) -> dict[str, Any]:
 def test_public_api_and_seed_module() -> None:
     from chatplug import chat_completion
 
-    for name in ("generate_completion_sync", "generate_completion_async", "generate_completion_with_messages_sync",
-                 "generate_completion_with_messages_async", "LLMResponse"):
+    for name in (
+        "generate_completion_sync",
+        "generate_completion_async",
+        "generate_completion_with_messages_sync",
+        "generate_completion_with_messages_async",
+        "LLMResponse",
+    ):
         assert getattr(chat_completion, name) is getattr(chatplug, name)
     assert chatplug.ChatBackend and chatplug.hookimpl
 
@@ -43,7 +48,11 @@ def test_defaults_come_from_the_environment_at_call_time(monkeypatch: pytest.Mon
     generate_completion_sync("Hi")
     first, second = sent(ollama, 0), sent(ollama, 1)
     assert (first["model"], first["options"]["temperature"], first["options"]["num_predict"]) == ("llama3.2", 0.7, 500)
-    assert (second["model"], second["options"]["temperature"], second["options"]["num_predict"]) == ("qwen2.5:0.5b", 0.1, 42)
+    assert (second["model"], second["options"]["temperature"], second["options"]["num_predict"]) == (
+        "qwen2.5:0.5b",
+        0.1,
+        42,
+    )
 
 
 def test_arguments_beat_settings_beat_environment(monkeypatch: pytest.MonkeyPatch, ollama: FakeServer) -> None:
@@ -58,8 +67,12 @@ def test_arguments_beat_settings_beat_environment(monkeypatch: pytest.MonkeyPatc
 
 @pytest.mark.parametrize(
     ("model_name", "expected_model"),
-    [("llama3.2:1b", "llama3.2:1b"), ("ollama:llama3.2:1b", "llama3.2:1b"), ("ollama:qwen", "qwen"),
-     ("hf.co/org/model:Q4_K_M", "hf.co/org/model:Q4_K_M")],
+    [
+        ("llama3.2:1b", "llama3.2:1b"),
+        ("ollama:llama3.2:1b", "llama3.2:1b"),
+        ("ollama:qwen", "qwen"),
+        ("hf.co/org/model:Q4_K_M", "hf.co/org/model:Q4_K_M"),
+    ],
 )
 def test_model_prefix_only_when_it_names_a_backend(ollama: FakeServer, model_name: str, expected_model: str) -> None:
     response = generate_completion_sync("Hi", model_name)
@@ -87,8 +100,15 @@ def test_unknown_backend_lists_the_installed_ones() -> None:
 
 @pytest.mark.parametrize(
     ("var", "value"),
-    [("LLM_TEMPERATURE", "hot"), ("LLM_TEMPERATURE", "3"), ("LLM_MAX_TOKENS", "lots"), ("LLM_MAX_TOKENS", "0"),
-     ("LLM_TIMEOUT", "-1"), ("LLM_TIMEOUT", "inf"), ("LLM_BACKEND", "  ")],
+    [
+        ("LLM_TEMPERATURE", "hot"),
+        ("LLM_TEMPERATURE", "3"),
+        ("LLM_MAX_TOKENS", "lots"),
+        ("LLM_MAX_TOKENS", "0"),
+        ("LLM_TIMEOUT", "-1"),
+        ("LLM_TIMEOUT", "inf"),
+        ("LLM_BACKEND", "  "),
+    ],
 )
 def test_malformed_environment_value(monkeypatch: pytest.MonkeyPatch, ollama: FakeServer, var: str, value: str) -> None:
     monkeypatch.setenv(var, value)

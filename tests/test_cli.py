@@ -13,8 +13,9 @@ from .fakeserver import FakeServer
 def chatplug(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("LLM_")}
     environ.update(env)
-    return subprocess.run([sys.executable, "-m", "chatplug", *args], capture_output=True, text=True, env=environ,
-                          timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "chatplug", *args], capture_output=True, text=True, env=environ, timeout=60
+    )
 
 
 def test_prompt_prints_the_content(ollama: FakeServer) -> None:
@@ -24,8 +25,18 @@ def test_prompt_prints_the_content(ollama: FakeServer) -> None:
 
 
 def test_options_reach_the_request(ollama: FakeServer) -> None:
-    proc = chatplug("Hi", "--system", "Be brief.", "--model", "ollama:phi3", "--temperature", "0",
-                    "--max-tokens", "9", OLLAMA_HOST=ollama.url)
+    proc = chatplug(
+        "Hi",
+        "--system",
+        "Be brief.",
+        "--model",
+        "ollama:phi3",
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "9",
+        OLLAMA_HOST=ollama.url,
+    )
     assert proc.returncode == 0, proc.stderr
     body = ollama.requests[0].json()
     assert body["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]

@@ -56,13 +56,29 @@ def test_request_body_defaults(ollama: FakeServer) -> None:
 
 def test_arguments_and_extra_options(ollama: FakeServer) -> None:
     generate_completion_sync(
-        "Hello", "qwen2.5:0.5b", 0.0, 64, num_ctx=4096, seed=7, stop="\n", top_p=0.5,
-        keep_alive="10m", think=False, format="json",
+        "Hello",
+        "qwen2.5:0.5b",
+        0.0,
+        64,
+        num_ctx=4096,
+        seed=7,
+        stop="\n",
+        top_p=0.5,
+        keep_alive="10m",
+        think=False,
+        format="json",
     )
     body = ollama.requests[0].json()
     assert body["model"] == "qwen2.5:0.5b"
-    assert body["options"] == {"temperature": 0.0, "num_predict": 64, "top_p": 0.5, "repeat_penalty": 1.1,
-                               "num_ctx": 4096, "seed": 7, "stop": ["\n"]}
+    assert body["options"] == {
+        "temperature": 0.0,
+        "num_predict": 64,
+        "top_p": 0.5,
+        "repeat_penalty": 1.1,
+        "num_ctx": 4096,
+        "seed": 7,
+        "stop": ["\n"],
+    }
     assert (body["keep_alive"], body["think"], body["format"]) == ("10m", False, "json")
 
 
@@ -145,7 +161,9 @@ def test_many_threads(ollama: FakeServer) -> None:
 # -- failures ----------------------------------------------------------------------------
 
 
-def test_connection_refused(monkeypatch: pytest.MonkeyPatch, closed_port: int, chatplug_log: pytest.LogCaptureFixture) -> None:
+def test_connection_refused(
+    monkeypatch: pytest.MonkeyPatch, closed_port: int, chatplug_log: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.setenv("OLLAMA_HOST", f"http://127.0.0.1:{closed_port}")
     response = generate_completion_sync("Hi")
     assert not response.success

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-ECHO_PLUGIN = '''
+ECHO_PLUGIN = """
 from chatplug import ChatBackend, ChatResult, hookimpl
 
 class Echo(ChatBackend):
@@ -25,27 +25,27 @@ class Echo(ChatBackend):
 @hookimpl
 def register_backends(register):
     register("echo", Echo)
-'''
+"""
 
 BROKEN_IMPORT = "raise ImportError('this plugin needs libfoo')\n"
 
-TAKES_OLLAMA = '''
+TAKES_OLLAMA = """
 from chatplug import hookimpl
 @hookimpl
 def register_backends(register):
     register("ollama", lambda: None)
-'''
+"""
 
-FACTORY_RAISES = '''
+FACTORY_RAISES = """
 from chatplug import hookimpl
 def make():
     raise RuntimeError("no credentials file")
 @hookimpl
 def register_backends(register):
     register("fragile", make)
-'''
+"""
 
-RETURNS_GARBAGE = '''
+RETURNS_GARBAGE = """
 from chatplug import ChatBackend, hookimpl
 class Garbage(ChatBackend):
     def complete(self, request):
@@ -55,7 +55,7 @@ class Garbage(ChatBackend):
 @hookimpl
 def register_backends(register):
     register("garbage", Garbage)
-'''
+"""
 
 
 def make_distribution(root: Path, dist: str, entry: str, source: str) -> None:
@@ -71,8 +71,9 @@ def make_distribution(root: Path, dist: str, entry: str, source: str) -> None:
 def run(root: Path, code: str, **env: str) -> subprocess.CompletedProcess[str]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_", "CHATPLUG_"))}
     environ.update(PYTHONPATH=str(root), **env)
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                          env=environ, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=environ, timeout=60
+    )
 
 
 CALL = """
@@ -112,20 +113,25 @@ def test_llm_backend_env_selects_a_plugin(plugins: Path) -> None:
 
 
 def test_model_prefix_selects_a_plugin(plugins: Path) -> None:
-    proc = run(plugins, "import chatplug; r = chatplug.generate_completion_sync('hi', 'echo:tiny'); "
-                        "print(r.backend, r.model_used)")
+    proc = run(
+        plugins,
+        "import chatplug; r = chatplug.generate_completion_sync('hi', 'echo:tiny'); print(r.backend, r.model_used)",
+    )
     assert proc.stdout.split() == ["echo", "tiny"], proc.stderr
 
 
 def test_import_loads_no_entry_point_and_no_sdk(plugins: Path) -> None:
-    proc = run(plugins, """
+    proc = run(
+        plugins,
+        """
         import sys, chatplug
         loaded = [m for m in ("chatplug_echo", "chatplug.backends.ollama", "ollama", "openai", "anthropic",
                               "httpx", "importlib.metadata") if m in sys.modules]
         print(loaded)
         chatplug.generate_completion_sync("hi", backend="echo")
         print("chatplug_echo" in sys.modules, "ollama" in sys.modules, "openai" in sys.modules)
-    """)
+    """,
+    )
     assert proc.stdout.splitlines() == ["[]", "True False False"], proc.stderr
 
 
@@ -163,7 +169,9 @@ def test_backend_returning_garbage(plugins: Path) -> None:
     make_distribution(plugins, "chatplug-garbage", "garbage", RETURNS_GARBAGE)
     out, _ = call(plugins, "garbage", "echo")
     assert out["garbage"]["kind"] == "plugin"
-    assert "chatplug-garbage" in str(out["garbage"]["error"]) and "not a chatplug.ChatResult" in str(out["garbage"]["error"])
+    assert "chatplug-garbage" in str(out["garbage"]["error"]) and "not a chatplug.ChatResult" in str(
+        out["garbage"]["error"]
+    )
     assert out["echo"]["success"] is True
 
 

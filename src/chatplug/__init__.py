@@ -1,8 +1,8 @@
 """chatplug: one stateless way to ask any large language model for a chat completion.
 
-    >>> from chatplug import generate_completion_sync
-    >>> response = generate_completion_sync("Why is the sky blue?")
-    >>> response.content if response.success else response.error
+>>> from chatplug import generate_completion_sync
+>>> response = generate_completion_sync("Why is the sky blue?")
+>>> response.content if response.success else response.error
 """
 
 import logging
@@ -50,11 +50,35 @@ def close() -> None:
 
 
 __all__ = [
-    "APIConnectionError", "APIError", "APIStatusError", "APITimeoutError", "AuthenticationError",
-    "BadRequestError", "ChatBackend", "ChatRequest", "ChatResult", "ChatplugError", "ConfigError",
-    "ContextLengthExceededError", "ErrorKind", "InvalidInputError", "InvalidResponseError",
-    "LLMResponse", "Message", "NotFoundError", "OverloadedError", "PluginError", "RateLimitError",
-    "ServerError", "Settings", "UnknownBackendError", "close", "generate_completion_async",
-    "generate_completion_sync", "generate_completion_with_messages_async",
-    "generate_completion_with_messages_sync", "hookimpl", "settings",
+    "APIConnectionError",
+    "APIError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "ChatBackend",
+    "ChatRequest",
+    "ChatResult",
+    "ChatplugError",
+    "ConfigError",
+    "ContextLengthExceededError",
+    "ErrorKind",
+    "InvalidInputError",
+    "InvalidResponseError",
+    "LLMResponse",
+    "Message",
+    "NotFoundError",
+    "OverloadedError",
+    "PluginError",
+    "RateLimitError",
+    "ServerError",
+    "Settings",
+    "UnknownBackendError",
+    "close",
+    "generate_completion_async",
+    "generate_completion_sync",
+    "generate_completion_with_messages_async",
+    "generate_completion_with_messages_sync",
+    "hookimpl",
+    "settings",
 ]

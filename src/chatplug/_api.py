@@ -85,8 +85,15 @@ async def generate_completion_with_messages_async(
 # -- dispatch ----------------------------------------------------------------------------
 
 
-def _dispatch_sync(to_messages: Any, payload: Any, model_name: str | None, temperature: float | None,
-                   max_tokens: int | None, backend: str | None, options: dict[str, Any]) -> LLMResponse:
+def _dispatch_sync(
+    to_messages: Any,
+    payload: Any,
+    model_name: str | None,
+    temperature: float | None,
+    max_tokens: int | None,
+    backend: str | None,
+    options: dict[str, Any],
+) -> LLMResponse:
     start = time.perf_counter()
     request: ChatRequest | None = None
     try:
@@ -98,8 +105,15 @@ def _dispatch_sync(to_messages: Any, payload: Any, model_name: str | None, tempe
     return _succeeded(result, request, start)
 
 
-async def _dispatch_async(to_messages: Any, payload: Any, model_name: str | None, temperature: float | None,
-                          max_tokens: int | None, backend: str | None, options: dict[str, Any]) -> LLMResponse:
+async def _dispatch_async(
+    to_messages: Any,
+    payload: Any,
+    model_name: str | None,
+    temperature: float | None,
+    max_tokens: int | None,
+    backend: str | None,
+    options: dict[str, Any],
+) -> LLMResponse:
     start = time.perf_counter()
     request: ChatRequest | None = None
     try:
@@ -111,8 +125,14 @@ async def _dispatch_async(to_messages: Any, payload: Any, model_name: str | None
     return _succeeded(result, request, start)
 
 
-def _prepare(messages: tuple[Message, ...], model_name: str | None, temperature: float | None,
-             max_tokens: int | None, backend: str | None, options: dict[str, Any]) -> tuple[ChatBackend, ChatRequest]:
+def _prepare(
+    messages: tuple[Message, ...],
+    model_name: str | None,
+    temperature: float | None,
+    max_tokens: int | None,
+    backend: str | None,
+    options: dict[str, Any],
+) -> tuple[ChatBackend, ChatRequest]:
     """Validate the call's arguments, fill the rest from configuration, pick the backend."""
     if temperature is not None:
         _check_temperature(temperature)
@@ -143,13 +163,11 @@ def _resolve_backend_and_model(backend: str | None, model_name: str | None) -> t
     """Explicit ``backend=`` > a ``backend:model`` prefix naming a registered backend >
     ``LLM_BACKEND`` > ``ollama``. A prefix that names no backend (``llama3.2:1b``) is part
     of the model name. Returns the model as ``None`` when it is left to configuration."""
-    explicit_model = model_name is not None
-    model = model_name if explicit_model else (settings.model_name if settings.model_name_is_set() else None)
+    model = model_name if model_name is not None else (settings.model_name if settings.model_name_is_set() else None)
     if model is not None:
         prefix, sep, rest = model.partition(":")
-        if sep and rest and registry.is_backend(prefix):
-            if backend is None or backend == prefix:
-                return prefix, rest
+        if sep and rest and backend in (None, prefix) and registry.is_backend(prefix):
+            return prefix, rest
     return (backend or settings.backend), model
 
 
@@ -172,7 +190,9 @@ def _copy_messages(messages: object) -> tuple[Message, ...]:
     copied: list[Message] = []
     for i, message in enumerate(messages):
         if not isinstance(message, Mapping):
-            raise InvalidInputError(f"messages[{i}] must be a dict with 'role' and 'content', got {type(message).__name__}.")
+            raise InvalidInputError(
+                f"messages[{i}] must be a dict with 'role' and 'content', got {type(message).__name__}."
+            )
         missing = [key for key in ("role", "content") if key not in message]
         if missing:
             raise InvalidInputError(f"messages[{i}] has no {' or '.join(repr(k) for k in missing)}.")
@@ -194,7 +214,12 @@ def _copy_messages(messages: object) -> tuple[Message, ...]:
 
 
 def _check_temperature(value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 <= value <= 2:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or not 0 <= value <= 2
+    ):
         raise InvalidInputError(f"temperature must be a number from 0 to 2, got {value!r}.")
 
 

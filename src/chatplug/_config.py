@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, overload
 
 from ._exceptions import ConfigError
@@ -49,17 +48,15 @@ def _parse_name(raw: str) -> str:
     return value
 
 
-@dataclass(frozen=True)
 class Setting(Generic[T]):
     """A descriptor: the value set in code if any, else the parsed env var, else the default."""
 
-    env: str
-    default: T
-    parse: Callable[[str], T]
-    help: str
+    def __init__(self, env: str, default: T, parse: Callable[[str], T], help: str) -> None:
+        self.env, self.default, self.parse, self.help = env, default, parse, help
+        self.attr = ""
 
     def __set_name__(self, owner: type, name: str) -> None:
-        object.__setattr__(self, "attr", "_" + name)
+        self.attr = "_" + name
 
     @overload
     def __get__(self, obj: None, owner: type) -> Setting[T]: ...
@@ -86,7 +83,7 @@ class Setting(Generic[T]):
                 value = self.parse(str(value))
             except ValueError as exc:
                 raise ConfigError(f"settings.{self.attr[1:]}={value!r} is not valid: {exc}.") from None
-        object.__setattr__(obj, self.attr, value)
+        setattr(obj, self.attr, value)
 
 
 class Settings:

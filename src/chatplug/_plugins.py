@@ -84,7 +84,10 @@ class Registry:
             except Exception as exc:  # a broken plugin must not break the others
                 logger.warning(
                     "chatplug plugin %r (from %s) failed to load and is skipped: %s: %s",
-                    ep.name, dist, type(exc).__name__, exc,
+                    ep.name,
+                    dist,
+                    type(exc).__name__,
+                    exc,
                 )
                 continue
             self.distributions[ep.name] = dist
@@ -92,13 +95,18 @@ class Registry:
     def _collect(self, plugin: str, hook: Callable[[Callable[..., None]], Any]) -> None:
         def register(name: str, factory: Callable[[], ChatBackend]) -> None:
             if not isinstance(name, str) or not name or ":" in name or not callable(factory):
-                raise TypeError(f"register(name, factory) needs a non-empty name without ':' "
-                                f"and a callable factory, got {name!r}, {factory!r}")
+                raise TypeError(
+                    f"register(name, factory) needs a non-empty name without ':' "
+                    f"and a callable factory, got {name!r}, {factory!r}"
+                )
             taken = self.backends.get(name)
             if taken is not None:
                 logger.warning(
                     "chatplug plugin %r tried to register backend %r, already registered by "
-                    "plugin %r (%s); keeping the first.", plugin, name, taken.plugin,
+                    "plugin %r (%s); keeping the first.",
+                    plugin,
+                    name,
+                    taken.plugin,
                     taken.distribution,
                 )
                 return
@@ -108,8 +116,9 @@ class Registry:
         try:
             hook(register)
         except Exception as exc:
-            logger.warning("chatplug plugin %r failed in register_backends and is skipped: "
-                           "%s: %s", plugin, type(exc).__name__, exc)
+            logger.warning(
+                "chatplug plugin %r failed in register_backends and is skipped: %s: %s", plugin, type(exc).__name__, exc
+            )
 
     def register_plugin(self, plugin: object, name: str, distribution: str = "?") -> None:
         """Register a plugin object by hand (tests, applications); its backends join at once."""
@@ -164,8 +173,7 @@ class Registry:
                         ) from exc
                     if not isinstance(instance, ChatBackend):
                         raise PluginError(
-                            f"{self.describe(name)} made a {type(instance).__name__}, "
-                            "not a chatplug.ChatBackend."
+                            f"{self.describe(name)} made a {type(instance).__name__}, not a chatplug.ChatBackend."
                         )
                     entry.instance = instance
         return entry.instance
@@ -189,8 +197,13 @@ class Registry:
             try:
                 impl.function(*(kwargs[arg] for arg in impl.argnames))
             except Exception as exc:
-                logger.warning("chatplug plugin %r raised in %s and was ignored: %s: %s",
-                               impl.plugin_name, hook_name, type(exc).__name__, exc)
+                logger.warning(
+                    "chatplug plugin %r raised in %s and was ignored: %s: %s",
+                    impl.plugin_name,
+                    hook_name,
+                    type(exc).__name__,
+                    exc,
+                )
 
     def close(self) -> None:
         with self._lock:

@@ -10,6 +10,10 @@ from ._config import settings
 from ._types import LLMResponse
 
 __all__ = [
-    "LLMResponse", "generate_completion_async", "generate_completion_sync",
-    "generate_completion_with_messages_async", "generate_completion_with_messages_sync", "settings",
+    "LLMResponse",
+    "generate_completion_async",
+    "generate_completion_sync",
+    "generate_completion_with_messages_async",
+    "generate_completion_with_messages_sync",
+    "settings",
 ]

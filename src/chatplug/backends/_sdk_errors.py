@@ -25,21 +25,31 @@ from .._exceptions import (
 from .._types import ChatRequest
 
 # Phrases with which providers and OpenAI-compatible servers report an over-long prompt.
-CONTEXT_MARKERS = ("context_length_exceeded", "exceed_context_size", "context length", "context window",
-                   "maximum context", "prompt is too long", "too many tokens")
+CONTEXT_MARKERS = (
+    "context_length_exceeded",
+    "exceed_context_size",
+    "context length",
+    "context window",
+    "maximum context",
+    "prompt is too long",
+    "too many tokens",
+)
 
 
-def map_sdk_error(sdk: ModuleType, exc: Exception, request: ChatRequest, where: str,
-                  hints: Mapping[int, str]) -> ChatplugError | None:
+def map_sdk_error(
+    sdk: ModuleType, exc: Exception, request: ChatRequest, where: str, hints: Mapping[int, str]
+) -> ChatplugError | None:
     """The chatplug error for an exception of a Stainless SDK, or None if it is none of its."""
     if isinstance(exc, sdk.APITimeoutError):
-        return APITimeoutError(f"{where} did not answer within {request.timeout:g} s. Raise LLM_TIMEOUT or "
-                               "lower max_tokens.")
+        return APITimeoutError(
+            f"{where} did not answer within {request.timeout:g} s. Raise LLM_TIMEOUT or lower max_tokens."
+        )
     if isinstance(exc, sdk.APIConnectionError):
         cause = exc.__cause__ or exc.__context__
         detail = f" ({type(cause).__name__})" if cause else ""
-        return APIConnectionError(f"could not connect to {where}{detail}. Check that the server runs and "
-                                  "that the base URL is right.")
+        return APIConnectionError(
+            f"could not connect to {where}{detail}. Check that the server runs and that the base URL is right."
+        )
     if isinstance(exc, sdk.APIStatusError):
         status = exc.status_code
         detail = _error_message(exc.body) or exc.message
@@ -50,11 +60,12 @@ def map_sdk_error(sdk: ModuleType, exc: Exception, request: ChatRequest, where: 
         if status in (400, 413) and any(m in str(exc.body).lower() for m in CONTEXT_MARKERS):
             return ContextLengthExceededError(
                 f"{message} The conversation is longer than the model's context: shorten it or "
-                "use a model with a longer context.", status_code=status)
+                "use a model with a longer context.",
+                status_code=status,
+            )
         return status_error(status, message, retry_after=retry_after(exc.response.headers))
-    if isinstance(exc, sdk.APIResponseValidationError) or isinstance(exc, ValueError):
-        return InvalidResponseError(f"{where} sent a response that is not a valid reply "
-                                    f"({type(exc).__name__}: {exc}).")
+    if isinstance(exc, (sdk.APIResponseValidationError, ValueError)):
+        return InvalidResponseError(f"{where} sent a response that is not a valid reply ({type(exc).__name__}: {exc}).")
     if isinstance(exc, sdk.APIError):  # e.g. an error event inside a 200 stream
         return status_error(500, f"{where} reported an error: {exc.message}")
     return None

@@ -72,7 +72,7 @@ class OllamaBackend(ChatBackend):
 
     def close(self) -> None:
         for client in self._clients.clear():
-            client.close()
+            client.close()  # type: ignore[no-untyped-call]  # the SDK leaves close() unannotated
 
     def _map_error(self, exc: Exception, request: ChatRequest, host: str | None) -> ChatplugError | None:
         """The chatplug error for what the SDK raised, saying what to do about it."""
@@ -89,8 +89,10 @@ class OllamaBackend(ChatBackend):
                     status_code=404,
                 )
             if status == -1:  # an error line inside a 200 stream: the model failed mid-run
-                return ServerError(f"{where} failed while generating: {detail}. Try again; if it "
-                                   "persists, check the Ollama server log.")
+                return ServerError(
+                    f"{where} failed while generating: {detail}. Try again; if it "
+                    "persists, check the Ollama server log."
+                )
             hint = {
                 401: " Set OLLAMA_API_KEY for ollama.com models, or run `ollama signin`.",
                 429: " Wait and retry, or slow down.",
@@ -125,8 +127,7 @@ def _client_key(host: str | None, request: ChatRequest) -> tuple[Any, ...]:
 
 
 def _chat_arguments(request: ChatRequest) -> dict[str, Any]:
-    options: dict[str, Any] = {**DEFAULT_OPTIONS, "temperature": request.temperature,
-                               "num_predict": request.max_tokens}
+    options: dict[str, Any] = {**DEFAULT_OPTIONS, "temperature": request.temperature, "num_predict": request.max_tokens}
     top_level: dict[str, Any] = {}
     for key, value in request.options.items():
         if key in TOP_LEVEL:
@@ -135,8 +136,13 @@ def _chat_arguments(request: ChatRequest) -> dict[str, Any]:
             options["stop"] = [value]
         else:
             options[key] = value
-    return {"model": request.model, "messages": list(request.messages), "options": options,
-            "stream": False, **top_level}
+    return {
+        "model": request.model,
+        "messages": list(request.messages),
+        "options": options,
+        "stream": False,
+        **top_level,
+    }
 
 
 def _result(response: ollama.ChatResponse) -> ChatResult:

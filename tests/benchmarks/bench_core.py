@@ -1,0 +1,129 @@
+"""Benchmarks for the core, outside the default test run:
+
+    .venv/bin/python tests/benchmarks/bench_core.py
+
+1. ``import chatplug`` time, from ``python -X importtime`` in fresh processes (target <= 30 ms).
+2. Per-call cost of chatplug against the raw ``ollama`` SDK client on the same loopback fake
+   server in the same run, sync and async, as a ratio (target <= 1.10x). The floor is the raw
+   SDK with a reused client; the seed's client-per-call design is measured beside it.
+
+Batches alternate between the contenders so that drift on the machine hits both alike; the
+median batch is reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tests.fakeserver import FakeServer, Reply, fixture
+
+MESSAGES = [{"role": "user", "content": "Why is the sky blue?"}]
+OPTIONS = {"temperature": 0.7, "num_predict": 500, "top_p": 0.9, "repeat_penalty": 1.1}
+
+
+def import_time_ms(runs: int = 15) -> tuple[float, float]:
+    """Median self+children time of the ``chatplug`` import, and of the whole interpreter start."""
+    imports, starts = [], []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        proc = subprocess.run(
+            [sys.executable, "-X", "importtime", "-c", "import chatplug"], capture_output=True, text=True, check=True
+        )
+        starts.append((time.perf_counter() - t0) * 1000)
+        line = next(ln for ln in proc.stderr.splitlines() if ln.rstrip().endswith("| chatplug"))
+        imports.append(int(line.split("|")[1]) / 1000)
+    return statistics.median(imports), statistics.median(starts)
+
+
+def per_call_us(fn: Callable[[], object], calls: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - t0) / calls * 1e6
+
+
+def compare(contenders: dict[str, Callable[[], object]], calls: int = 200, batches: int = 7) -> dict[str, float]:
+    results: dict[str, list[float]] = {name: [] for name in contenders}
+    for fn in contenders.values():
+        per_call_us(fn, 20)  # warm up: connections, imports, first dispatch
+    for _ in range(batches):
+        for name, fn in contenders.items():
+            results[name].append(per_call_us(fn, calls))
+    return {name: statistics.median(values) for name, values in results.items()}
+
+
+def main() -> None:
+    import ollama
+
+    import chatplug
+
+    server = FakeServer()
+    server.route(
+        "POST",
+        "/api/chat",
+        Reply(200, fixture("ollama/chat_nonstream_200.json"), {"Content-Type": "application/json; charset=utf-8"}),
+    )
+    os.environ["OLLAMA_HOST"] = server.url
+
+    imported, started = import_time_ms()
+    print(
+        f"import chatplug: {imported:.1f} ms (python -X importtime, median of 15); "
+        f"whole `python -c 'import chatplug'`: {started:.0f} ms"
+    )
+
+    raw = ollama.Client(host=server.url, timeout=120)
+
+    def raw_sdk() -> object:
+        return raw.chat(model="llama3.2", messages=MESSAGES, options=OPTIONS, stream=False)
+
+    def new_client_per_call() -> object:
+        with ollama.Client(host=server.url, timeout=120) as client:
+            return client.chat(model="llama3.2", messages=MESSAGES, options=OPTIONS, stream=False)
+
+    def via_chatplug() -> object:
+        response = chatplug.generate_completion_with_messages_sync(MESSAGES)
+        assert response.success, response.error
+        return response
+
+    sync = compare({"raw ollama.Client": raw_sdk, "chatplug sync": via_chatplug})
+    floor = sync["raw ollama.Client"]
+    print(
+        f"sync per call: raw SDK {floor:.0f} us, chatplug {sync['chatplug sync']:.0f} us "
+        f"-> {sync['chatplug sync'] / floor:.3f}x"
+    )
+    seed = compare({"client per call": new_client_per_call}, calls=20, batches=3)["client per call"]
+    print(f"a new client per call (the seed's design): {seed:.0f} us -> {seed / floor:.1f}x the reused client")
+
+    async def async_batch(use_chatplug: bool, calls: int) -> float:
+        client = ollama.AsyncClient(host=server.url, timeout=120)
+        for _ in range(10):  # warm up on this loop
+            await client.chat(model="llama3.2", messages=MESSAGES, options=OPTIONS, stream=False)
+            await chatplug.generate_completion_with_messages_async(MESSAGES)
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            if use_chatplug:
+                await chatplug.generate_completion_with_messages_async(MESSAGES)
+            else:
+                await client.chat(model="llama3.2", messages=MESSAGES, options=OPTIONS, stream=False)
+        return (time.perf_counter() - t0) / calls * 1e6
+
+    raw_async, cp_async = [], []
+    for _ in range(7):
+        raw_async.append(asyncio.run(async_batch(False, 200)))
+        cp_async.append(asyncio.run(async_batch(True, 200)))
+    a_floor, a_cp = statistics.median(raw_async), statistics.median(cp_async)
+    print(f"async per call: raw AsyncClient {a_floor:.0f} us, chatplug {a_cp:.0f} us -> {a_cp / a_floor:.3f}x")
+    server.close()
+
+
+if __name__ == "__main__":
+    main()
