@@ -1,0 +1,180 @@
+"""``chatplug.testing``: test code that uses chatplug without any model server.
+
+The ``testing`` backend answers from a script instead of a provider, and records every
+request it gets, sync or async. Select it for a block of code with ``scripted``::
+
+    import chatplug
+    from chatplug.testing import scripted
+
+    def test_my_agent_retries_when_rate_limited() -> None:
+        with scripted(chatplug.RateLimitError("slow down", retry_after=2), "Paris") as llm:
+            assert my_agent("Capital of France?") == "Paris"   # my_agent calls chatplug
+        assert len(llm.requests) == 2
+        assert llm.prompts == ["Capital of France?", "Capital of France?"]
+
+Each call takes the next scripted reply: a ``str`` (the reply's content), a full
+``ChatResult``, a ``ChatplugError`` instance (the call fails with that error's kind, message and
+``retry_after``), or a function of the ``ChatRequest`` returning one of those. When the script
+is used up (or was empty), calls get ``default``: by default the last user message, echoed.
+
+As a pytest fixture, one line in your ``conftest.py``::
+
+    import pytest
+    import chatplug.testing
+
+    llm = pytest.fixture(chatplug.testing.fake_llm)   # then: def test_x(llm): llm.script("hi")
+
+Without any code, ``LLM_BACKEND=testing`` makes every call echo its last user message.
+
+``scripted`` selects the backend through ``chatplug.settings.backend``, so calls that name a
+backend themselves (``backend="openai"``, ``model_name="openai:gpt-4o"``) are not redirected:
+leave the backend to configuration in code you want to test this way.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeAlias
+
+from ._backend import ChatBackend
+from ._config import Settings, settings
+from ._exceptions import ChatplugError
+from ._types import ChatRequest, ChatResult
+from .hookspecs import hookimpl
+
+__all__ = ["NAME", "FakeLLM", "Reply", "TestingBackend", "current", "echo", "fake_llm", "scripted"]
+
+#: The backend name this module registers.
+NAME = "testing"
+
+#: What a scripted call answers with (see the module docstring).
+Reply: TypeAlias = str | ChatResult | ChatplugError | Callable[[ChatRequest], str | ChatResult | ChatplugError]
+
+
+def echo(request: ChatRequest) -> str:
+    """The default reply: the content of the last user message (or of the last message)."""
+    users = [m for m in request.messages if m["role"] == "user"] or list(request.messages)
+    return users[-1]["content"]
+
+
+class FakeLLM:
+    """A script of replies and the requests that consumed them. Safe to share between threads.
+
+    ``requests`` holds every ``ChatRequest`` the backend got while this fake was active,
+    in order, including those answered with a failure.
+    """
+
+    def __init__(self, *replies: Reply, default: Reply = echo, keep: int | None = None) -> None:
+        self._lock = threading.Lock()
+        self._script: deque[Reply] = deque(replies)
+        self._requests: deque[ChatRequest] = deque(maxlen=keep)
+        self.default = default
+
+    def script(self, *replies: Reply) -> FakeLLM:
+        """Queue more replies, after those not yet used. Returns ``self``."""
+        with self._lock:
+            self._script.extend(replies)
+        return self
+
+    @property
+    def requests(self) -> list[ChatRequest]:
+        """The requests received so far (a copy)."""
+        with self._lock:
+            return list(self._requests)
+
+    @property
+    def prompts(self) -> list[str]:
+        """The last user message of each request, in order."""
+        return [echo(request) for request in self.requests]
+
+    @property
+    def pending(self) -> int:
+        """How many scripted replies have not been used yet."""
+        with self._lock:
+            return len(self._script)
+
+    def answer(self, request: ChatRequest) -> ChatResult:
+        """Record ``request`` and return, or raise, the next reply. The backend calls this."""
+        with self._lock:
+            self._requests.append(request)
+            reply = self._script.popleft() if self._script else self.default
+        if callable(reply):
+            reply = reply(request)
+        if isinstance(reply, ChatplugError):
+            raise reply.with_traceback(None)  # a reply used again must not grow its traceback
+        if isinstance(reply, ChatResult):
+            return reply
+        if isinstance(reply, str):
+            return ChatResult(
+                content=reply,
+                model=request.model,
+                prompt_tokens=sum(len(m["content"].split()) for m in request.messages),
+                completion_tokens=len(reply.split()),
+                finish_reason="stop",
+            )
+        raise TypeError(f"chatplug.testing: a scripted reply must be a str, ChatResult or ChatplugError, got {reply!r}")
+
+
+# The fakes in use: the innermost ``scripted`` block wins; outside any, the ambient one
+# (which keeps only the last 1000 requests, for processes run with LLM_BACKEND=testing).
+_ambient = FakeLLM(keep=1000)
+_active: list[FakeLLM] = []
+_active_lock = threading.Lock()
+
+
+def current() -> FakeLLM:
+    """The fake that answers calls now: the innermost active ``scripted`` one, else the ambient one."""
+    with _active_lock:
+        return _active[-1] if _active else _ambient
+
+
+@contextmanager
+def scripted(*replies: Reply, default: Reply = echo) -> Iterator[FakeLLM]:
+    """Answer chatplug calls from ``replies`` for the duration of the block.
+
+    Sets ``chatplug.settings.backend = "testing"`` and puts back the previous setting on exit
+    (an override set in code, or none, so the environment applies again). Blocks may nest.
+    """
+    fake = FakeLLM(*replies, default=default)
+    attr = Settings.backend.attr  # the raw override, not the value the environment gives
+    saved: str | None = getattr(settings, attr, None)
+    with _active_lock:
+        _active.append(fake)
+    settings.backend = NAME
+    try:
+        yield fake
+    finally:
+        settings.backend = saved
+        with _active_lock:
+            _active.remove(fake)
+
+
+def fake_llm() -> Iterator[FakeLLM]:
+    """A pytest fixture body: ``llm = pytest.fixture(chatplug.testing.fake_llm)`` in conftest.py.
+
+    Each test gets a fresh, empty ``FakeLLM`` with the ``testing`` backend selected; queue
+    replies with ``llm.script(...)``.
+    """
+    with scripted() as fake:
+        yield fake
+
+
+class TestingBackend(ChatBackend):
+    """The ``testing`` backend: hands each request to ``current()``."""
+
+    __test__ = False  # not a test class, for pytest's collection
+    default_model = "testing"
+
+    def complete(self, request: ChatRequest) -> ChatResult:
+        return current().answer(request)
+
+    async def acomplete(self, request: ChatRequest) -> ChatResult:
+        return current().answer(request)
+
+
+@hookimpl
+def register_backends(register: Callable[[str, Callable[[], ChatBackend]], None]) -> None:
+    register(NAME, TestingBackend)
