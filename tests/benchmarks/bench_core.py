@@ -72,13 +72,7 @@ def main() -> None:
 
     import chatplug
 
-    # The server runs in its own process, so its work neither takes the client's GIL nor pads
-    # the floor that chatplug is compared against.
-    server = subprocess.Popen(
-        [sys.executable, __file__, "--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    assert server.stdout is not None
-    url = server.stdout.readline().strip()
+    server, url = start_server()
     os.environ["OLLAMA_HOST"] = url
 
     imported, started = import_time_ms()
@@ -132,10 +126,23 @@ def main() -> None:
     server.communicate("")  # closing its stdin stops the server
 
 
+def start_server() -> tuple[subprocess.Popen[str], str]:
+    """The fake server in its own process, so its work neither takes the client's GIL nor pads
+    the floor that chatplug is compared against. Close its stdin to stop it."""
+    server = subprocess.Popen(
+        [sys.executable, __file__, "--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert server.stdout is not None
+    return server, server.stdout.readline().strip()
+
+
 def serve() -> None:
     server = FakeServer()
     json_type = {"Content-Type": "application/json; charset=utf-8"}
     server.route("POST", "/api/chat", Reply(200, fixture("ollama/chat_nonstream_200.json"), json_type))
+    plain_json = {"Content-Type": "application/json"}
+    server.route("POST", "/v1/chat/completions", Reply(200, fixture("openai/chat_nonstream_200.json"), plain_json))
+    server.route("POST", "/v1/messages", Reply(200, fixture("anthropic/messages_nonstream_200.json"), plain_json))
     print(server.url, flush=True)
     sys.stdin.read()
     server.close()

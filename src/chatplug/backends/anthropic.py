@@ -1,0 +1,108 @@
+"""Anthropic's Messages API, through the official ``anthropic`` SDK.
+
+Honours ``ANTHROPIC_API_KEY`` (or ``ANTHROPIC_AUTH_TOKEN``) and ``ANTHROPIC_BASE_URL``. The
+Messages API differs from chat completions in three ways handled here: system messages are a
+top-level ``system`` parameter, turns must alternate (consecutive same-role messages are
+merged), and ``max_tokens`` is required. The SDK is imported on first use.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+from .._backend import ChatBackend
+from .._exceptions import AuthenticationError, ConfigError, InvalidInputError
+from .._types import ChatRequest, ChatResult, Message
+from ..hookspecs import hookimpl
+from ._stainless import Connection, StainlessBackend
+
+PLACEHOLDER_KEY = "sk-ant-no-key-needed"
+
+
+class AnthropicBackend(StainlessBackend):
+    default_model = "claude-sonnet-5-5"
+    hints: ClassVar[Mapping[int, str]] = {
+        401: "Check ANTHROPIC_API_KEY.",
+        403: "Check that ANTHROPIC_API_KEY may use this model.",
+        404: "Check the model name {model!r} (LLM_MODEL_NAME or model_name=), e.g. claude-sonnet-5-5.",
+        429: "Wait and retry, or check the organization's rate limits.",
+        529: "Anthropic is overloaded: retry later.",
+    }
+
+    def __init__(self) -> None:
+        try:
+            import anthropic  # lazily: ~400 ms, paid only when this backend is used
+        except ImportError as exc:
+            raise ConfigError(
+                f"the anthropic backend needs the anthropic SDK ({exc}). "
+                'Install it with: pip install "chatplug[anthropic]"'
+            ) from None
+        super().__init__(anthropic, anthropic.Anthropic, anthropic.AsyncAnthropic, anthropic.resources.Messages.create)
+
+    def connection(self) -> Connection:
+        base_url = os.environ.get("ANTHROPIC_BASE_URL") or None
+        key = os.environ.get("ANTHROPIC_API_KEY") or ""
+        token = os.environ.get("ANTHROPIC_AUTH_TOKEN") or ""
+        if not key and not token and base_url is None:
+            raise AuthenticationError(
+                "ANTHROPIC_API_KEY is not set. Set it to your Anthropic API key (or ANTHROPIC_AUTH_TOKEN "
+                "to a bearer token), or ANTHROPIC_BASE_URL to a compatible server that needs none."
+            )
+        where = f"Anthropic at {base_url}" if base_url else "Anthropic"
+        if token and not key:  # ANTHROPIC_AUTH_TOKEN: sent as a bearer token
+            return Connection(base_url, None, where, auth_token=token)
+        return Connection(base_url, key or PLACEHOLDER_KEY, where)
+
+    def arguments(self, request: ChatRequest, conn: Connection) -> dict[str, Any]:
+        options = dict(request.options)
+        stop = options.pop("stop", None)
+        system, messages = _to_anthropic(request.messages)
+        no_sampling = {"temperature": f"{self.sdk.__name__} {self.sdk.__version__} takes no sampling parameters"}
+        arguments = {
+            **self.pass_through(request, options, no_sampling),
+            "model": request.model,
+            "max_tokens": request.max_tokens,
+            "messages": messages,
+        }
+        if system:
+            arguments["system"] = system
+        if stop:
+            arguments["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+        return arguments
+
+    @staticmethod
+    def create(client: Any) -> Callable[..., Any]:
+        return client.messages.create  # type: ignore[no-any-return]
+
+    def result(self, response: Any) -> ChatResult:
+        text = "".join(block.text for block in response.content if block.type == "text")
+        return ChatResult(
+            content=text,
+            model=response.model or "",
+            prompt_tokens=response.usage.input_tokens or 0,
+            completion_tokens=response.usage.output_tokens or 0,
+            finish_reason=response.stop_reason,
+        )
+
+
+def _to_anthropic(messages: tuple[Message, ...]) -> tuple[str, list[dict[str, str]]]:
+    """System messages joined into one ``system`` text; consecutive same-role turns merged."""
+    system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
+    turns: list[dict[str, str]] = []
+    for message in messages:
+        if message["role"] == "system":
+            continue
+        if turns and turns[-1]["role"] == message["role"]:
+            turns[-1] = {"role": message["role"], "content": turns[-1]["content"] + "\n\n" + message["content"]}
+        else:
+            turns.append({"role": message["role"], "content": message["content"]})
+    if not turns:
+        raise InvalidInputError("Anthropic needs at least one user message besides the system messages.")
+    return system, turns
+
+
+@hookimpl
+def register_backends(register: Callable[[str, Callable[[], ChatBackend]], None]) -> None:
+    register("anthropic", AnthropicBackend)

@@ -1,0 +1,92 @@
+"""OpenAI and every OpenAI-compatible server, through the official ``openai`` SDK.
+
+``OPENAI_BASE_URL`` points it at vLLM, llama.cpp's ``llama-server``, LM Studio, Groq,
+OpenRouter or Ollama's ``/v1``; ``OPENAI_API_KEY`` is required only by the hosted service
+(a local server gets a placeholder key). The SDK is imported on first use.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
+
+from .._backend import ChatBackend
+from .._exceptions import AuthenticationError, ConfigError
+from .._types import ChatRequest, ChatResult
+from ..hookspecs import hookimpl
+from ._stainless import Connection, StainlessBackend
+
+HOSTED = "https://api.openai.com/v1"
+
+# A local OpenAI-compatible server ignores the key, but the SDK refuses to start without one.
+PLACEHOLDER_KEY = "sk-no-key-needed"
+
+
+class OpenAIBackend(StainlessBackend):
+    default_model = "gpt-4o-mini"
+    hints: ClassVar[Mapping[int, str]] = {
+        401: "Check OPENAI_API_KEY.",
+        403: "Check OPENAI_API_KEY and that it may use this model.",
+        404: "Check the model name {model!r} (LLM_MODEL_NAME or model_name=) and OPENAI_BASE_URL.",
+        429: "Wait and retry, or check the account's rate limits and quota.",
+    }
+
+    def __init__(self) -> None:
+        try:
+            import openai  # lazily: ~400 ms, paid only when this backend is used
+        except ImportError as exc:
+            raise ConfigError(
+                f'the openai backend needs the openai SDK ({exc}). Install it with: pip install "chatplug[openai]"'
+            ) from None
+        super().__init__(openai, openai.OpenAI, openai.AsyncOpenAI, openai.resources.chat.Completions.create)
+
+    def connection(self) -> Connection:
+        base_url = os.environ.get("OPENAI_BASE_URL") or None
+        key = os.environ.get("OPENAI_API_KEY") or ""
+        hosted = _is_hosted(base_url)
+        if not key:
+            if hosted:
+                raise AuthenticationError(
+                    "OPENAI_API_KEY is not set. Set it to your OpenAI API key, or set OPENAI_BASE_URL "
+                    "to an OpenAI-compatible server (e.g. http://127.0.0.1:8080/v1) that needs none."
+                )
+            key = PLACEHOLDER_KEY
+        return Connection(base_url, key, f"OpenAI at {base_url}" if base_url and not hosted else "OpenAI")
+
+    def arguments(self, request: ChatRequest, conn: Connection) -> dict[str, Any]:
+        # OpenAI's own API replaced max_tokens with max_completion_tokens (reasoning models
+        # refuse the old name); compatible servers widely know only max_tokens.
+        limit = "max_completion_tokens" if _is_hosted(conn.base_url) else "max_tokens"
+        return {
+            **self.pass_through(request, request.options),
+            "model": request.model,
+            "messages": list(request.messages),
+            "temperature": request.temperature,
+            limit: request.max_tokens,
+        }
+
+    @staticmethod
+    def create(client: Any) -> Callable[..., Any]:
+        return client.chat.completions.create  # type: ignore[no-any-return]
+
+    def result(self, response: Any) -> ChatResult:
+        choice = response.choices[0]
+        usage = response.usage  # None from servers that do not count
+        return ChatResult(
+            content=choice.message.content or "",
+            model=response.model or "",
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            finish_reason=choice.finish_reason,
+        )
+
+
+def _is_hosted(base_url: str | None) -> bool:
+    return base_url is None or (urlsplit(base_url).hostname or "").endswith("api.openai.com")
+
+
+@hookimpl
+def register_backends(register: Callable[[str, Callable[[], ChatBackend]], None]) -> None:
+    register("openai", OpenAIBackend)
