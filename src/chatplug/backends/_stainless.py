@@ -11,6 +11,7 @@ connects, builds its provider's request and reads its reply.
 from __future__ import annotations
 
 import email.utils
+import importlib
 import inspect
 import logging
 import time
@@ -27,6 +28,7 @@ from .._exceptions import (
     APITimeoutError,
     BadRequestError,
     ChatplugError,
+    ConfigError,
     ContextLengthExceededError,
     InvalidInputError,
     InvalidResponseError,
@@ -35,6 +37,17 @@ from .._exceptions import (
 from .._types import ChatRequest, ChatResult
 
 logger = logging.getLogger("chatplug")
+
+
+def import_sdk(name: str) -> ModuleType:
+    """The provider SDK, imported on first use (each takes ~400 ms); if it is not installed,
+    a config error with the exact command that installs it."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise ConfigError(
+            f'the {name} backend needs the {name} SDK ({exc}). Install it with: pip install "chatplug[{name}]"'
+        ) from None
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,10 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from .._backend import ChatBackend
-from .._exceptions import AuthenticationError, ConfigError, InvalidInputError
+from .._exceptions import AuthenticationError, InvalidInputError
 from .._types import ChatRequest, ChatResult, Message
 from ..hookspecs import hookimpl
-from ._stainless import Connection, StainlessBackend
+from ._stainless import Connection, StainlessBackend, import_sdk
 
 PLACEHOLDER_KEY = "sk-ant-no-key-needed"
 
@@ -32,13 +32,7 @@ class AnthropicBackend(StainlessBackend):
     }
 
     def __init__(self) -> None:
-        try:
-            import anthropic  # lazily: ~400 ms, paid only when this backend is used
-        except ImportError as exc:
-            raise ConfigError(
-                f"the anthropic backend needs the anthropic SDK ({exc}). "
-                'Install it with: pip install "chatplug[anthropic]"'
-            ) from None
+        anthropic = import_sdk("anthropic")
         super().__init__(anthropic, anthropic.Anthropic, anthropic.AsyncAnthropic, anthropic.resources.Messages.create)
 
     def connection(self) -> Connection:

@@ -13,10 +13,10 @@ from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 from .._backend import ChatBackend
-from .._exceptions import AuthenticationError, ConfigError
+from .._exceptions import AuthenticationError
 from .._types import ChatRequest, ChatResult
 from ..hookspecs import hookimpl
-from ._stainless import Connection, StainlessBackend
+from ._stainless import Connection, StainlessBackend, import_sdk
 
 HOSTED = "https://api.openai.com/v1"
 
@@ -34,12 +34,7 @@ class OpenAIBackend(StainlessBackend):
     }
 
     def __init__(self) -> None:
-        try:
-            import openai  # lazily: ~400 ms, paid only when this backend is used
-        except ImportError as exc:
-            raise ConfigError(
-                f'the openai backend needs the openai SDK ({exc}). Install it with: pip install "chatplug[openai]"'
-            ) from None
+        openai = import_sdk("openai")
         super().__init__(openai, openai.OpenAI, openai.AsyncOpenAI, openai.resources.chat.Completions.create)
 
     def connection(self) -> Connection:
