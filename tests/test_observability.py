@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,7 +20,9 @@ import pytest
 
 import chatplug
 from chatplug import (
+    ChatBackend,
     ChatRequest,
+    ChatResult,
     LLMResponse,
     RateLimitError,
     generate_completion_async,
@@ -28,6 +32,7 @@ from chatplug import (
 from chatplug._plugins import registry
 from chatplug.testing import scripted
 
+from .childproc import fake_distribution, python
 from .fakeserver import FakeServer
 
 METRICS_PLUGIN = Path(__file__).resolve().parents[1] / "examples/plugins/chatplug-metrics/src/chatplug_metrics"
@@ -84,8 +89,12 @@ def test_request_is_seen_before_it_is_sent_and_the_response_after(plugins: Calla
     recorder.events = events
     plugins(recorder, "recorder")
 
+    backend_took: list[float] = []
+
     def backend(request: ChatRequest) -> str:
+        start = time.perf_counter()
         events.append(("backend", request))
+        backend_took.append(time.perf_counter() - start)
         return "four words of reply"
 
     with scripted(backend):
@@ -100,7 +109,7 @@ def test_request_is_seen_before_it_is_sent_and_the_response_after(plugins: Calla
     assert request is seen and after is response  # the very response the caller got
     assert after.success and after.backend == "testing"
     assert (after.prompt_tokens, after.completion_tokens, after.tokens_used) == (3, 4, 7)
-    assert after.response_time > 0
+    assert after.response_time >= backend_took[0]  # the timing covers the backend's whole call
 
 
 def test_failures_reach_on_response_with_their_kind(plugins: Callable[[object, str], None]) -> None:
@@ -207,6 +216,68 @@ def test_a_hook_that_raises_is_logged_and_breaks_nothing(
     assert len(messages) == 8  # 2 broken plugins x 2 hooks x 2 calls
     assert sum("'broken-first' raised in on_request" in m and "on_request exploded" in m for m in messages) == 2
     assert sum("'broken-last' raised in on_response" in m and "KeyError" in m for m in messages) == 2
+
+
+def test_a_hook_may_take_fewer_arguments(plugins: Callable[[object, str], None]) -> None:
+    seen: list[LLMResponse] = []
+
+    class ResponsesOnly:
+        @hookimpl
+        def on_response(self, response: LLMResponse) -> None:
+            seen.append(response)
+
+    plugins(ResponsesOnly(), "responses-only")
+    with scripted("ok"):
+        response = generate_completion_sync("hi")
+    assert len(seen) == 1 and seen[0] is response
+
+
+def test_a_misbehaving_backend_is_observed_as_a_plugin_failure(plugins: Callable[[object, str], None]) -> None:
+    class Garbage(ChatBackend):
+        def complete(self, request: ChatRequest) -> ChatResult:
+            return "a str, not a ChatResult"  # type: ignore[return-value]
+
+        async def acomplete(self, request: ChatRequest) -> ChatResult:
+            raise ZeroDivisionError("a bug")
+
+    class GarbagePlugin:
+        @hookimpl
+        def register_backends(self, register: Callable[[str, Callable[[], ChatBackend]], None]) -> None:
+            register("garbage", Garbage)
+
+    recorder = Recorder()
+    plugins(GarbagePlugin(), "garbage-plugin")
+    plugins(recorder, "recorder")
+    sync = generate_completion_sync("hi", backend="garbage")
+    async_ = asyncio.run(generate_completion_async("hi", backend="garbage"))
+    assert [e[0] for e in recorder.events] == ["request", "response"] * 2
+    assert [e[2] for e in recorder.events[1::2]] == [sync, async_]
+    assert sync.error_kind == async_.error_kind == "plugin"
+
+
+OBSERVER = """
+from chatplug import hookimpl
+seen = []
+@hookimpl
+def on_response(request, response):
+    seen.append(str(response.error_kind))
+"""
+
+
+def test_an_installed_observer_sees_a_failure_before_plugins_loaded(tmp_path: Path) -> None:
+    """Plugins load at the first dispatch; a first call that fails before it (bad input) must
+    still reach the observers, which today it does not."""
+    fake_distribution(tmp_path, "chatplug-observer", "observer", OBSERVER)
+    proc = python(
+        """
+        import json, chatplug, chatplug_observer
+        chatplug.generate_completion_sync("")
+        chatplug.generate_completion_sync("hi", backend="testing")
+        print(json.dumps(chatplug_observer.seen))
+        """,
+        tmp_path,
+    )
+    assert json.loads(proc.stdout) == ["invalid_input", "None"], proc.stderr
 
 
 @pytest.fixture

@@ -9,11 +9,14 @@ dependencies from that folder with ``--no-index``, as it would from a registry.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import base64
 import csv
+import dataclasses
 import hashlib
 import importlib.util
+import inspect
 import io
 import json
 import logging
@@ -28,13 +31,16 @@ from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from types import ModuleType
+from typing import Any, ClassVar
 
 import pytest
 
 import chatplug
+import chatplug.hookspecs
 import chatplug.testing
 from chatplug._plugins import registry
 
+from .childproc import clean_env, fake_distribution, run_pytest
 from .fakeserver import FakeServer, Reply, fixture
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,12 +121,9 @@ class Venv:
     def __init__(self, path: Path, wheelhouse: Path) -> None:
         self.path = path
         self.wheelhouse = wheelhouse
-        self.env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("LLM_", "CHATPLUG_", "PYTHON", "PIP_", "OLLAMA_")) and k != "VIRTUAL_ENV"
-        }
-        self.env.update(
+        self.env = clean_env(
+            "PIP_",
+            "VIRTUAL_ENV",
             VIRTUAL_ENV=str(path),
             PATH=f"{path / BIN}{os.pathsep}{os.environ.get('PATH', '')}",
             PIP_DISABLE_PIP_VERSION_CHECK="1",
@@ -172,13 +175,15 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Venv]:
 def test_chatplug_is_installed_for_real_with_its_dependencies(installed: Venv) -> None:
     proc = installed.python(
         """
-        import chatplug, importlib.metadata as md, json
-        print(json.dumps({"file": chatplug.__file__,
-                          "requires": sorted(md.distribution("chatplug").requires or []),
+        import sys, chatplug
+        plugins_at_import = [m for m in ("chatplug_echo", "chatplug_metrics", "importlib.metadata") if m in sys.modules]
+        import importlib.metadata as md, json
+        print(json.dumps({"file": chatplug.__file__, "plugins_at_import": plugins_at_import,
                           "dists": sorted(d.metadata["Name"].lower() for d in md.distributions())}))
         """
     )
     out = json.loads(proc.stdout)
+    assert out["plugins_at_import"] == []  # `import chatplug` loads no entry point, installed ones neither
     site = installed.path / "lib"
     assert Path(out["file"]).is_relative_to(site), out["file"]  # not this repository's source
     for dist in ("chatplug", "chatplug-echo", "chatplug-metrics", "pluggy", "httpx", "ollama", "pydantic"):
@@ -283,16 +288,6 @@ def guide_files() -> dict[str, str]:
     return dict(blocks)
 
 
-def write_distribution(root: Path, module: str, source: str | None, entry: str) -> None:
-    """A module and its dist-info in ``root``: an installed distribution, as importlib.metadata sees one."""
-    if source is not None:
-        (root / f"{module}.py").write_text(source)
-    info = root / f"{module}-0.1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module.replace('_', '-')}\nVersion: 0.1.0\n")
-    (info / "entry_points.txt").write_text(f"[chatplug]\n{entry} = {module}\n")
-
-
 def test_the_guides_minimal_plugin_installs_and_works(installed: Venv, tmp_path: Path) -> None:
     files = guide_files()
     for name in ("chatplug_parrot.py", "pyproject.toml"):
@@ -318,22 +313,11 @@ def test_the_guides_minimal_plugin_installs_and_works(installed: Venv, tmp_path:
 def test_the_guides_plugin_tests_pass(tmp_path: Path) -> None:
     """The guide's "Testing a plugin" examples, run by pytest with the plugins installed."""
     files = guide_files()
-    write_distribution(tmp_path, "chatplug_acme", files["chatplug_acme.py"], "acme")
-    write_distribution(tmp_path, "chatplug_metrics", None, "metrics")  # its module: the example's source
+    fake_distribution(tmp_path, "chatplug-acme", "acme", files["chatplug_acme.py"])
+    fake_distribution(tmp_path, "chatplug-metrics", "metrics")  # its module: the example's source
     for name in ("test_acme.py", "test_metrics.py"):
         (tmp_path / name).write_text(files[name])
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_", "CHATPLUG_", "ACME_", "PYTHON"))}
-    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(PLUGINS / "chatplug-metrics" / "src")])
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "3 passed" in proc.stdout
+    assert run_pytest(tmp_path, PLUGINS / "chatplug-metrics" / "src") == 3
 
 
 def guide_module(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
@@ -417,7 +401,7 @@ def test_the_guides_real_backend_transport_and_config_errors(
     monkeypatch.delenv("ACME_API_KEY")
     sent = len(acme.requests)
     no_key = chatplug.generate_completion_sync("hi", backend="acme")
-    assert no_key.error_kind == "config" and "ACME_API_KEY" in str(no_key.error)
+    assert no_key.error_kind == "auth" and "ACME_API_KEY" in str(no_key.error)
     assert len(acme.requests) == sent
 
 
@@ -438,3 +422,69 @@ def test_the_guides_logging_plugin(
     assert re.fullmatch(r"testing testing: ok in \d+ ms, 6 tokens", lines[0]), lines[0]
     assert re.fullmatch(r"testing testing: rate_limit in \d+ ms, 0 tokens", lines[1]), lines[1]
     assert lines[2].startswith("- -: invalid_input in ")
+
+
+# -- the plugin guide says what chatplug does ------------------------------------------
+
+# The guide's files, each written out and run by a test: in this module, and agent.py,
+# test_agent.py and conftest.py in test_testing.py. A new file in the guide must join a test.
+GUIDE_FILES_RUN = {
+    "chatplug_parrot.py",
+    "pyproject.toml",
+    "chatplug_acme.py",
+    "chatplug_calllog.py",
+    "test_acme.py",
+    "test_metrics.py",
+    "agent.py",
+    "test_agent.py",
+    "conftest.py",
+}
+
+
+def guide_blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", GUIDE.read_text(), re.S)
+
+
+def guide_table(header: str) -> list[tuple[str, ...]]:
+    """The rows (as cells) of the guide's table whose header row is ``header``."""
+    text = GUIDE.read_text()
+    table = text[text.index(f"\n{header}\n") :].split("\n\n")[0]
+    return [tuple(cell.strip() for cell in row.strip("|").split(" | ")) for row in table.strip().splitlines()[2:]]
+
+
+def test_every_file_in_the_guide_is_run_by_a_test() -> None:
+    named = re.findall(r"```(?:python|toml)\n# (\S+\.(?:py|toml))\n", GUIDE.read_text())
+    assert len(named) == len(set(named)), "two blocks of the guide write the same file"
+    assert set(named) == GUIDE_FILES_RUN
+
+
+def test_the_guides_sketches_match_chatplug(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The blocks that are no file (the protocol and the observability hooks) are chatplug's own
+    signatures, and so is the guide's register_backends."""
+    protocol, hooks = (b for b in guide_blocks("python") if not b.startswith("# "))
+    names: dict[str, Any] = {"ABC": abc.ABC, "ClassVar": ClassVar, "hookimpl": chatplug.hookimpl}
+    exec("from __future__ import annotations\n" + protocol + hooks, names)
+    real_hooks = {name: getattr(chatplug.hookspecs, name) for name in ("on_request", "on_response")}
+    real_methods = {name: getattr(chatplug.ChatBackend, name) for name in ("complete", "acomplete", "close")}
+    for name, real in [*real_hooks.items(), *real_methods.items()]:
+        sketch = names[name] if name in real_hooks else getattr(names["ChatBackend"], name)
+        assert str(inspect.signature(sketch)) == str(inspect.signature(real)), name
+        assert inspect.iscoroutinefunction(sketch) == inspect.iscoroutinefunction(real), name
+    assert names["ChatBackend"].default_model is chatplug.ChatBackend.default_model is None
+    parrot = guide_module("chatplug_parrot", tmp_path, monkeypatch)
+    spec = chatplug.hookspecs.register_backends
+    assert str(inspect.signature(parrot.register_backends)) == str(inspect.signature(spec))
+
+
+def test_the_guides_tables_match_chatplug() -> None:
+    def fields(header: str) -> set[str]:
+        return {name for row in guide_table(header) for name in re.findall(r"`(\w+)`", row[0])}
+
+    assert fields("| field | what it holds |") == {f.name for f in dataclasses.fields(chatplug.ChatRequest)}
+    assert fields("| field | what to put there |") == {f.name for f in dataclasses.fields(chatplug.ChatResult)}
+    errors = guide_table("| the failure | raise | the caller's `error_kind` |")
+    for failure, raise_, kind in errors:
+        exception = getattr(chatplug, re.findall(r"`(\w+)`", raise_)[0])
+        assert issubclass(exception, chatplug.ChatplugError), failure
+        assert f"`{exception.kind.value}`" == kind, failure
+    assert {kind.strip("`") for *_, kind in errors} == {k.value for k in chatplug.ErrorKind} - {"plugin"}

@@ -4,7 +4,6 @@ requests, selection from the environment, settings restored, sync, async and thr
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import subprocess
 import sys
@@ -33,6 +32,8 @@ from chatplug import (
 )
 from chatplug.testing import FakeLLM, scripted
 
+from .childproc import clean_env, run_pytest
+
 llm = pytest.fixture(chatplug.testing.fake_llm)
 
 GUIDE = Path(__file__).resolve().parents[1] / "examples" / "PLUGINS.md"
@@ -51,12 +52,11 @@ def test_llm_backend_testing_needs_no_code(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_llm_backend_testing_from_a_shell() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_", "CHATPLUG_"))}
     proc = subprocess.run(
         [sys.executable, "-m", "chatplug", "--system", "ignored", "echo me"],
         capture_output=True,
         text=True,
-        env={**env, "LLM_BACKEND": "testing"},
+        env=clean_env(LLM_BACKEND="testing"),
         timeout=60,
     )
     assert (proc.returncode, proc.stdout) == (0, "echo me\n"), proc.stderr
@@ -158,11 +158,22 @@ def test_invalid_input_never_reaches_the_backend() -> None:
     assert fake.requests == [] and fake.pending == 1
 
 
-def test_a_reply_of_the_wrong_type_is_a_plugin_error() -> None:
-    with scripted(42):  # type: ignore[arg-type]
+def test_a_reply_of_the_wrong_type_fails_where_it_is_scripted() -> None:
+    with pytest.raises(TypeError, match="got 42"), scripted(42):  # type: ignore[arg-type]
+        pass
+    with pytest.raises(TypeError, match="got None"):
+        FakeLLM().script("fine", None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"script an instance, e\.g\. RateLimitError\('...'\), not the class"):
+        FakeLLM(default=RateLimitError)  # type: ignore[arg-type]
+    assert settings.backend == "ollama"  # the failed block selected nothing
+
+
+def test_a_reply_function_returning_the_wrong_type_is_a_plugin_error() -> None:
+    with scripted(lambda request: 42) as fake:  # type: ignore[arg-type,return-value]
         response = generate_completion_sync("hi")
-    assert response.error_kind == "plugin"
-    assert "TypeError" in str(response.error) and "42" in str(response.error)
+    assert response.error_kind == "plugin" and "testing" in str(response.error)
+    assert "TypeError" in str(response.error) and "returned 42" in str(response.error)
+    assert fake.prompts == ["hi"]
 
 
 def test_scripted_selects_the_backend_and_restores_the_override() -> None:
@@ -233,14 +244,4 @@ def test_the_guides_example_passes(tmp_path: Path) -> None:
     files = dict(re.findall(r"```python\n# (\S+\.py)\n(.*?)```", GUIDE.read_text(), re.S))
     for name in ("agent.py", "test_agent.py", "conftest.py"):
         (tmp_path / name).write_text(files[name])
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_", "CHATPLUG_", "PYTHON"))}
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "2 passed" in proc.stdout
+    assert run_pytest(tmp_path) == 2

@@ -233,11 +233,9 @@ def _check_max_tokens(value: object) -> None:
 
 
 def _succeeded(result: ChatResult, request: ChatRequest, start: float) -> LLMResponse:
-    if not isinstance(result, ChatResult):
-        garbage = PluginError(
-            f"{registry.describe(request.backend)} returned {type(result).__name__}, not a chatplug.ChatResult."
-        )
-        return _failed(garbage, request, start)
+    problem = _malformed(result)
+    if problem is not None:
+        return _failed(PluginError(f"{registry.describe(request.backend)} returned {problem}"), request, start)
     response = LLMResponse(
         content=result.content,
         tokens_used=result.prompt_tokens + result.completion_tokens,
@@ -251,6 +249,23 @@ def _succeeded(result: ChatResult, request: ChatRequest, start: float) -> LLMRes
     )
     registry.notify("on_response", request=request, response=response)
     return response
+
+
+def _malformed(result: object) -> str | None:
+    """What is wrong with a backend's return value, or ``None`` for a usable ``ChatResult``."""
+    if not isinstance(result, ChatResult):
+        return f"{type(result).__name__}, not a chatplug.ChatResult."
+    if not isinstance(result.content, str):
+        return f"a ChatResult whose content is {type(result.content).__name__}, not str."
+    for name in ("prompt_tokens", "completion_tokens"):
+        value = getattr(result, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            return f"a ChatResult whose {name} is {value!r}, not a whole number >= 0."
+    for name in ("model", "finish_reason"):
+        value = getattr(result, name)
+        if value is not None and not isinstance(value, str):
+            return f"a ChatResult whose {name} is {value!r}, not a str."
+    return None
 
 
 def _failed(exc: Exception, request: ChatRequest | None, start: float) -> LLMResponse:

@@ -49,6 +49,7 @@ class Registry:
         self.pm.add_hookspecs(hookspecs)
         self.backends: dict[str, BackendEntry] = {}
         self.distributions: dict[str, str] = {}  # plugin name -> distribution name
+        self.failed: dict[str, str] = {}  # plugin name -> why it was skipped
 
     # -- loading -------------------------------------------------------------------------
 
@@ -82,13 +83,7 @@ class Registry:
                 plugin = ep.load()
                 self.pm.register(plugin, name=ep.name)
             except Exception as exc:  # a broken plugin must not break the others
-                logger.warning(
-                    "chatplug plugin %r (from %s) failed to load and is skipped: %s: %s",
-                    ep.name,
-                    dist,
-                    type(exc).__name__,
-                    exc,
-                )
+                self._skip(ep.name, dist, "failed to load", exc)
                 continue
             self.distributions[ep.name] = dist
 
@@ -116,9 +111,12 @@ class Registry:
         try:
             hook(register)
         except Exception as exc:
-            logger.warning(
-                "chatplug plugin %r failed in register_backends and is skipped: %s: %s", plugin, type(exc).__name__, exc
-            )
+            self._skip(plugin, self.distributions.get(plugin, "?"), "failed in register_backends", exc)
+
+    def _skip(self, plugin: str, dist: str, failure: str, exc: Exception) -> None:
+        """Log once why ``plugin`` is skipped, and keep it for the calls that name it."""
+        self.failed[plugin] = f"plugin {plugin!r} from {dist!r} {failure}: {type(exc).__name__}: {exc}"
+        logger.warning("chatplug %s; it is skipped.", self.failed[plugin])
 
     def register_plugin(self, plugin: object, name: str, distribution: str = "?") -> None:
         """Register a plugin object by hand (tests, applications); its backends join at once."""
@@ -154,6 +152,8 @@ class Registry:
         self.load()
         entry = self.backends.get(name)
         if entry is None:
+            if name in self.failed:  # a plugin's entry point is usually named after its backend
+                raise PluginError(f"backend {name!r} is not available: {self.failed[name]}.")
             installed = ", ".join(sorted(self.backends)) or "none"
             raise UnknownBackendError(
                 f"No backend named {name!r} is installed. Installed backends: {installed}. "
@@ -165,7 +165,9 @@ class Registry:
                 if entry.instance is None:
                     try:
                         instance = entry.factory()
-                    except ChatplugError:  # the backend's own word, e.g. "pip install ..."
+                    except ChatplugError as exc:  # the backend's own word, e.g. "pip install ..."
+                        if exc.backend is None:
+                            exc.backend = name  # named like every other failure: "acme: ..."
                         raise
                     except Exception as exc:
                         raise PluginError(
@@ -193,6 +195,7 @@ class Registry:
 
     def notify(self, hook_name: str, **kwargs: Any) -> None:
         """Call every implementation of an observability hook; one that raises is logged."""
+        self.load()  # a first call that fails before dispatch (bad input) is observed too
         for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
             try:
                 impl.function(*(kwargs[arg] for arg in impl.argnames))

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import TypeAlias
 
@@ -69,14 +69,15 @@ class FakeLLM:
 
     def __init__(self, *replies: Reply, default: Reply = echo, keep: int | None = None) -> None:
         self._lock = threading.Lock()
-        self._script: deque[Reply] = deque(replies)
+        self._script: deque[Reply] = deque(_checked(replies))
         self._requests: deque[ChatRequest] = deque(maxlen=keep)
-        self.default = default
+        (self.default,) = _checked([default])
 
     def script(self, *replies: Reply) -> FakeLLM:
         """Queue more replies, after those not yet used. Returns ``self``."""
+        checked = _checked(replies)
         with self._lock:
-            self._script.extend(replies)
+            self._script.extend(checked)
         return self
 
     @property
@@ -115,7 +116,21 @@ class FakeLLM:
                 completion_tokens=len(reply.split()),
                 finish_reason="stop",
             )
-        raise TypeError(f"chatplug.testing: a scripted reply must be a str, ChatResult or ChatplugError, got {reply!r}")
+        raise TypeError(f"chatplug.testing: a reply function returned {reply!r}: not a str, ChatResult or error")
+
+
+def _checked(replies: Iterable[Reply]) -> list[Reply]:
+    """``replies``, if each is one; a mistake fails where the test scripts it, not at a call."""
+    checked = list(replies)
+    for reply in checked:
+        if isinstance(reply, type):  # a class is callable, but RateLimitError(request) is no reply
+            raise TypeError(f"chatplug.testing: script an instance, e.g. {reply.__name__}('...'), not the class")
+        if not isinstance(reply, (str, ChatResult, ChatplugError)) and not callable(reply):
+            raise TypeError(
+                f"chatplug.testing: a scripted reply is a str, a ChatResult, a ChatplugError or a function "
+                f"of the ChatRequest returning one, got {reply!r}"
+            )
+    return checked
 
 
 # The fakes in use: the innermost ``scripted`` block wins; outside any, the ambient one
