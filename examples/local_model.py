@@ -115,6 +115,10 @@ def build() -> None:
     TEMPLATE.write_text(GEMMA_TEMPLATE)
 
 
+# Servers started by this process, by port: kept so that stop() can wait for (reap) them.
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
+
 def _pidfile(port: int) -> Path:
     return CACHE / f"llama-server-{port}.pid"
 
@@ -127,33 +131,34 @@ def start(port: int = DEFAULT_PORT, timeout: float = 60.0) -> str:
     """Start the server in the background, wait until /health answers, return the base URL."""
     build()
     stop(port)
-    log = _logfile(port).open("wb")
-    proc = subprocess.Popen(
-        [
-            str(BINARY),
-            "-m",
-            str(MODEL),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "-c",
-            "2048",
-            "-t",
-            "2",
-            "-np",
-            "1",
-            "-n",
-            "256",
-            "--alias",
-            MODEL_ALIAS,
-            "--chat-template-file",
-            str(TEMPLATE),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    with _logfile(port).open("wb") as log:  # the server keeps its own copy of the descriptor
+        proc = subprocess.Popen(
+            [
+                str(BINARY),
+                "-m",
+                str(MODEL),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "-c",
+                "2048",
+                "-t",
+                "2",
+                "-np",
+                "1",
+                "-n",
+                "256",
+                "--alias",
+                MODEL_ALIAS,
+                "--chat-template-file",
+                str(TEMPLATE),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    _children[port] = proc
     _pidfile(port).write_text(str(proc.pid))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -177,31 +182,25 @@ def stop(port: int = DEFAULT_PORT) -> None:
         return
     pid = int(pidfile.read_text())
     pidfile.unlink()
+    child = _children.pop(port, None)
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
         return
-    for _ in range(100):
-        if _exited(pid):
+    if child is not None:  # started by this process (`ask`, the tests): wait for it, reaping it
+        try:
+            child.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+        return
+    for _ in range(100):  # started by another process, which reaps it
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
             return
         time.sleep(0.05)  # waiting for a process to exit; not test synchronisation
     os.kill(pid, signal.SIGKILL)
-    _exited(pid)
-
-
-def _exited(pid: int) -> bool:
-    try:
-        # Started by this process (`ask`, the test suite): reap it, or it stays a zombie
-        # that signal 0 still finds.
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return True
-    except ChildProcessError:  # started by another process: it reaps it
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
 
 
 def ask(prompt: str, port: int) -> int:

@@ -10,6 +10,7 @@ import chatplug
 from chatplug import settings
 
 from .fakeserver import FakeServer, Reply, fixture
+from .providers import ANTHROPIC, OPENAI, provider_server
 
 OLLAMA_JSON = {"Content-Type": "application/json; charset=utf-8"}
 
@@ -68,3 +69,16 @@ def closed_port() -> int:
 def chatplug_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     caplog.set_level(logging.DEBUG, logger="chatplug")
     return caplog
+
+
+# -- the openai and anthropic backends: their real SDKs over a socket (see providers.py) ---
+
+
+@pytest.fixture
+def openai_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeServer]:
+    yield from provider_server(monkeypatch, OPENAI)
+
+
+@pytest.fixture
+def anthropic_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeServer]:
+    yield from provider_server(monkeypatch, ANTHROPIC)

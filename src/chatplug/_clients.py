@@ -2,8 +2,8 @@
 
 A client per call costs tens of times a reused one (building an httpx client sets up SSL and
 a connection pool). Sync clients are shared by all threads; async clients are bound to the
-event loop that made them, so each running loop gets its own, dropped with the loop, which
-keeps repeated ``asyncio.run()`` working.
+event loop that made them, so each running loop gets its own, closed when the loop shuts
+down, which keeps repeated ``asyncio.run()`` working and leaves no socket open.
 """
 
 from __future__ import annotations
@@ -11,11 +11,16 @@ from __future__ import annotations
 import asyncio
 import threading
 import weakref
-from collections.abc import Callable, Hashable
-from typing import Generic, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from typing import Any, Generic, Protocol, TypeVar
+
+
+class AsyncCloseable(Protocol):
+    def close(self) -> Awaitable[Any]: ...
+
 
 S = TypeVar("S")
-A = TypeVar("A")
+A = TypeVar("A", bound=AsyncCloseable)
 
 
 class ClientCache(Generic[S, A]):
@@ -27,6 +32,9 @@ class ClientCache(Generic[S, A]):
         self._lock = threading.Lock()
         self._sync: dict[Hashable, S] = {}
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Hashable, A]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._closers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[object, ...]] = (
             weakref.WeakKeyDictionary()
         )
 
@@ -44,7 +52,10 @@ class ClientCache(Generic[S, A]):
         """The async client for ``key`` on the running event loop."""
         loop = asyncio.get_running_loop()
         with self._lock:
-            per_loop = self._async.setdefault(loop, {})
+            per_loop = self._async.get(loop)
+            if per_loop is None:
+                per_loop = self._async[loop] = {}
+                self._closers[loop] = _close_at_shutdown(per_loop)
             client = per_loop.get(key)
             if client is None:
                 client = per_loop[key] = self._make_async(*args)
@@ -57,3 +68,27 @@ class ClientCache(Generic[S, A]):
             self._sync.clear()
             self._async = weakref.WeakKeyDictionary()
         return clients
+
+
+def _close_at_shutdown(clients: dict[Hashable, A]) -> tuple[object, ...]:
+    """Close ``clients`` when the running loop shuts down; the caller keeps what this returns
+    alive as long as the loop (the loop itself holds both only weakly).
+
+    asyncio has no loop-close callback, but ``asyncio.run()`` (like every runner that calls
+    ``loop.shutdown_asyncgens()``) closes each async generator first iterated on the loop,
+    while the loop still runs: a generator parked at its ``yield`` is that callback.
+    """
+
+    async def closer() -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            while clients:
+                await clients.popitem()[1].close()
+
+    generator = closer()
+    # Calling __anext__() registers the generator with the running loop; the task steps it
+    # into the try block, where it waits at the yield.
+    parked = asyncio.ensure_future(generator.__anext__())
+    return generator, parked
+

@@ -121,7 +121,7 @@ class StainlessBackend(ChatBackend):
         try:
             return self._read(self.create(client)(**kwargs), conn)
         except Exception as exc:
-            raise self._map_error(exc, request, conn) from exc
+            raise self._map_error(exc, request, conn) from None  # see _map_error
 
     async def acomplete(self, request: ChatRequest) -> ChatResult:
         conn = self.connection()
@@ -130,7 +130,7 @@ class StainlessBackend(ChatBackend):
         try:
             return self._read(await self.create(client)(**kwargs), conn)
         except Exception as exc:
-            raise self._map_error(exc, request, conn) from exc
+            raise self._map_error(exc, request, conn) from None  # see _map_error
 
     def close(self) -> None:
         for client in self._clients.clear():
@@ -166,6 +166,10 @@ class StainlessBackend(ChatBackend):
             ) from exc
 
     def _map_error(self, exc: Exception, request: ChatRequest, conn: Connection) -> Exception:
+        """The chatplug error for ``exc``, with secrets redacted. It is raised without the SDK's
+        exception chained to it: that quotes the server's body unredacted, and a traceback
+        would print it. What the SDK's exception told (status, message, request id) is in the
+        mapped message."""
         if isinstance(exc, ChatplugError):
             return exc
         mapped = map_sdk_error(self.sdk, exc, request, conn.where, self.hints)
@@ -196,15 +200,18 @@ def map_sdk_error(
     sdk: ModuleType, exc: Exception, request: ChatRequest, where: str, hints: Mapping[int, str]
 ) -> ChatplugError | None:
     """The chatplug error for an exception of a Stainless SDK, or None if it is none of its."""
+    # The SDK retried these before giving up: say so, since the wait was that many times longer.
+    retries = request.max_retries
+    tries = f" ({retries + 1} attempts, LLM_MAX_RETRIES={retries})" if retries else ""
     if isinstance(exc, sdk.APITimeoutError):
         return APITimeoutError(
-            f"{where} did not answer within {request.timeout:g} s. Raise LLM_TIMEOUT or lower max_tokens."
+            f"{where} did not answer within {request.timeout:g} s{tries}. Raise LLM_TIMEOUT or lower max_tokens."
         )
     if isinstance(exc, sdk.APIConnectionError):
         cause = exc.__cause__ or exc.__context__
-        detail = f" ({type(cause).__name__})" if cause else ""
+        detail = f": {type(cause).__name__}" if cause else ""
         return APIConnectionError(
-            f"could not connect to {where}{detail}. Check that the server runs and that the base URL is right."
+            f"could not connect to {where}{tries}{detail}. Check that the server runs and that the base URL is right."
         )
     if isinstance(exc, sdk.APIStatusError):
         status = exc.status_code
@@ -212,7 +219,8 @@ def map_sdk_error(
         request_id = getattr(exc, "request_id", None)
         suffix = f" (request id {request_id})" if request_id else ""
         hint = hints.get(status, "").format(model=request.model)
-        message = f"{where} answered HTTP {status}: {detail}{suffix}.{' ' + hint if hint else ''}"
+        said = f"{detail}{suffix}" if detail.endswith((".", "!", "?")) and not suffix else f"{detail}{suffix}."
+        message = f"{where} answered HTTP {status}: {said}{' ' + hint if hint else ''}"
         if status in (400, 413) and any(m in str(exc.body).lower() for m in CONTEXT_MARKERS):
             return ContextLengthExceededError(
                 f"{message} The conversation is longer than the model's context: shorten it or "

@@ -1,0 +1,133 @@
+"""The anthropic backend, driving the real anthropic SDK over a socket against a fake Anthropic API.
+
+What it shares with the openai backend is tested by ``StainlessContract`` (providers.py); this
+module adds the Messages API's shapes (``system``, alternating turns, ``max_tokens`` always,
+``stop_sequences``, no sampling parameters) and Anthropic's errors, 529 among them.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from chatplug import ErrorKind, generate_completion_sync, generate_completion_with_messages_sync
+from chatplug._plugins import registry
+
+from .fakeserver import FakeServer
+from .providers import ANTHROPIC, ErrorCase, StainlessContract, both, check_error, check_success, headers_of
+
+
+class TestAnthropicContract(StainlessContract):
+    PROVIDER = ANTHROPIC
+
+
+def test_success(anthropic_server: FakeServer) -> None:
+    check_success(ANTHROPIC, anthropic_server, (18, 17), "claude-sonnet-4-20250514", "end_turn")
+
+
+def test_text_blocks_are_joined(anthropic_server: FakeServer) -> None:
+    body = (
+        b'{"model":"claude-x","id":"msg_01","type":"message","role":"assistant","content":['
+        b'{"type":"thinking","thinking":"hmm","signature":"c2ln"},{"type":"text","text":"Blue "},'
+        b'{"type":"text","text":"light."}],"stop_reason":"max_tokens","stop_sequence":null,'
+        b'"usage":{"input_tokens":3,"output_tokens":4}}'
+    )
+    ANTHROPIC.route(anthropic_server, ANTHROPIC.reply(body))
+    response = generate_completion_sync("Hi")
+    assert (response.content, response.finish_reason, response.tokens_used) == ("Blue light.", "max_tokens", 7)
+
+
+def test_request_body_defaults(anthropic_server: FakeServer) -> None:
+    generate_completion_sync("Hello")
+    (request,) = anthropic_server.requests
+    assert request.json() == {
+        "max_tokens": 500,  # always sent: the Messages API requires it
+        "messages": [{"role": "user", "content": "Hello"}],
+        "model": registry.get("anthropic").default_model,
+    }
+    headers = headers_of(request)
+    assert headers["authorization"] == "Bearer sk-ant-no-key-needed"  # a placeholder: no key is set
+    assert "anthropic-version" in headers
+
+
+def test_system_messages_are_joined_and_same_role_turns_merged(anthropic_server: FakeServer) -> None:
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "user", "content": "Are you there?"},
+        {"role": "system", "content": "Answer in French."},
+        {"role": "assistant", "content": "Oui."},
+        {"role": "assistant", "content": "Bonjour."},
+        {"role": "user", "content": "Why is the sky blue?"},
+    ]
+    assert all(response.success for response in both(messages, "claude-x", 0.2, 64))
+    expected = {
+        "max_tokens": 64,
+        "messages": [
+            {"role": "user", "content": "Hi\n\nAre you there?"},
+            {"role": "assistant", "content": "Oui.\n\nBonjour."},
+            {"role": "user", "content": "Why is the sky blue?"},
+        ],
+        "model": "claude-x",
+        "system": "Be brief.\n\nAnswer in French.",
+    }
+    assert [r.json() for r in anthropic_server.requests] == [expected, expected]  # and no temperature
+
+
+def test_only_system_messages_is_invalid_input(anthropic_server: FakeServer) -> None:
+    response = generate_completion_with_messages_sync([{"role": "system", "content": "Be brief."}])
+    assert response.error_kind is ErrorKind.INVALID_INPUT
+    assert "at least one user message" in (response.error or "")
+    assert anthropic_server.requests == []
+
+
+@pytest.mark.parametrize(("stop", "sequences"), [("END", ["END"]), (["\n\n", "User:"], ["\n\n", "User:"])])
+def test_stop_becomes_stop_sequences(anthropic_server: FakeServer, stop: str | list[str], sequences: list[str]) -> None:
+    assert generate_completion_sync("Hi", stop=stop).success
+    body = anthropic_server.requests[0].json()
+    assert body["stop_sequences"] == sequences and "stop" not in body
+
+
+def test_sampling_options_are_not_sent(anthropic_server: FakeServer, chatplug_log: pytest.LogCaptureFixture) -> None:
+    """The installed SDK's create() takes no temperature, top_p, top_k or seed: none is sent."""
+    assert generate_completion_sync("Hi", temperature=0.2, top_p=0.5, top_k=40, seed=7).success
+    assert set(anthropic_server.requests[0].json()) == {"max_tokens", "messages", "model"}
+    debug = " ".join(r.getMessage() for r in chatplug_log.records if r.levelno == logging.DEBUG)
+    for name in ("temperature", "top_p", "top_k", "seed"):
+        assert f"anthropic: {name} is not sent" in debug
+
+
+def test_auth_token_is_sent_as_a_bearer_token(anthropic_server: FakeServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANTHROPIC_AUTH_TOKEN", "oauth-token-1234")
+    assert generate_completion_sync("Hi").success
+    headers = headers_of(anthropic_server.requests[0])
+    assert headers["authorization"] == "Bearer oauth-token-1234"
+    assert "x-api-key" not in headers
+
+
+# -- errors: the status, the provider's body, the headers the real service sends -----------
+
+MISSING = "claude-nonexistent"  # the model error_model_not_found_404.json names
+
+PROMPT_TOO_LONG = ANTHROPIC.error_json("invalid_request_error", "prompt is too long: 208310 tokens > 200000 maximum")
+
+ERRORS = [
+    ErrorCase(400, "error_bad_request_400.json", ErrorKind.BAD_REQUEST, ("max_tokens: Field",)),
+    ErrorCase(401, "error_auth_401.json", ErrorKind.AUTH, ("invalid x-api-key", "Check ANTHROPIC_API_KEY")),
+    ErrorCase(404, "error_model_not_found_404.json", ErrorKind.NOT_FOUND, (f"name {MISSING!r}",)),
+    ErrorCase(429, "error_rate_limit_429.json", ErrorKind.RATE_LIMIT, ("exceed the rate limit",), 1),
+    ErrorCase(500, "error_api_500.json", ErrorKind.SERVER, ("Internal server error",)),
+    ErrorCase(529, "error_overloaded_529.json", ErrorKind.OVERLOADED, ("Overloaded", "retry later")),
+    ErrorCase(400, PROMPT_TOO_LONG, ErrorKind.CONTEXT_LENGTH, ("prompt is too long",)),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", ERRORS, ids=str)
+def test_errors(
+    anthropic_server: FakeServer,
+    monkeypatch: pytest.MonkeyPatch,
+    chatplug_log: pytest.LogCaptureFixture,
+    case: ErrorCase,
+) -> None:
+    check_error(ANTHROPIC, anthropic_server, monkeypatch, chatplug_log, case, MISSING)
