@@ -189,3 +189,97 @@ def test_boundary_values_are_accepted(ollama: FakeServer) -> None:
     assert generate_completion_sync("Hi", temperature=0).success
     assert generate_completion_sync("Hi", temperature=2, max_tokens=1).success
     assert [sent(ollama, i)["options"]["temperature"] for i in range(2)] == [0, 2]
+
+
+# -- options, numbers and names the caller may get wrong ---------------------------------
+
+
+@pytest.mark.parametrize("option", ["model", "messages", "stream", "timeout", "options"])
+def test_options_chatplug_decides_are_refused_for_every_backend(ollama: FakeServer, option: str) -> None:
+    response = generate_completion_sync("Hi", **{option: "x"})
+    assert response.error_kind is ErrorKind.INVALID_INPUT
+    assert response.error is not None and response.error.startswith(f"ollama: option {option!r} is chatplug's own")
+    assert ollama.requests == []
+
+
+@pytest.mark.parametrize("value", [object(), float("nan"), {"a": {1, 2}}])
+def test_options_that_are_not_json_are_refused_before_sending(ollama: FakeServer, value: object) -> None:
+    response = generate_completion_sync("Hi", seed=value)
+    assert response.error_kind is ErrorKind.INVALID_INPUT
+    assert "option 'seed' must be JSON data" in (response.error or "")
+    assert ollama.requests == []
+
+
+def test_any_real_number_is_a_temperature(ollama: FakeServer) -> None:
+    from decimal import Decimal
+    from fractions import Fraction
+
+    for value in (Decimal("0.5"), Fraction(1, 2)):
+        assert generate_completion_sync("Hi", temperature=value).success  # type: ignore[arg-type]
+        assert sent(ollama)["options"]["temperature"] == 0.5
+    too_big = generate_completion_sync("Hi", temperature=10**400)
+    assert too_big.error_kind is ErrorKind.INVALID_INPUT and "from 0 to 2" in (too_big.error or "")
+
+
+def test_a_failed_call_reports_the_model_it_was_asked_for() -> None:
+    response = generate_completion_sync("", "some-model")
+    assert (response.error_kind, response.model_used) == (ErrorKind.INVALID_INPUT, "some-model")
+
+
+def test_model_names_are_trimmed_and_a_bare_prefix_is_refused(ollama: FakeServer) -> None:
+    assert generate_completion_sync("Hi", "  phi3 ").success
+    assert sent(ollama)["model"] == "phi3"
+    bare = generate_completion_sync("Hi", "ollama:")
+    assert bare.error_kind is ErrorKind.INVALID_INPUT and "'ollama:MODEL'" in (bare.error or "")
+    contradiction = generate_completion_sync("Hi", "openai:gpt-4o", backend="ollama")
+    assert contradiction.error_kind is ErrorKind.INVALID_INPUT and "contradicts" in (contradiction.error or "")
+    assert len(ollama.requests) == 1
+
+
+def test_a_prefix_from_the_environment_does_not_beat_a_backend_set_in_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``scripted()`` sets ``settings.backend``: an operator's ``LLM_MODEL_NAME=openai:...``
+    must not send a unit test's calls to a real provider."""
+    from chatplug.testing import scripted
+
+    monkeypatch.setenv("LLM_MODEL_NAME", "openai:gpt-4o-mini")
+    with scripted("from the script") as llm:
+        response = generate_completion_sync("Hi")
+    assert (response.backend, response.content) == ("testing", "from the script")
+    assert llm.requests[0].model == "testing"  # a model meant for openai is not sent to another backend
+    monkeypatch.setenv("LLM_BACKEND", "ollama")  # at the same level, the prefix wins
+    assert generate_completion_sync("Hi").backend == "openai"
+
+
+def test_the_first_async_call_makes_its_backend_off_the_event_loop() -> None:
+    """Making a backend imports its SDK (~0.4 s): on the loop it would stall every other task."""
+    import threading
+
+    from chatplug import ChatBackend, ChatRequest, ChatResult, hookimpl
+    from chatplug._plugins import registry
+
+    made_in: list[threading.Thread] = []
+
+    class Recording(ChatBackend):
+        def __init__(self) -> None:
+            made_in.append(threading.current_thread())
+
+        def complete(self, request: ChatRequest) -> ChatResult:
+            return ChatResult(content="ok", model=request.model)
+
+        async def acomplete(self, request: ChatRequest) -> ChatResult:
+            return self.complete(request)
+
+    class Plugin:
+        @hookimpl
+        def register_backends(self, register: Any) -> None:
+            register("made-off-loop", Recording)
+
+    registry.register_plugin(Plugin(), "made-off-loop-plugin")
+    try:
+        async def twice() -> list[LLMResponse]:
+            return [await chatplug.generate_completion_async("Hi", backend="made-off-loop") for _ in range(2)]
+
+        assert all(r.success for r in asyncio.run(twice()))
+        assert len(made_in) == 1 and made_in[0] is not threading.main_thread()
+    finally:
+        registry.unregister_plugin("made-off-loop-plugin")

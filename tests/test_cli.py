@@ -67,3 +67,22 @@ def test_backends_lists_the_built_ins() -> None:
     assert proc.returncode == 0
     rows = dict(line.split() for line in proc.stdout.splitlines())
     assert rows["ollama"] == "chatplug"
+
+
+def test_backends_as_json() -> None:
+    proc = chatplug("backends", "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = {row["name"]: row for row in json.loads(proc.stdout)}
+    assert {"ollama", "openai", "anthropic", "testing"} <= set(rows)
+    assert rows["openai"] == {"name": "openai", "plugin": "openai", "distribution": "chatplug"}
+
+
+def test_the_word_backends_can_still_be_asked(ollama: FakeServer) -> None:
+    proc = chatplug("--", "backends", OLLAMA_HOST=ollama.url)
+    assert proc.returncode == 0, proc.stderr
+    assert ollama.requests[0].json()["messages"] == [{"role": "user", "content": "backends"}]
+
+
+def test_a_usage_error_exits_2() -> None:
+    proc = chatplug("--temperature", "hot", "Hi")
+    assert proc.returncode == 2 and "invalid float value" in proc.stderr

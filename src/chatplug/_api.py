@@ -8,14 +8,18 @@ twins differ only in how they call the backend.
 
 from __future__ import annotations
 
+import asyncio
+import decimal
+import json
 import logging
 import math
+import numbers
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ._backend import ChatBackend
-from ._config import settings
+from ._config import ARGUMENT, DEFAULT, settings
 from ._exceptions import ChatplugError, InvalidInputError, PluginError
 from ._plugins import registry
 from ._types import ChatRequest, ChatResult, LLMResponse, Message
@@ -23,6 +27,18 @@ from ._types import ChatRequest, ChatResult, LLMResponse, Message
 logger = logging.getLogger("chatplug")
 
 ROLES = ("system", "user", "assistant")
+
+# Keyword options that would override what chatplug itself decides, with what to do instead.
+RESERVED = {
+    "model": "use model_name= or a 'backend:model' prefix",
+    "messages": "pass them as the first argument",
+    "stream": "chatplug returns whole completions",
+    "timeout": "set LLM_TIMEOUT or settings.timeout",
+    "options": "pass provider options as keyword arguments, e.g. num_ctx=4096",
+}
+
+# Backends made at least once in this process: later async calls find them without blocking.
+_ready: set[str] = set()
 
 
 # -- the public functions ----------------------------------------------------------------
@@ -97,11 +113,13 @@ def _dispatch_sync(
     start = time.perf_counter()
     request: ChatRequest | None = None
     try:
-        chosen, request = _prepare(to_messages(payload), model_name, temperature, max_tokens, backend, options)
+        name, model = _resolve(model_name, temperature, max_tokens, backend, options)
+        chosen = registry.get(name)
+        request = _prepare(chosen, name, model, to_messages(payload), temperature, max_tokens, options)
         registry.notify("on_request", request=request)
         result = chosen.complete(request)
     except Exception as exc:
-        return _failed(exc, request, start)
+        return _failed(exc, request, start, model_name)
     return _succeeded(result, request, start)
 
 
@@ -117,23 +135,27 @@ async def _dispatch_async(
     start = time.perf_counter()
     request: ChatRequest | None = None
     try:
-        chosen, request = _prepare(to_messages(payload), model_name, temperature, max_tokens, backend, options)
+        if not _ready:  # the first call reads entry points and imports plugins: off the loop
+            await asyncio.to_thread(registry.load)
+        name, model = _resolve(model_name, temperature, max_tokens, backend, options)
+        # A backend's first use imports its SDK (~0.4 s) and may build clients: off the loop.
+        chosen = registry.get(name) if name in _ready else await asyncio.to_thread(registry.get, name)
+        request = _prepare(chosen, name, model, to_messages(payload), temperature, max_tokens, options)
         registry.notify("on_request", request=request)
         result = await chosen.acomplete(request)
     except Exception as exc:
-        return _failed(exc, request, start)
+        return _failed(exc, request, start, model_name)
     return _succeeded(result, request, start)
 
 
-def _prepare(
-    messages: tuple[Message, ...],
+def _resolve(
     model_name: str | None,
     temperature: float | None,
     max_tokens: int | None,
     backend: str | None,
     options: dict[str, Any],
-) -> tuple[ChatBackend, ChatRequest]:
-    """Validate the call's arguments, fill the rest from configuration, pick the backend."""
+) -> tuple[str, str | None]:
+    """Check the call's arguments and choose the backend and model (``None``: the default)."""
     if temperature is not None:
         _check_temperature(temperature)
     if max_tokens is not None:
@@ -142,34 +164,67 @@ def _prepare(
         raise InvalidInputError(f"model_name must be a non-empty string, got {model_name!r}.")
     if backend is not None and (not isinstance(backend, str) or not backend.strip()):
         raise InvalidInputError(f"backend must be a non-empty string, got {backend!r}.")
+    name, model = _resolve_backend_and_model(
+        backend.strip() if backend is not None else None, model_name.strip() if model_name is not None else None
+    )
+    try:
+        _check_options(options)
+    except InvalidInputError as exc:
+        exc.backend = name  # the error names the backend the call was for, like every other
+        raise
+    return name, model
 
-    name, model = _resolve_backend_and_model(backend, model_name)
-    chosen = registry.get(name)
-    if model is None:
-        model = chosen.default_model or settings.model_name
-    request = ChatRequest(
+
+def _prepare(
+    chosen: ChatBackend,
+    name: str,
+    model: str | None,
+    messages: tuple[Message, ...],
+    temperature: float | None,
+    max_tokens: int | None,
+    options: dict[str, Any],
+) -> ChatRequest:
+    """The request for ``chosen``, with what the call left open filled from configuration."""
+    _ready.add(name)
+    return ChatRequest(
         messages=messages,
-        model=model,
+        model=model or chosen.default_model or settings.model_name,
         temperature=settings.temperature if temperature is None else float(temperature),
-        max_tokens=settings.max_tokens if max_tokens is None else max_tokens,
+        max_tokens=settings.max_tokens if max_tokens is None else int(max_tokens),
         timeout=settings.timeout,
         options=dict(options),
         backend=name,
         max_retries=settings.max_retries,
     )
-    return chosen, request
 
 
 def _resolve_backend_and_model(backend: str | None, model_name: str | None) -> tuple[str, str | None]:
-    """Explicit ``backend=`` > a ``backend:model`` prefix naming a registered backend >
-    ``LLM_BACKEND`` > ``ollama``. A prefix that names no backend (``llama3.2:1b``) is part
-    of the model name. Returns the model as ``None`` when it is left to configuration."""
-    model = model_name if model_name is not None else (settings.model_name if settings.model_name_is_set() else None)
-    if model is not None:
-        prefix, sep, rest = model.partition(":")
-        if sep and rest and backend in (None, prefix) and registry.is_backend(prefix):
-            return prefix, rest
-    return (backend or settings.backend), model
+    """The backend and model for a call; the model is ``None`` when left to the backend's default.
+
+    A ``backend:model`` prefix (one naming an installed backend: ``llama3.2:1b`` is an Ollama
+    model) selects its backend when the model name comes from as high a place as the backend
+    setting: call > code > environment. So ``LLM_MODEL_NAME=openai:gpt-4o`` selects openai
+    over ``LLM_BACKEND``, but not over ``settings.backend`` set in code or ``backend=``. A model
+    name prefixed for another backend than the chosen one is not sent to it.
+    """
+    model: str | None = model_name
+    model_source = ARGUMENT if model_name is not None else settings.source("model_name")
+    if model is None and model_source > DEFAULT:
+        model = settings.model_name
+    backend_source = ARGUMENT if backend is not None else settings.source("backend")
+    chosen = backend or settings.backend
+    if model is None:
+        return chosen, None
+    prefix, sep, rest = model.partition(":")
+    if not (sep and registry.is_backend(prefix)):
+        return chosen, model
+    if not rest.strip():
+        raise InvalidInputError(f"model_name {model!r} names backend {prefix!r} but no model: use '{prefix}:MODEL'.")
+    if model_source >= backend_source:
+        if backend is not None and prefix != backend:
+            raise InvalidInputError(f"backend={backend!r} contradicts model_name={model!r}: pass one or the other.")
+        return prefix, rest
+    return chosen, rest if prefix == chosen else None
 
 
 def _prompt_messages(prompt: object) -> tuple[Message, ...]:
@@ -215,18 +270,31 @@ def _copy_messages(messages: object) -> tuple[Message, ...]:
 
 
 def _check_temperature(value: object) -> None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or not 0 <= value <= 2
-    ):
-        raise InvalidInputError(f"temperature must be a number from 0 to 2, got {value!r}.")
+    # numbers.Real covers int, float, Fraction and numpy's floats; Decimal registers only as a Number.
+    if not isinstance(value, bool) and isinstance(value, (numbers.Real, decimal.Decimal)):
+        try:
+            if math.isfinite(float(value)) and 0 <= float(value) <= 2:
+                return
+        except (OverflowError, ValueError):
+            pass
+    raise InvalidInputError(f"temperature must be a number from 0 to 2, got {value!r}.")
 
 
 def _check_max_tokens(value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise InvalidInputError(f"max_tokens must be a whole number of at least 1, got {value!r}.")
+
+
+def _check_options(options: Mapping[str, Any]) -> None:
+    for key, value in options.items():
+        if key in RESERVED:
+            raise InvalidInputError(f"option {key!r} is chatplug's own: {RESERVED[key]}.")
+        try:  # every provider takes options as JSON: catch what cannot be sent before sending
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError):
+            raise InvalidInputError(
+                f"option {key!r} must be JSON data (str, number, bool, None, list, dict), got {value!r}."
+            ) from None
 
 
 # -- results -----------------------------------------------------------------------------
@@ -268,7 +336,7 @@ def _malformed(result: object) -> str | None:
     return None
 
 
-def _failed(exc: Exception, request: ChatRequest | None, start: float) -> LLMResponse:
+def _failed(exc: Exception, request: ChatRequest | None, start: float, model_name: object = None) -> LLMResponse:
     if not isinstance(exc, ChatplugError):
         # Anything else escaped a backend: a bug in it, reported as such, never raised.
         where = registry.describe(request.backend) if request else "chatplug"
@@ -279,10 +347,10 @@ def _failed(exc: Exception, request: ChatRequest | None, start: float) -> LLMRes
         content="",
         tokens_used=0,
         response_time=time.perf_counter() - start,
-        model_used=request.model if request else "",
+        model_used=request.model if request else model_name if isinstance(model_name, str) else "",
         success=False,
         error=str(exc),
-        backend=request.backend if request else None,
+        backend=request.backend if request else exc.backend,
         error_kind=exc.kind,
         retry_after=exc.retry_after,
         exception=exc,

@@ -93,6 +93,10 @@ class Setting(Generic[T]):
         setattr(obj, self.attr, value)
 
 
+# Where a value comes from, lowest first; a call's own argument ranks above them all.
+DEFAULT, ENVIRONMENT, CODE, ARGUMENT = range(4)
+
+
 class Settings:
     """chatplug's configuration. Read at call time; see the README's configuration table."""
 
@@ -103,9 +107,13 @@ class Settings:
     timeout = Setting("LLM_TIMEOUT", 120.0, _parse_timeout, "a number of seconds")
     max_retries = Setting("LLM_MAX_RETRIES", 2, _parse_retries, "a whole number >= 0")
 
-    def model_name_is_set(self) -> bool:
-        """Whether a model name was configured (in code or env), rather than defaulted."""
-        return getattr(self, "_model_name", None) is not None or bool(os.environ.get("LLM_MODEL_NAME"))
+    def source(self, name: str) -> int:
+        """Where setting ``name`` comes from: ``CODE`` (set on this object), ``ENVIRONMENT``
+        or ``DEFAULT``. Higher wins; the dispatcher compares these for ``backend:model``."""
+        if getattr(self, "_" + name, None) is not None:
+            return CODE
+        setting: Setting[Any] = getattr(type(self), name)
+        return ENVIRONMENT if os.environ.get(setting.env) else DEFAULT
 
     def __repr__(self) -> str:
         fields = ("backend", "model_name", "temperature", "max_tokens", "timeout", "max_retries")

@@ -28,8 +28,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def list_backends() -> int:
+def list_backends(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="chatplug backends", description="List the installed backends.")
+    parser.add_argument("--json", action="store_true", help="print them as JSON")
+    as_json = parser.parse_args(argv).json
     entries = list(registry.entries())
+    if as_json:
+        print(json.dumps([{"name": e.name, "plugin": e.plugin, "distribution": e.distribution} for e in entries]))
+        return 0 if entries else 1
     if not entries:
         print("No backends installed.", file=sys.stderr)
         return 1
@@ -41,8 +47,8 @@ def list_backends() -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
-    if args_list == ["backends"]:
-        return list_backends()
+    if args_list[:1] == ["backends"]:  # to send the word itself as a prompt: chatplug -- backends
+        return list_backends(args_list[1:])
     args = _parser().parse_args(args_list)
     messages: list[Message] = []
     if args.system:

@@ -49,5 +49,6 @@ def on_response(request: ChatRequest | None, response: LLMResponse) -> None:
 
     ``response`` carries timing (``response_time``), tokens, ``success`` and ``error_kind``.
     ``request`` is ``None`` when the call failed before a request could be built (bad input,
-    bad configuration, unknown backend).
+    bad configuration, unknown backend). An async call cancelled while it waits gets no
+    ``on_response``: cancellation propagates to its caller, and there is no response.
     """
