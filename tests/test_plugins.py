@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+import chatplug
+
 from .childproc import fake_distribution, python
 
 
@@ -50,6 +52,7 @@ FACTORY_SAYS_WHY = registering(
 FACTORY_MAKES_NO_BACKEND = registering('register("confused", dict)')
 RETURNS_GARBAGE = backend_plugin("garbage", '{"content": "not a ChatResult"}', "None")
 RAISES_A_BUG = backend_plugin("buggy", "request.messages[5]")
+AZURE = backend_plugin("azure", 'ChatResult("azure", request.model)')
 BAD_RESULT_FIELDS = backend_plugin(
     "sloppy",
     "ChatResult(content=None, model=request.model, prompt_tokens=None)",
@@ -91,9 +94,13 @@ Row = dict[str, Any]
 LIST_BACKENDS = "import sys; from chatplug.cli import main; sys.exit(main(['backends']))"  # `chatplug backends`
 
 
-def call(root: Path, *backends: str, **env: str) -> tuple[dict[str, list[Row]], list[str]]:
-    """What a sync and an async call to each backend returned, and the warnings logged."""
-    proc = python(CALL.replace("BACKENDS", repr(backends)), root, **env)
+def call(
+    root: Path | list[Path], *backends: str, before: str = "", **env: str
+) -> tuple[dict[str, list[Row]], list[str]]:
+    """What a sync and an async call to each backend returned, and the warnings logged, with
+    ``root`` (or each of a list, in order) on the path and the code ``before`` run first."""
+    roots = root if isinstance(root, list) else [root]
+    proc = python(before + CALL.replace("BACKENDS", repr(backends)), *roots, **env)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout), proc.stderr.splitlines()
 
@@ -168,8 +175,30 @@ def test_chatplug_plugins_restricts_third_party_plugins(plugins: Path) -> None:
     only_echo = json.loads(python(names, plugins, CHATPLUG_PLUGINS="echo").stdout)
     assert "echo" in only_echo and "fragile" not in only_echo
     assert "ollama" in only_echo and "testing" in only_echo  # chatplug's own backends always load
-    none = json.loads(python(names, plugins, CHATPLUG_PLUGINS="").stdout)
-    assert "echo" not in none and "ollama" in none
+    none = json.loads(python(names, plugins, CHATPLUG_PLUGINS="").stdout)  # as simonw/llm's LLM_LOAD_PLUGINS=''
+    assert "echo" not in none and "fragile" not in none and "ollama" in none  # only chatplug's own load
+    every = json.loads(python(names, plugins).stdout)
+    assert "echo" in every and "fragile" in every
+
+
+def test_backend_left_out_by_chatplug_plugins_says_so(plugins: Path) -> None:
+    """Not "No backend named 'echo' is installed ... install the plugin": it is installed."""
+    add(plugins, "chatplug-fragile")
+    out, log = call(plugins, "echo", "echo2", CHATPLUG_PLUGINS="fragile")
+    says = ["installed (from distribution 'chatplug-echo')", "not loaded", "CHATPLUG_PLUGINS=fragile does not list it"]
+    failed(out["echo"], "config", *says)
+    # A backend named unlike its plugin: the filter may be why it is missing.
+    failed(out["echo2"], "config", "CHATPLUG_PLUGINS=fragile does not list them: echo (from chatplug-echo)")
+    assert loading_warnings(log) == [], log
+
+
+def test_chatplug_plugins_naming_no_plugin_warns_once(plugins: Path) -> None:
+    """The distribution's name given for its plugin's loaded nothing, silently."""
+    out, log = call(plugins, "echo", CHATPLUG_PLUGINS="chatplug-echo")
+    failed(out["echo"], "config", "CHATPLUG_PLUGINS=chatplug-echo does not list it")
+    warnings = [line for line in log if line.startswith("WARNING chatplug: CHATPLUG_PLUGINS")]
+    assert len(warnings) == 1, log
+    assert "names 'chatplug-echo'" in warnings[0] and "echo (from chatplug-echo)" in warnings[0]
 
 
 def test_cli_lists_backends_with_their_distribution(plugins: Path) -> None:
@@ -232,6 +261,79 @@ def test_two_plugins_registering_the_same_name(plugins: Path) -> None:
     assert len(warnings) == 1, log
     assert "already registered" in warnings[0]
     assert "'echo'" in warnings[0] and "'other-echo'" in warnings[0]
+
+
+def test_entry_point_name_taken_by_another_distribution(plugins: Path) -> None:
+    """A third-party `openai = chatplug_azure` was dropped without a word (pluggy holds one
+    plugin per name), and calling its backend said it was not installed."""
+    fake_distribution(plugins, "chatplug-azure", "openai", AZURE)
+    out, log = call(plugins, "azure", "echo")
+    echo_works(out)
+    warnings = loading_warnings(log)
+    assert len(warnings) == 1, log
+    for text in ("plugin 'openai' (chatplug_azure) from 'chatplug-azure'", "is taken by distribution 'chatplug'"):
+        assert text in warnings[0], warnings[0]
+    failed(out["azure"], "config", "No backend named 'azure'", "Skipped at loading", "'chatplug-azure'")
+    rows = dict(line.split() for line in python(LIST_BACKENDS, plugins).stdout.splitlines())
+    assert rows["openai"] == "chatplug" and "azure" not in rows  # the built-in keeps its name
+
+
+def test_two_distributions_with_one_entry_point_name(plugins: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Two names for one plugin warn; the same distribution twice on the path does not."""
+    later = tmp_path_factory.mktemp("later")
+    fake_distribution(later, "chatplug-echo", "echo", ECHO_PLUGIN)  # a second copy of the same one
+    fake_distribution(later, "chatplug-echo-fork", "echo", TAKES_ECHO)
+    out, log = call([plugins, later], "echo")
+    echo_works(out)  # the first on the path
+    warnings = loading_warnings(log)
+    assert len(warnings) == 1, log
+    assert "plugin 'echo' (chatplug_echo_fork) from 'chatplug-echo-fork'" in warnings[0], warnings[0]
+    assert "is taken by distribution 'chatplug-echo'" in warnings[0], warnings[0]
+
+
+def test_distribution_with_a_malformed_entry_points_file(plugins: Path) -> None:
+    """One unreadable entry_points.txt, even in a distribution that is no plugin, made
+    importlib.metadata.entry_points() raise, and with it every call."""
+    fake_distribution(plugins, "unrelated-tool", "tool", "")
+    bad = "[console_scripts]\nthis line has no equals sign\n"
+    (plugins / "unrelated_tool-1.0.dist-info" / "entry_points.txt").write_text(bad)
+    out, log = call(plugins, "echo", "testing")
+    echo_works(out)
+    assert [r["content"] for r in out["testing"]] == ["hello"] * 2  # chatplug's own load too
+    assert [line for line in log if "WARNING" in line] == [
+        "WARNING chatplug distribution 'unrelated-tool' has an unreadable entry_points.txt "
+        "(TypeError: Pair.__new__() missing 1 required positional argument: 'value'); it is skipped."
+    ]  # once, not once per call
+
+
+def test_distribution_finder_that_raises(plugins: Path) -> None:
+    """A custom finder on sys.meta_path failing made every call raise: loading must never raise."""
+    finder = """
+import sys
+class Finder:
+    find_spec = staticmethod(lambda *args: None)
+    def find_distributions(context=None):
+        raise RuntimeError("the package index is gone")
+sys.meta_path.append(Finder)
+"""
+    out, log = call(plugins, "echo", "testing", before=finder)
+    echo_works(out)  # what was found before it failed is loaded
+    assert [r["content"] for r in out["testing"]] == ["hello"] * 2
+    assert [line for line in log if "WARNING" in line] == [
+        "WARNING chatplug could not list every installed distribution: RuntimeError: the package index is gone"
+    ]
+
+
+@pytest.mark.parametrize(("name", "guess"), [("OPENAI", "'openai'"), ("opnai", "'openai'"), ("Ollama", "'ollama'")])
+def test_unknown_backend_suggests_the_closest(name: str, guess: str) -> None:
+    error = chatplug.generate_completion_sync("hi", backend=name).error or ""
+    assert f"No backend named {name!r} is installed. Did you mean {guess}? Installed backends: " in error, error
+    assert "ollama, openai" in error
+
+
+def test_unknown_backend_with_no_close_name() -> None:
+    error = chatplug.generate_completion_sync("hi", backend="zzz").error or ""
+    assert "Did you mean" not in error and "Installed backends: " in error, error
 
 
 @pytest.mark.parametrize(
