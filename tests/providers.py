@@ -193,6 +193,14 @@ def check_error(
             response.raise_for_error()
         assert type(raised.value) is RAISED[case.kind]  # exactly: a 500 is no OverloadedError
         assert (raised.value.status_code, raised.value.retry_after) == (case.status, case.retry_after)
+        assert_nothing_chained(response)
+
+
+def assert_nothing_chained(response: LLMResponse) -> None:
+    """The response's exception holds no SDK exception, which would reach the server's body
+    and the request's headers (the key among them)."""
+    assert response.exception is not None
+    assert response.exception.__cause__ is None and response.exception.__context__ is None
 
 
 class StainlessContract:
@@ -258,7 +266,47 @@ class StainlessContract:
         for response in responses:
             shown = (str(response), repr(response), json.dumps(response.to_dict()), repr(response.exception))
             assert not any(secret in text for text in shown)
+            assert_nothing_chained(response)
         assert secret not in caplog.text
+
+    def test_provider_variables_are_stripped(self, server: FakeServer, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A key from a Kubernetes secret or ``echo`` ends in a newline, which httpx refuses in a
+        header (quoting it in its error); chatplug sends the key without it."""
+        monkeypatch.setenv(self.PROVIDER.key_env, "sk-chatplug-key-1234\n")
+        monkeypatch.setenv(self.PROVIDER.base_url_env, f" {server.url}{self.PROVIDER.base_url_path}\n")
+        assert all(response.success for response in both("Hi"))
+        assert [headers_of(r)["authorization"] for r in server.requests] == ["Bearer sk-chatplug-key-1234"] * 2
+
+    @pytest.mark.parametrize("secret", ["sk-SECRET two-words", "sk-SECRET\x1b[0m", "sk-SECRET\u201c", " \n"])
+    def test_a_malformed_key_is_a_config_error_that_hides_it(
+        self, server: FakeServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, secret: str
+    ) -> None:
+        monkeypatch.setenv(self.PROVIDER.key_env, secret)
+        caplog.set_level(logging.DEBUG)
+        responses = both("Hi")
+        assert_failed(responses, ErrorKind.CONFIG, f"{self.PROVIDER.key_env} contains whitespace")
+        for response in responses:
+            assert "SECRET" not in repr(response.exception)
+        assert "SECRET" not in caplog.text
+        assert server.requests == []
+
+    @pytest.mark.parametrize("url", ["127.0.0.1:8080/v1", "http://[::1", "ftp://127.0.0.1/v1", "http://127.0.0.1:99999"])
+    def test_a_base_url_that_is_no_http_url_is_a_config_error(self, monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+        monkeypatch.setenv("LLM_BACKEND", self.PROVIDER.backend)
+        monkeypatch.setenv(self.PROVIDER.base_url_env, url)
+        env = self.PROVIDER.base_url_env
+        assert_failed(both("Hi"), ErrorKind.CONFIG, f"{env}={url!r} is not valid: expected a URL like http")
+
+    def test_a_rotated_key_replaces_the_client(self, server: FakeServer, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Each new key reaches the server, and the client made for the old one is dropped and
+        closed: rotations leave no connection pools behind."""
+        keys = ["sk-rotated-1", "sk-rotated-2", "sk-rotated-3"]
+        cache = chatplug_registry.get(self.PROVIDER.backend)._clients  # type: ignore[attr-defined]
+        for key in keys:
+            monkeypatch.setenv(self.PROVIDER.key_env, key)
+            assert generate_completion_sync("Hi").success
+            assert len(cache) == 1
+        assert [headers_of(r)["authorization"] for r in server.requests] == [f"Bearer {key}" for key in keys]
 
     # options
 
@@ -280,6 +328,11 @@ class StainlessContract:
     @pytest.mark.parametrize("option", [{"model": "other"}, {"messages": []}, {"stream": True}])
     def test_options_chatplug_sets_are_invalid_input(self, server: FakeServer, option: dict[str, Any]) -> None:
         assert_failed(both("Hi", **option), ErrorKind.INVALID_INPUT, f"option {next(iter(option))!r}")
+        assert server.requests == []
+
+    def test_arguments_the_sdk_refuses_are_invalid_input(self, server: FakeServer) -> None:
+        sdk = self.PROVIDER.backend
+        assert_failed(both("Hi", extra_body=5), ErrorKind.INVALID_INPUT, f"the {sdk} SDK refused", "nothing was sent")
         assert server.requests == []
 
     def test_callers_messages_are_not_mutated(self, server: FakeServer) -> None:

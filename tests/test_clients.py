@@ -8,6 +8,14 @@ import threading
 from chatplug._clients import ClientCache
 
 
+class SyncClient:
+    def __init__(self) -> None:
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
 class AsyncClient:
     def __init__(self) -> None:
         self.closed = False
@@ -16,12 +24,12 @@ class AsyncClient:
         self.closed = True
 
 
-def make_cache(made: list[AsyncClient]) -> ClientCache[object, AsyncClient]:
+def make_cache(made: list[AsyncClient]) -> ClientCache[SyncClient, AsyncClient]:
     def make_async(*args: object) -> AsyncClient:
         made.append(AsyncClient())
         return made[-1]
 
-    return ClientCache(lambda *args: object(), make_async)
+    return ClientCache(lambda *args: SyncClient(), make_async)
 
 
 def test_async_clients_are_reused_on_a_loop_and_closed_when_it_shuts_down() -> None:
@@ -41,7 +49,7 @@ def test_async_clients_are_reused_on_a_loop_and_closed_when_it_shuts_down() -> N
 
 def test_sync_clients_are_shared_by_threads() -> None:
     cache = make_cache([])
-    seen: list[object] = []
+    seen: list[SyncClient] = []
     threads = [threading.Thread(target=lambda: seen.append(cache.sync("k"))) for _ in range(8)]
     for thread in threads:
         thread.start()
@@ -50,3 +58,24 @@ def test_sync_clients_are_shared_by_threads() -> None:
     assert len({id(client) for client in seen}) == 1
     assert cache.clear() == [seen[0]]
     assert cache.sync("k") is not seen[0]
+
+
+def test_a_new_credential_replaces_the_client_and_closes_the_old_one() -> None:
+    made: list[AsyncClient] = []
+    cache = make_cache(made)
+    first = cache.sync("k", credential="key-1")
+    assert cache.sync("k", credential="key-1") is first
+    second = cache.sync("k", credential="key-2")
+    assert second is not first
+    assert first.closed and not second.closed
+    assert len(cache) == 1
+
+    async def rotate() -> None:
+        old = cache.async_("k", credential="key-1")
+        new = cache.async_("k", credential="key-2")
+        assert new is not old and not new.closed
+        await asyncio.sleep(0)  # one step of the loop: the old client's close, scheduled on it, runs
+        assert old.closed and not new.closed
+
+    asyncio.run(rotate())
+    assert len(made) == 2 and all(client.closed for client in made)  # the new one at loop shutdown

@@ -12,14 +12,17 @@ import pytest
 
 from chatplug import (
     ErrorKind,
+    LLMResponse,
     generate_completion_async,
     generate_completion_sync,
     generate_completion_with_messages_async,
     generate_completion_with_messages_sync,
 )
+from chatplug._plugins import registry
 
 from .conftest import ollama_reply
 from .fakeserver import FakeServer, Reply
+from .providers import headers_of
 
 CONTENT = "Rayleigh scattering: air molecules scatter short blue wavelengths of sunlight more than red ones."
 
@@ -212,6 +215,8 @@ def test_error_statuses(ollama: FakeServer, fixture_name: str, status: int, kind
         assert response.error_kind is kind
         assert words in (response.error or "")
         assert response.exception is not None and response.exception.status_code == status
+        # No SDK exception rides along: it would reach the request's headers, the key among them.
+        assert response.exception.__cause__ is None and response.exception.__context__ is None
     assert len(ollama.requests) == 2  # the ollama SDK does not retry
 
 
@@ -245,3 +250,83 @@ def test_json_of_a_failure_is_serialisable(ollama: FakeServer) -> None:
     ollama.route("POST", "/api/chat", ollama_reply("error_internal_500.json", 500))
     data = generate_completion_sync("Hi").to_dict()
     assert json.loads(json.dumps(data))["error_kind"] == "server"
+
+
+# -- OLLAMA_HOST and OLLAMA_API_KEY --------------------------------------------------------
+
+KEY = "ollama-SECRET-KEY-1234"
+
+
+def both(prompt: str, **options: object) -> list[LLMResponse]:
+    return [generate_completion_sync(prompt, **options), asyncio.run(generate_completion_async(prompt, **options))]
+
+
+def test_host_and_key_are_stripped(monkeypatch: pytest.MonkeyPatch, ollama: FakeServer) -> None:
+    """A key from a Kubernetes secret ends in a newline: httpx refused it in the header and its
+    error quoted the key. The SDK's short host form ``:port`` keeps working."""
+    monkeypatch.setenv("OLLAMA_API_KEY", KEY + "\n")
+    monkeypatch.setenv("OLLAMA_HOST", f" :{ollama.port}\n")
+    assert all(response.success for response in both("Hi"))
+    assert [headers_of(r)["authorization"] for r in ollama.requests] == [f"Bearer {KEY}"] * 2
+
+
+@pytest.mark.parametrize("key", [f"{KEY} two", f"{KEY}\x1b[0m", f"{KEY}\u201c", " \n"])
+def test_a_malformed_key_is_a_config_error_that_hides_it(
+    monkeypatch: pytest.MonkeyPatch, ollama: FakeServer, caplog: pytest.LogCaptureFixture, key: str
+) -> None:
+    monkeypatch.setenv("OLLAMA_API_KEY", key)
+    caplog.set_level(logging.DEBUG)
+    for response in both("Hi"):
+        assert response.error_kind is ErrorKind.CONFIG
+        assert "OLLAMA_API_KEY contains whitespace" in (response.error or "")
+        assert "SECRET" not in repr(response.exception)
+    assert "SECRET" not in caplog.text
+    assert ollama.requests == []
+
+
+def test_the_key_never_leaks(
+    monkeypatch: pytest.MonkeyPatch, ollama: FakeServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("OLLAMA_API_KEY", KEY)
+    caplog.set_level(logging.DEBUG)  # every logger: chatplug's, the SDK's, httpx's
+    body = json.dumps({"error": f"unauthorized: bad key {KEY}"}).encode()
+    ollama.route("POST", "/api/chat", Reply(401, body, {"Content-Type": "application/json; charset=utf-8"}))
+    for response in both("Hi"):
+        assert response.error_kind is ErrorKind.AUTH
+        assert "bad key ***" in (response.error or "")  # echoed by the server, masked
+        shown = (str(response), repr(response), json.dumps(response.to_dict()), repr(response.exception))
+        assert not any(KEY in text for text in shown)
+        assert response.exception is not None
+        assert response.exception.__cause__ is None and response.exception.__context__ is None
+    assert headers_of(ollama.requests[0])["authorization"] == f"Bearer {KEY}"  # it was sent
+    assert KEY not in caplog.text
+
+
+@pytest.mark.parametrize("host", ["http://[::1", "127.0.0.1:abc", "http://127.0.0.1:99999"])
+def test_a_malformed_host_is_a_config_error(monkeypatch: pytest.MonkeyPatch, host: str) -> None:
+    monkeypatch.setenv("OLLAMA_HOST", host)
+    for response in both("Hi"):
+        assert response.error_kind is ErrorKind.CONFIG
+        assert f"OLLAMA_HOST={host!r} is not valid" in (response.error or "")
+
+
+def test_a_rotated_key_replaces_the_client(monkeypatch: pytest.MonkeyPatch, ollama: FakeServer) -> None:
+    """Each new key reaches the server; the client made for the old one is dropped and closed."""
+    keys = [f"{KEY}-{i}" for i in range(3)]
+    cache = registry.get("ollama")._clients  # type: ignore[attr-defined]
+    for key in keys:
+        monkeypatch.setenv("OLLAMA_API_KEY", key)
+        assert generate_completion_sync("Hi").success
+        assert len(cache) == 1
+    assert [headers_of(r)["authorization"] for r in ollama.requests] == [f"Bearer {key}" for key in keys]
+
+
+@pytest.mark.parametrize(
+    ("option", "words"), [({"format": "xml"}, "format='xml'"), ({"keep_alive": [1]}, "keep_alive=[1]")]
+)
+def test_options_the_sdk_refuses_are_invalid_input(ollama: FakeServer, option: dict[str, object], words: str) -> None:
+    """The SDK validates the request it builds: a refusal is the caller's, not the server's."""
+    for response in both("Hi", **option):
+        assert response.error_kind is ErrorKind.INVALID_INPUT
+        assert words in (response.error or "") and "nothing was sent" in (response.error or "")
+    assert ollama.requests == []

@@ -26,7 +26,6 @@ from .._clients import ClientCache
 from .._exceptions import (
     APIConnectionError,
     APITimeoutError,
-    BadRequestError,
     ChatplugError,
     ConfigError,
     ContextLengthExceededError,
@@ -35,6 +34,7 @@ from .._exceptions import (
     status_error,
 )
 from .._types import ChatRequest, ChatResult
+from ._env import redact
 
 logger = logging.getLogger("chatplug")
 
@@ -61,10 +61,7 @@ class Connection:
 
     def redact(self, text: str) -> str:
         """``text`` with the secrets masked: a key never reaches an error or a log line."""
-        for secret in (self.api_key, self.auth_token):
-            if secret and len(secret) >= 4:
-                text = text.replace(secret, "***")
-        return text
+        return redact(text, self.api_key, self.auth_token)
 
     def __repr__(self) -> str:
         return f"Connection(base_url={self.base_url!r}, where={self.where!r})"
@@ -77,6 +74,9 @@ class StainlessBackend(ChatBackend):
     sdk: ModuleType
     #: Hints added to an error message, per HTTP status; ``{model}`` is the requested model.
     hints: ClassVar[Mapping[int, str]] = {}
+    #: The hosted service, passed when no base URL is set: given None, the SDKs read their
+    #: base URL variable themselves, unstripped (and an empty one as the URL "").
+    hosted_url: ClassVar[str]
 
     def __init__(self, sdk: ModuleType, sync_client: type[Any], async_client: type[Any], create: Any) -> None:
         self.sdk = sdk
@@ -90,7 +90,8 @@ class StainlessBackend(ChatBackend):
 
     @abstractmethod
     def connection(self) -> Connection:
-        """Base URL and key from the environment; raise ``AuthenticationError`` if none."""
+        """Base URL and key from the environment (read with ``_env``); raise
+        ``AuthenticationError`` if none."""
 
     @abstractmethod
     def arguments(self, request: ChatRequest, conn: Connection) -> dict[str, Any]:
@@ -109,28 +110,34 @@ class StainlessBackend(ChatBackend):
         credentials = {"auth_token": conn.auth_token} if conn.auth_token else {"api_key": conn.api_key}
         return {
             **credentials,
-            "base_url": conn.base_url,
+            "base_url": conn.base_url or self.hosted_url,
             "timeout": request.timeout,
             "max_retries": request.max_retries,
         }
 
+    # Both raise the mapped error after the except block, not in it: raised there, it would
+    # keep the SDK's exception as its __context__ (``from None`` only hides it from tracebacks),
+    # and with it the server's body and the request's headers, the key among them.
+
     def complete(self, request: ChatRequest) -> ChatResult:
         conn = self.connection()
-        client = self._clients.sync(_client_key(conn, request), conn, request)
+        client = self._clients.sync(_client_key(conn, request), conn, request, credential=_credential(conn))
         kwargs = self.arguments(request, conn)
         try:
             return self._read(self.create(client)(**kwargs), conn)
         except Exception as exc:
-            raise self._map_error(exc, request, conn) from None  # see _map_error
+            error = self._map_error(exc, request, conn)
+        raise error
 
     async def acomplete(self, request: ChatRequest) -> ChatResult:
         conn = self.connection()
-        client = self._clients.async_(_client_key(conn, request), conn, request)
+        client = self._clients.async_(_client_key(conn, request), conn, request, credential=_credential(conn))
         kwargs = self.arguments(request, conn)
         try:
             return self._read(await self.create(client)(**kwargs), conn)
         except Exception as exc:
-            raise self._map_error(exc, request, conn) from None  # see _map_error
+            error = self._map_error(exc, request, conn)
+        raise error
 
     def close(self) -> None:
         for client in self._clients.clear():
@@ -145,9 +152,6 @@ class StainlessBackend(ChatBackend):
         passed: dict[str, Any] = {}
         dropped = dict(ignored or {})
         for key, value in options.items():
-            if key in ("model", "messages", "stream"):
-                hint = ": use model_name= or a 'backend:model' prefix" if key == "model" else ""
-                raise InvalidInputError(f"option {key!r} is set by chatplug itself{hint}.")
             if key in self.accepted:
                 passed[key] = value
             else:
@@ -181,7 +185,11 @@ class StainlessBackend(ChatBackend):
 
 
 def _client_key(conn: Connection, request: ChatRequest) -> tuple[Any, ...]:
-    return (conn.base_url, conn.api_key, conn.auth_token, request.timeout, request.max_retries)
+    return (conn.base_url, request.timeout, request.max_retries)  # no secret: see ClientCache
+
+
+def _credential(conn: Connection) -> tuple[str | None, str | None]:
+    return (conn.api_key, conn.auth_token)
 
 
 # Phrases with which providers and OpenAI-compatible servers report an over-long prompt.
@@ -233,7 +241,9 @@ def map_sdk_error(
     ):
         return InvalidResponseError(f"{where} sent a response that is not a valid reply ({type(exc).__name__}: {exc}).")
     if isinstance(exc, (TypeError, ValueError)):  # the SDK refused the arguments before sending
-        return BadRequestError(f"the {sdk.__name__} SDK refused the request: {type(exc).__name__}: {exc}")
+        return InvalidInputError(
+            f"the {sdk.__name__} SDK refused the arguments ({type(exc).__name__}: {exc}); nothing was sent."
+        )
     if isinstance(exc, sdk.APIError):  # e.g. an error event inside a 200 stream
         return status_error(500, f"{where} reported an error: {exc.message}")
     return None

@@ -8,7 +8,6 @@ merged), and ``max_tokens`` is required. The SDK is imported on first use.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
@@ -16,6 +15,7 @@ from .._backend import ChatBackend
 from .._exceptions import AuthenticationError, InvalidInputError
 from .._types import ChatRequest, ChatResult, Message
 from ..hookspecs import hookimpl
+from ._env import base_url, secret
 from ._stainless import Connection, StainlessBackend, import_sdk
 
 PLACEHOLDER_KEY = "sk-ant-no-key-needed"
@@ -30,24 +30,25 @@ class AnthropicBackend(StainlessBackend):
         429: "Wait and retry, or check the organization's rate limits.",
         529: "Anthropic is overloaded: retry later.",
     }
+    hosted_url = "https://api.anthropic.com"
 
     def __init__(self) -> None:
         anthropic = import_sdk("anthropic")
         super().__init__(anthropic, anthropic.Anthropic, anthropic.AsyncAnthropic, anthropic.resources.Messages.create)
 
     def connection(self) -> Connection:
-        base_url = os.environ.get("ANTHROPIC_BASE_URL") or None
-        key = os.environ.get("ANTHROPIC_API_KEY") or ""
-        token = os.environ.get("ANTHROPIC_AUTH_TOKEN") or ""
-        if not key and not token and base_url is None:
+        url = base_url("ANTHROPIC_BASE_URL", "https://api.anthropic.com")
+        key = secret("ANTHROPIC_API_KEY")
+        token = secret("ANTHROPIC_AUTH_TOKEN")
+        if not key and not token and url is None:
             raise AuthenticationError(
                 "ANTHROPIC_API_KEY is not set. Set it to your Anthropic API key (or ANTHROPIC_AUTH_TOKEN "
                 "to a bearer token), or ANTHROPIC_BASE_URL to a compatible server that needs none."
             )
-        where = f"Anthropic at {base_url}" if base_url else "Anthropic"
+        where = f"Anthropic at {url}" if url else "Anthropic"
         if token and not key:  # ANTHROPIC_AUTH_TOKEN: sent as a bearer token
-            return Connection(base_url, None, where, auth_token=token)
-        return Connection(base_url, key or PLACEHOLDER_KEY, where)
+            return Connection(url, None, where, auth_token=token)
+        return Connection(url, key or PLACEHOLDER_KEY, where)
 
     def arguments(self, request: ChatRequest, conn: Connection) -> dict[str, Any]:
         options = dict(request.options)

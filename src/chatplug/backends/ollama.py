@@ -1,15 +1,15 @@
 """The default backend: a local or remote Ollama server through the official ``ollama`` SDK.
 
 Uses the native ``/api/chat`` endpoint with ``ollama.Client`` / ``ollama.AsyncClient`` (no
-thread pool for async) and honours ``OLLAMA_HOST`` (and ``OLLAMA_API_KEY``, read by the SDK).
-The SDK is imported on first use, not when the backend is registered.
+thread pool for async) and honours ``OLLAMA_HOST`` and ``OLLAMA_API_KEY``, both read here
+(stripped, validated) and passed to the SDK, which would otherwise read them raw. The SDK is
+imported on first use, not when the backend is registered.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._backend import ChatBackend
 from .._clients import ClientCache
@@ -18,6 +18,8 @@ from .._exceptions import (
     APITimeoutError,
     BadRequestError,
     ChatplugError,
+    ConfigError,
+    InvalidInputError,
     InvalidResponseError,
     NotFoundError,
     ServerError,
@@ -25,9 +27,11 @@ from .._exceptions import (
 )
 from .._types import ChatRequest, ChatResult
 from ..hookspecs import hookimpl
+from ._env import redact, secret, setting
 
 if TYPE_CHECKING:
     import ollama
+    import pydantic
 
 DEFAULT_HOST = "http://127.0.0.1:11434"
 
@@ -37,6 +41,8 @@ DEFAULT_OPTIONS = {"top_p": 0.9, "repeat_penalty": 1.1}
 # Keyword options that are top-level request fields in Ollama's API, not model options.
 TOP_LEVEL = ("keep_alive", "think", "format")
 
+C = TypeVar("C", "ollama.Client", "ollama.AsyncClient")
+
 
 class OllamaBackend(ChatBackend):
     def __init__(self) -> None:
@@ -44,41 +50,50 @@ class OllamaBackend(ChatBackend):
 
         self._sdk = ollama
         self._clients: ClientCache[ollama.Client, ollama.AsyncClient] = ClientCache(
-            lambda host, timeout: ollama.Client(host=host, timeout=timeout),
-            lambda host, timeout: ollama.AsyncClient(host=host, timeout=timeout),
+            lambda host, key, timeout: _client(ollama.Client, host, key, timeout),
+            lambda host, key, timeout: _client(ollama.AsyncClient, host, key, timeout),
         )
 
+    # Both raise the mapped error after the except block, not in it: raised there, it would
+    # keep the SDK's exception (and the request's headers, the key among them) as __context__.
+
     def complete(self, request: ChatRequest) -> ChatResult:
-        host = os.environ.get("OLLAMA_HOST") or None
-        client = self._clients.sync(_client_key(host, request), host, request.timeout)
+        host, key = _connection()
+        client = self._clients.sync((host, request.timeout), host, key, request.timeout, credential=key)
         try:
             return _result(client.chat(**_chat_arguments(request)))
         except Exception as exc:
-            mapped = self._map_error(exc, request, host)
-            if mapped is None:
-                raise
-            raise mapped from exc
+            error = self._map_error(exc, request, host, key)
+        raise error
 
     async def acomplete(self, request: ChatRequest) -> ChatResult:
-        host = os.environ.get("OLLAMA_HOST") or None
-        client = self._clients.async_(_client_key(host, request), host, request.timeout)
+        host, key = _connection()
+        client = self._clients.async_((host, request.timeout), host, key, request.timeout, credential=key)
         try:
             return _result(await client.chat(**_chat_arguments(request)))
         except Exception as exc:
-            mapped = self._map_error(exc, request, host)
-            if mapped is None:
-                raise
-            raise mapped from exc
+            error = self._map_error(exc, request, host, key)
+        raise error
 
     def close(self) -> None:
         for client in self._clients.clear():
             client.close()  # type: ignore[no-untyped-call]  # the SDK leaves close() unannotated
 
-    def _map_error(self, exc: Exception, request: ChatRequest, host: str | None) -> ChatplugError | None:
+    def _map_error(self, exc: Exception, request: ChatRequest, host: str, key: str | None) -> Exception:
+        """The chatplug error for what the SDK raised, with OLLAMA_API_KEY masked; ``exc``
+        itself if it is no provider failure (the dispatcher reports it as a backend bug)."""
+        mapped = self._mapped(exc, request, f"Ollama at {host}")
+        if mapped is None:
+            return exc
+        mapped.message = redact(mapped.message, key)
+        mapped.args = (mapped.message,)  # repr() shows the args: redact them too
+        return mapped
+
+    def _mapped(self, exc: Exception, request: ChatRequest, where: str) -> ChatplugError | None:
         """The chatplug error for what the SDK raised, saying what to do about it."""
         import httpx
+        import pydantic
 
-        where = f"Ollama at {host or DEFAULT_HOST}"
         if isinstance(exc, self._sdk.ResponseError):
             status, detail = exc.status_code, exc.error
             if status == 404:
@@ -113,6 +128,8 @@ class OllamaBackend(ChatBackend):
             return APIConnectionError(f"the connection to {where} failed: {type(exc).__name__}: {exc}")
         if isinstance(exc, self._sdk.RequestError):
             return BadRequestError(f"the ollama SDK rejected the request: {exc.error}")
+        if isinstance(exc, pydantic.ValidationError) and exc.title == "ChatRequest":
+            return _refused(exc)  # the SDK validates the request it builds before sending it
         if isinstance(exc, (ValueError, TypeError, AttributeError)):  # JSON or pydantic errors
             return InvalidResponseError(
                 f"{where} sent a response that is not a valid Ollama chat reply "
@@ -121,9 +138,36 @@ class OllamaBackend(ChatBackend):
         return None  # not a provider failure: the dispatcher reports it as a backend bug
 
 
-def _client_key(host: str | None, request: ChatRequest) -> tuple[Any, ...]:
-    # The SDK reads OLLAMA_API_KEY when a client is made, so it is part of what configures one.
-    return (host, request.timeout, os.environ.get("OLLAMA_API_KEY"))
+def _connection() -> tuple[str, str | None]:
+    """OLLAMA_HOST (or the default) and OLLAMA_API_KEY, stripped; see ``_env``."""
+    return setting("OLLAMA_HOST") or DEFAULT_HOST, secret("OLLAMA_API_KEY")
+
+
+def _client(cls: type[C], host: str, key: str | None, timeout: float) -> C:
+    """An SDK client for ``host``. The key goes in as the header: the SDK reads OLLAMA_API_KEY
+    only when no authorization header is given, and then unstripped."""
+    import httpx
+
+    headers = {"authorization": f"Bearer {key}"} if key else None
+    try:
+        return cls(host=host, timeout=timeout, headers=headers)
+    except (ValueError, httpx.InvalidURL) as exc:  # the SDK parses the host here
+        raise ConfigError(
+            f"OLLAMA_HOST={host!r} is not valid ({exc}): expected an address like http://127.0.0.1:11434 "
+            "or 127.0.0.1:11434."
+        ) from None
+
+
+def _refused(exc: pydantic.ValidationError) -> InvalidInputError:
+    """The caller's error for an Ollama request the SDK refused to build, naming each field."""
+    problems: dict[str, list[str]] = {}
+    inputs: dict[str, Any] = {}
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else "request"
+        problems.setdefault(field, []).append(error["msg"])
+        inputs.setdefault(field, error.get("input"))
+    said = "; ".join(f"{field}={inputs[field]!r} ({', '.join(msgs)})" for field, msgs in problems.items())
+    return InvalidInputError(f"the ollama SDK refused {said}; nothing was sent.")
 
 
 def _chat_arguments(request: ChatRequest) -> dict[str, Any]:

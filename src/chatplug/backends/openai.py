@@ -7,7 +7,6 @@ OpenRouter or Ollama's ``/v1``; ``OPENAI_API_KEY`` is required only by the hoste
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
@@ -16,6 +15,7 @@ from .._backend import ChatBackend
 from .._exceptions import AuthenticationError
 from .._types import ChatRequest, ChatResult
 from ..hookspecs import hookimpl
+from ._env import base_url, secret
 from ._stainless import Connection, StainlessBackend, import_sdk
 
 HOSTED = "https://api.openai.com/v1"
@@ -32,15 +32,16 @@ class OpenAIBackend(StainlessBackend):
         404: "Check the model name {model!r} (LLM_MODEL_NAME or model_name=) and OPENAI_BASE_URL.",
         429: "Wait and retry, or check the account's rate limits and quota.",
     }
+    hosted_url = HOSTED
 
     def __init__(self) -> None:
         openai = import_sdk("openai")
         super().__init__(openai, openai.OpenAI, openai.AsyncOpenAI, openai.resources.chat.Completions.create)
 
     def connection(self) -> Connection:
-        base_url = os.environ.get("OPENAI_BASE_URL") or None
-        key = os.environ.get("OPENAI_API_KEY") or ""
-        hosted = _is_hosted(base_url)
+        url = base_url("OPENAI_BASE_URL", "http://127.0.0.1:8080/v1")
+        key = secret("OPENAI_API_KEY")
+        hosted = _is_hosted(url)
         if not key:
             if hosted:
                 raise AuthenticationError(
@@ -48,7 +49,7 @@ class OpenAIBackend(StainlessBackend):
                     "to an OpenAI-compatible server (e.g. http://127.0.0.1:8080/v1) that needs none."
                 )
             key = PLACEHOLDER_KEY
-        return Connection(base_url, key, f"OpenAI at {base_url}" if base_url and not hosted else "OpenAI")
+        return Connection(url, key, f"OpenAI at {url}" if url and not hosted else "OpenAI")
 
     def arguments(self, request: ChatRequest, conn: Connection) -> dict[str, Any]:
         # OpenAI's own API replaced max_tokens with max_completion_tokens (reasoning models
