@@ -8,8 +8,6 @@ twins differ only in how they call the backend.
 
 from __future__ import annotations
 
-import asyncio
-import decimal
 import json
 import logging
 import math
@@ -135,6 +133,8 @@ async def _dispatch_async(
     start = time.perf_counter()
     request: ChatRequest | None = None
     try:
+        import asyncio  # here, not at the top: it costs `import chatplug` ~20 ms, and an async caller has it
+
         if not _ready:  # the first call reads entry points and imports plugins: off the loop
             await asyncio.to_thread(registry.load)
         name, model = _resolve(model_name, temperature, max_tokens, backend, options)
@@ -270,13 +270,17 @@ def _copy_messages(messages: object) -> tuple[Message, ...]:
 
 
 def _check_temperature(value: object) -> None:
-    # numbers.Real covers int, float, Fraction and numpy's floats; Decimal registers only as a Number.
-    if not isinstance(value, bool) and isinstance(value, (numbers.Real, decimal.Decimal)):
+    # numbers.Real covers int, float, Fraction and numpy's floats; Decimal is a Number but no Complex.
+    real = isinstance(value, numbers.Real) or (
+        isinstance(value, numbers.Number) and not isinstance(value, numbers.Complex)
+    )
+    if real and not isinstance(value, bool):
         try:
-            if math.isfinite(float(value)) and 0 <= float(value) <= 2:
-                return
+            number = float(value)  # type: ignore[arg-type]  # a Real or a Decimal: both convert
         except (OverflowError, ValueError):
-            pass
+            number = math.inf
+        if math.isfinite(number) and 0 <= number <= 2:
+            return
     raise InvalidInputError(f"temperature must be a number from 0 to 2, got {value!r}.")
 
 

@@ -6,7 +6,6 @@ first ``chatplug backends``), and a backend's factory runs on the first call to 
 
 from __future__ import annotations
 
-import difflib
 import logging
 import os
 import re
@@ -243,6 +242,8 @@ class Registry:
                 f"CHATPLUG_PLUGINS={self.plugins_setting} does not list it. Add {name!r} to it, or unset it."
             )
         by_lower = {backend.lower(): backend for backend in self.backends}
+        import difflib  # only on this error path: it costs `import chatplug` ~2 ms
+
         close = [by_lower[c] for c in difflib.get_close_matches(name.lower(), by_lower, n=3)]
         guess = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
         # Plugins that are installed but not loaded may be the one: say so, not only "not installed".
