@@ -35,9 +35,6 @@ RESERVED = {
     "options": "pass provider options as keyword arguments, e.g. num_ctx=4096",
 }
 
-# Backends made at least once in this process: later async calls find them without blocking.
-_ready: set[str] = set()
-
 
 # -- the public functions ----------------------------------------------------------------
 
@@ -135,11 +132,11 @@ async def _dispatch_async(
     try:
         import asyncio  # here, not at the top: it costs `import chatplug` ~20 ms, and an async caller has it
 
-        if not _ready:  # the first call reads entry points and imports plugins: off the loop
+        if not registry.loaded:  # the first call reads entry points and imports plugins: off the loop
             await asyncio.to_thread(registry.load)
         name, model = _resolve(model_name, temperature, max_tokens, backend, options)
         # A backend's first use imports its SDK (~0.4 s) and may build clients: off the loop.
-        chosen = registry.get(name) if name in _ready else await asyncio.to_thread(registry.get, name)
+        chosen = registry.get(name) if registry.ready(name) else await asyncio.to_thread(registry.get, name)
         request = _prepare(chosen, name, model, to_messages(payload), temperature, max_tokens, options)
         registry.notify("on_request", request=request)
         result = await chosen.acomplete(request)
@@ -185,7 +182,6 @@ def _prepare(
     options: dict[str, Any],
 ) -> ChatRequest:
     """The request for ``chosen``, with what the call left open filled from configuration."""
-    _ready.add(name)
     return ChatRequest(
         messages=messages,
         model=model or chosen.default_model or settings.model_name,

@@ -205,6 +205,15 @@ class Registry:
         self.load()
         return name in self.backends
 
+    @property
+    def loaded(self) -> bool:
+        return self._loaded
+
+    def ready(self, name: str) -> bool:
+        """Whether ``get(name)`` returns at once: plugins loaded and the backend already made."""
+        entry = self.backends.get(name) if self._loaded else None
+        return entry is not None and entry.instance is not None
+
     def get(self, name: str) -> ChatBackend:
         """The backend instance for ``name``, made by its factory on first use."""
         self.load()
