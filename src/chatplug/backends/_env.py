@@ -9,9 +9,12 @@ raised before any request, naming the variable; a secret's value is never shown.
 from __future__ import annotations
 
 import os
+from typing import TypeVar
 from urllib.parse import urlsplit
 
-from .._exceptions import ConfigError
+from .._exceptions import ChatplugError, ConfigError
+
+E = TypeVar("E", bound=ChatplugError)
 
 
 def setting(name: str) -> str | None:
@@ -49,6 +52,13 @@ def base_url(name: str, example: str) -> str | None:
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or _malformed(value):
         raise ConfigError(f"{name}={value!r} is not valid: expected a URL like {example}.")
     return value
+
+
+def redacted(error: E, *secrets: str | None) -> E:
+    """``error`` with ``secrets`` masked in its message and in its args (``repr()`` shows those)."""
+    error.message = redact(error.message, *secrets)
+    error.args = (error.message,)
+    return error
 
 
 def redact(text: str, *secrets: str | None) -> str:

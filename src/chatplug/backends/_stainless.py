@@ -34,7 +34,7 @@ from .._exceptions import (
     status_error,
 )
 from .._types import ChatRequest, ChatResult
-from ._env import redact
+from ._env import redacted
 
 logger = logging.getLogger("chatplug")
 
@@ -58,10 +58,6 @@ class Connection:
     api_key: str | None
     where: str  # for messages: "OpenAI at https://..."
     auth_token: str | None = None  # a bearer token instead of a key (Anthropic)
-
-    def redact(self, text: str) -> str:
-        """``text`` with the secrets masked: a key never reaches an error or a log line."""
-        return redact(text, self.api_key, self.auth_token)
 
     def __repr__(self) -> str:
         return f"Connection(base_url={self.base_url!r}, where={self.where!r})"
@@ -179,9 +175,7 @@ class StainlessBackend(ChatBackend):
         mapped = map_sdk_error(self.sdk, exc, request, conn.where, self.hints)
         if mapped is None:
             return exc  # not a provider failure: the dispatcher reports it as a backend bug
-        mapped.message = conn.redact(mapped.message)
-        mapped.args = (mapped.message,)  # repr() shows the args: redact them too
-        return mapped
+        return redacted(mapped, conn.api_key, conn.auth_token)
 
 
 def _client_key(conn: Connection, request: ChatRequest) -> tuple[Any, ...]:

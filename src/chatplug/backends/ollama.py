@@ -27,7 +27,7 @@ from .._exceptions import (
 )
 from .._types import ChatRequest, ChatResult
 from ..hookspecs import hookimpl
-from ._env import redact, secret, setting
+from ._env import redacted, secret, setting
 
 if TYPE_CHECKING:
     import ollama
@@ -83,11 +83,7 @@ class OllamaBackend(ChatBackend):
         """The chatplug error for what the SDK raised, with OLLAMA_API_KEY masked; ``exc``
         itself if it is no provider failure (the dispatcher reports it as a backend bug)."""
         mapped = self._mapped(exc, request, f"Ollama at {host}")
-        if mapped is None:
-            return exc
-        mapped.message = redact(mapped.message, key)
-        mapped.args = (mapped.message,)  # repr() shows the args: redact them too
-        return mapped
+        return exc if mapped is None else redacted(mapped, key)
 
     def _mapped(self, exc: Exception, request: ChatRequest, where: str) -> ChatplugError | None:
         """The chatplug error for what the SDK raised, saying what to do about it."""
