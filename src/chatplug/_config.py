@@ -27,24 +27,20 @@ def _parse_temperature(raw: str) -> float:
     return value
 
 
-def _parse_positive_int(raw: str) -> int:
-    value = int(raw)
-    if value < 1:
-        raise ValueError("must be a whole number of at least 1")
-    return value
+def _whole_number(minimum: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        value = int(raw)
+        if value < minimum:
+            raise ValueError(f"must be a whole number of at least {minimum}")
+        return value
+
+    return parse
 
 
 def _parse_timeout(raw: str) -> float:
     value = float(raw)
     if not (value > 0 and math.isfinite(value)):
         raise ValueError("must be a positive, finite number of seconds")
-    return value
-
-
-def _parse_retries(raw: str) -> int:
-    value = int(raw)
-    if value < 0:
-        raise ValueError("must be a whole number of at least 0")
     return value
 
 
@@ -103,9 +99,9 @@ class Settings:
     backend = Setting("LLM_BACKEND", "ollama", _parse_name, "a backend name")
     model_name = Setting("LLM_MODEL_NAME", "llama3.2", _parse_name, "a model name")
     temperature = Setting("LLM_TEMPERATURE", 0.7, _parse_temperature, "a number from 0 to 2")
-    max_tokens = Setting("LLM_MAX_TOKENS", 500, _parse_positive_int, "a whole number >= 1")
+    max_tokens = Setting("LLM_MAX_TOKENS", 500, _whole_number(1), "a whole number >= 1")
     timeout = Setting("LLM_TIMEOUT", 120.0, _parse_timeout, "a number of seconds")
-    max_retries = Setting("LLM_MAX_RETRIES", 2, _parse_retries, "a whole number >= 0")
+    max_retries = Setting("LLM_MAX_RETRIES", 2, _whole_number(0), "a whole number >= 0")
 
     def source(self, name: str) -> int:
         """Where setting ``name`` comes from: ``CODE`` (set on this object), ``ENVIRONMENT``
