@@ -37,7 +37,7 @@ class AnthropicBackend(StainlessBackend):
         super().__init__(anthropic, anthropic.Anthropic, anthropic.AsyncAnthropic, anthropic.resources.Messages.create)
 
     def connection(self) -> Connection:
-        url = base_url("ANTHROPIC_BASE_URL", "https://api.anthropic.com")
+        url = base_url("ANTHROPIC_BASE_URL", self.hosted_url)
         key = secret("ANTHROPIC_API_KEY")
         token = secret("ANTHROPIC_AUTH_TOKEN")
         if not key and not token and url is None:
