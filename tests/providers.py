@@ -24,7 +24,7 @@ from chatplug import (
     generate_completion_with_messages_sync,
     settings,
 )
-from chatplug._plugins import registry as chatplug_registry
+from chatplug._dispatch import plugins as _plugins
 
 from .childproc import python
 from .fakeserver import FakeServer, Recorded, Reply, fixture
@@ -240,7 +240,7 @@ class StainlessContract:
         assert [r.json()["model"] for r in server.requests] == ["house-model-2", "house-model-3"]
 
     def test_backend_default_model_when_none_is_configured(self, server: FakeServer) -> None:
-        default = chatplug_registry.get(self.PROVIDER.backend).default_model
+        default = _plugins().backends.get(self.PROVIDER.backend).default_model
         assert default and default != settings.model_name  # its own, not Ollama's llama3.2
         generate_completion_sync("Hi")
         assert server.requests[0].json()["model"] == default
@@ -301,7 +301,7 @@ class StainlessContract:
         """Each new key reaches the server, and the client made for the old one is dropped and
         closed: rotations leave no connection pools behind."""
         keys = ["sk-rotated-1", "sk-rotated-2", "sk-rotated-3"]
-        cache = chatplug_registry.get(self.PROVIDER.backend)._clients  # type: ignore[attr-defined]
+        cache = _plugins().backends.get(self.PROVIDER.backend)._clients  # type: ignore[attr-defined]
         for key in keys:
             monkeypatch.setenv(self.PROVIDER.key_env, key)
             assert generate_completion_sync("Hi").success
@@ -369,7 +369,7 @@ class StainlessContract:
     @pytest.mark.parametrize(
         ("body", "words"),
         [
-            (b"<html>502 Bad Gateway</html>", "sent a response that is not a valid reply (JSONDecodeError"),
+            (b"<html>502 Bad Gateway</html>", "sent a reply chatplug could not read (JSONDecodeError"),
             (b'{"unexpected": true}', "sent a reply chatplug could not read"),
         ],
         ids=["not-json", "wrong-shape"],

@@ -12,7 +12,7 @@ import logging
 import pytest
 
 from chatplug import ErrorKind, generate_completion_sync, generate_completion_with_messages_sync
-from chatplug._plugins import registry
+from chatplug._dispatch import plugins
 
 from .fakeserver import FakeServer
 from .providers import ANTHROPIC, ErrorCase, StainlessContract, both, check_error, check_success, headers_of
@@ -23,7 +23,7 @@ class TestAnthropicContract(StainlessContract):
 
 
 def test_success(anthropic_server: FakeServer) -> None:
-    check_success(ANTHROPIC, anthropic_server, (18, 17), "claude-sonnet-4-20250514", "end_turn")
+    check_success(ANTHROPIC, anthropic_server, (18, 17), "claude-sonnet-4-20250514", "stop")  # end_turn, normalised
 
 
 def test_text_blocks_are_joined(anthropic_server: FakeServer) -> None:
@@ -35,7 +35,7 @@ def test_text_blocks_are_joined(anthropic_server: FakeServer) -> None:
     )
     ANTHROPIC.route(anthropic_server, ANTHROPIC.reply(body))
     response = generate_completion_sync("Hi")
-    assert (response.content, response.finish_reason, response.tokens_used) == ("Blue light.", "max_tokens", 7)
+    assert (response.content, response.finish_reason, response.tokens_used) == ("Blue light.", "length", 7)  # max_tokens, normalised
 
 
 def test_request_body_defaults(anthropic_server: FakeServer) -> None:
@@ -44,7 +44,7 @@ def test_request_body_defaults(anthropic_server: FakeServer) -> None:
     assert request.json() == {
         "max_tokens": 500,  # always sent: the Messages API requires it
         "messages": [{"role": "user", "content": "Hello"}],
-        "model": registry.get("anthropic").default_model,
+        "model": plugins().backends.get("anthropic").default_model,
     }
     headers = headers_of(request)
     assert headers["authorization"] == "Bearer sk-ant-no-key-needed"  # a placeholder: no key is set

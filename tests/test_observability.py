@@ -29,7 +29,6 @@ from chatplug import (
     generate_completion_sync,
     hookimpl,
 )
-from chatplug._plugins import registry
 from chatplug.testing import scripted
 
 from .childproc import fake_distribution, python
@@ -75,12 +74,12 @@ def plugins() -> Iterator[Callable[[object, str], None]]:
     names: list[str] = []
 
     def register(plugin: object, name: str) -> None:
-        registry.register_plugin(plugin, name)
+        chatplug.register_plugin(plugin, name)
         names.append(name)
 
     yield register
     for name in names:
-        registry.unregister_plugin(name)
+        chatplug.unregister_plugin(name)
 
 
 def test_request_is_seen_before_it_is_sent_and_the_response_after(plugins: Callable[[object, str], None]) -> None:
@@ -234,6 +233,8 @@ def test_a_hook_may_take_fewer_arguments(plugins: Callable[[object, str], None])
 
 def test_a_misbehaving_backend_is_observed_as_a_plugin_failure(plugins: Callable[[object, str], None]) -> None:
     class Garbage(ChatBackend):
+        default_model = "garbage-1"
+
         def complete(self, request: ChatRequest) -> ChatResult:
             return "a str, not a ChatResult"  # type: ignore[return-value]
 

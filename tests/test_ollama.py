@@ -18,7 +18,7 @@ from chatplug import (
     generate_completion_with_messages_async,
     generate_completion_with_messages_sync,
 )
-from chatplug._plugins import registry
+from chatplug._dispatch import plugins
 
 from .conftest import ollama_reply
 from .fakeserver import FakeServer, Reply
@@ -226,7 +226,7 @@ def test_malformed_body(ollama: FakeServer, body: bytes) -> None:
     response = generate_completion_sync("Hi")
     assert not response.success
     assert response.error_kind is ErrorKind.SERVER
-    assert "not a valid Ollama chat reply" in (response.error or "")
+    assert "sent a reply chatplug could not read" in (response.error or "")
 
 
 def test_timeout(monkeypatch: pytest.MonkeyPatch, ollama: FakeServer) -> None:
@@ -313,7 +313,7 @@ def test_a_malformed_host_is_a_config_error(monkeypatch: pytest.MonkeyPatch, hos
 def test_a_rotated_key_replaces_the_client(monkeypatch: pytest.MonkeyPatch, ollama: FakeServer) -> None:
     """Each new key reaches the server; the client made for the old one is dropped and closed."""
     keys = [f"{KEY}-{i}" for i in range(3)]
-    cache = registry.get("ollama")._clients  # type: ignore[attr-defined]
+    cache = plugins().backends.get("ollama")._clients  # type: ignore[attr-defined]
     for key in keys:
         monkeypatch.setenv("OLLAMA_API_KEY", key)
         assert generate_completion_sync("Hi").success

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from chatplug import ChatRequest, ErrorKind, generate_completion_sync
-from chatplug._plugins import registry
+from chatplug._dispatch import plugins
 from chatplug.backends.openai import OpenAIBackend
 
 from .fakeserver import FakeServer
@@ -70,7 +70,7 @@ def test_the_token_limit_name_depends_on_the_host(
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     if base_url:
         monkeypatch.setenv("OPENAI_BASE_URL", base_url)
-    backend = registry.get("openai")
+    backend = plugins().backends.get("openai")
     assert isinstance(backend, OpenAIBackend)
     request = ChatRequest(({"role": "user", "content": "Hi"},), "gpt-4o-mini", 0.2, 64, 10.0, backend="openai")
     arguments = backend.arguments(request, backend.connection())

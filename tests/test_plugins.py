@@ -24,6 +24,7 @@ def backend_plugin(name: str, sync: str, async_: str | None = None) -> str:
     return f"""
 from chatplug import ChatBackend, ChatResult, hookimpl
 class Backend(ChatBackend):
+    default_model = "{name}-1"
     def complete(self, request):
         return {sync}
     async def acomplete(self, request):
@@ -172,7 +173,7 @@ def test_import_loads_no_entry_point_and_no_sdk(plugins: Path) -> None:
 
 def test_chatplug_plugins_restricts_third_party_plugins(plugins: Path) -> None:
     add(plugins, "chatplug-fragile")
-    names = "import json, chatplug; print(json.dumps(chatplug.registry.names()))"
+    names = "import json, chatplug; print(json.dumps(chatplug.backend_names()))"
     only_echo = json.loads(python(names, plugins, CHATPLUG_PLUGINS="echo").stdout)
     assert "echo" in only_echo and "fragile" not in only_echo
     assert "ollama" in only_echo and "testing" in only_echo  # chatplug's own backends always load

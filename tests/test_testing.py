@@ -31,6 +31,7 @@ from chatplug import (
     settings,
 )
 from chatplug.testing import FakeLLM, scripted
+from chatplug.toolkit import thaw
 
 from .childproc import clean_env, run_pytest
 
@@ -146,7 +147,7 @@ def test_requests_are_recorded_as_the_backend_got_them() -> None:
     first, second = fake.requests
     assert first.messages == tuple(messages) and first.messages[0] is not messages[0]
     assert (first.model, first.temperature, first.max_tokens, first.backend) == ("m", 0.1, 42, "testing")
-    assert dict(first.options) == {"seed": 7, "stop": ["\n"]}
+    assert thaw(first.options) == {"seed": 7, "stop": ["\n"]}
     assert (second.model, second.temperature, second.max_tokens) == ("testing", 0.7, 500)  # the defaults
     assert fake.prompts == ["question", "second"]
 
@@ -181,7 +182,7 @@ def test_scripted_selects_the_backend_and_restores_the_override() -> None:
     with scripted():
         assert settings.backend == "testing"
     assert settings.backend == "ollama"
-    assert getattr(settings, "_backend", None) == "ollama"
+    assert settings._overrides.get("backend") == "ollama"
 
 
 def test_scripted_restores_no_override_so_the_environment_applies_again(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -189,7 +190,7 @@ def test_scripted_restores_no_override_so_the_environment_applies_again(monkeypa
     with pytest.raises(RuntimeError), scripted():
         assert settings.backend == "testing"
         raise RuntimeError("the test failed inside the block")
-    assert getattr(settings, "_backend", None) is None
+    assert settings._overrides.get("backend") is None
     monkeypatch.setenv("LLM_BACKEND", "something-else")
     assert settings.backend == "something-else"  # read from the environment, not frozen
 

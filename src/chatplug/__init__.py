@@ -3,9 +3,13 @@
 >>> from chatplug import generate_completion_sync
 >>> response = generate_completion_sync("Why is the sky blue?")
 >>> response.content if response.success else response.error
+
+Backends are plugins (``chatplug.hookimpl``, ``chatplug.ChatBackend``); what a backend needs
+beyond the protocol is in ``chatplug.toolkit``.
 """
 
 import logging
+from typing import TYPE_CHECKING, Any
 
 from ._api import (
     generate_completion_async,
@@ -15,6 +19,7 @@ from ._api import (
 )
 from ._backend import ChatBackend
 from ._config import Settings, settings
+from ._dispatch import plugins as _manager
 from ._exceptions import (
     APIConnectionError,
     APIError,
@@ -25,6 +30,7 @@ from ._exceptions import (
     ChatplugError,
     ConfigError,
     ContextLengthExceededError,
+    ErrorKind,
     InvalidInputError,
     InvalidResponseError,
     NotFoundError,
@@ -34,19 +40,54 @@ from ._exceptions import (
     ServerError,
     UnknownBackendError,
 )
-from ._plugins import registry
-from ._types import ChatRequest, ChatResult, ErrorKind, LLMResponse, Message
-from .hookspecs import hookimpl
+from ._types import ChatRequest, ChatResult, LLMResponse, Message
 
-__version__ = "0.1.0"
+if TYPE_CHECKING:
+    import pluggy
+
+    hookimpl: pluggy.HookimplMarker
+    __version__: str
 
 # A library logs, the application decides where it goes (Python logging HOWTO).
 logging.getLogger("chatplug").addHandler(logging.NullHandler())
 
 
+def __getattr__(name: str) -> Any:
+    # Made on first use: pluggy and importlib.metadata would double the cost of `import chatplug`,
+    # and only plugins (hookimpl) and version checks need them.
+    if name == "hookimpl":
+        from .hookspecs import hookimpl
+
+        return hookimpl
+    if name == "__version__":
+        from importlib.metadata import version
+
+        return version("chatplug")
+    raise AttributeError(f"module 'chatplug' has no attribute {name!r}")
+
+
 def close() -> None:
-    """Close every backend's pooled clients (they are reopened on the next call)."""
-    registry.close()
+    """Close every backend's pooled clients and loaded models (they are made again on the next call)."""
+    _manager().close()
+
+
+def register_plugin(plugin: object, name: str | None = None) -> str:
+    """Register a plugin object (a module or any object with ``@hookimpl`` functions) in this
+    process, as an entry point would: its backends and observers take effect at once. For tests
+    and applications; returns the name it is registered under (``unregister_plugin`` takes it)."""
+    return _manager().register(plugin, name)
+
+
+def unregister_plugin(name: str) -> None:
+    """Remove a plugin registered with ``register_plugin``, with its backends and observers."""
+    _manager().unregister(name)
+
+
+def backend_names() -> list[str]:
+    """The names of the installed backends, sorted."""
+    manager = _manager()
+    manager.load()
+    return sorted(manager.backends.entries)
 
 
 __all__ = [
@@ -74,11 +115,15 @@ __all__ = [
     "ServerError",
     "Settings",
     "UnknownBackendError",
+    "__version__",
+    "backend_names",
     "close",
     "generate_completion_async",
     "generate_completion_sync",
     "generate_completion_with_messages_async",
     "generate_completion_with_messages_sync",
     "hookimpl",
+    "register_plugin",
     "settings",
+    "unregister_plugin",
 ]

@@ -6,87 +6,161 @@ Nothing is cached: every call reads the environment again, so an operator's chan
     >>> from chatplug import settings
     >>> settings.temperature = 0.2      # overrides LLM_TEMPERATURE for this process
     >>> settings.temperature = None     # back to the environment
+
+Each setting has one ``Rule``: what it takes, checked the same way whether the value comes
+from a call's argument, from code or from the environment; only the error differs (a call's
+bad argument is ``invalid_input``, a bad setting ``config``, and each names where it came from).
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, overload
 
-from ._exceptions import ConfigError
+from ._exceptions import ConfigError, InvalidInputError
+from ._types import DEFAULT_MAX_RETRIES, DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TIMEOUT
 
 T = TypeVar("T")
 
-
-def _parse_temperature(raw: str) -> float:
-    value = float(raw)
-    if not 0.0 <= value <= 2.0:
-        raise ValueError("must be between 0 and 2")
-    return value
+#: The largest max_tokens sent: more than any model generates, and what every API takes as an int32.
+MAX_TOKENS_LIMIT = 2**31 - 1
 
 
-def _whole_number(minimum: int) -> Callable[[str], int]:
-    def parse(raw: str) -> int:
-        value = int(raw)
-        if value < minimum:
-            raise ValueError(f"must be a whole number of at least {minimum}")
-        return value
+def env(name: str) -> str | None:
+    """Environment variable ``name`` stripped of surrounding whitespace; ``None`` when unset.
 
-    return parse
-
-
-def _parse_timeout(raw: str) -> float:
-    value = float(raw)
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError("must be a positive, finite number of seconds")
-    return value
+    The one way chatplug reads the environment. A value that is empty after stripping is
+    returned as ``""``: most readers treat it as unset, and ``CHATPLUG_PLUGINS=`` means "none".
+    """
+    raw = os.environ.get(name)
+    return None if raw is None else raw.strip()
 
 
-def _parse_name(raw: str) -> str:
-    value = raw.strip()
-    if not value:
-        raise ValueError("must not be empty")
-    return value
+def _real(value: object) -> float | None:
+    # numbers.Real covers int, float, Fraction and numpy's floats; Decimal is a Number but no Complex.
+    if isinstance(value, bool) or not (
+        isinstance(value, numbers.Real)
+        or (isinstance(value, numbers.Number) and not isinstance(value, numbers.Complex))
+    ):
+        return None
+    try:
+        number = float(value)  # type: ignore[arg-type]  # a Real or a Decimal: both convert
+    except (OverflowError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _whole(value: object) -> int | None:
+    return None if isinstance(value, bool) or not isinstance(value, numbers.Integral) else int(value)
+
+
+@dataclass(frozen=True)
+class Rule(Generic[T]):
+    """What one setting takes. ``check`` returns the normalised value of a Python value, or
+    ``None`` when it is not valid; ``parse`` reads the environment's text into a Python value."""
+
+    expected: str  # completes "must be ...": "a number from 0 to 2"
+    check: Callable[[object], T | None]
+    parse: Callable[[str], object]
+
+    def argument(self, name: str, value: object) -> T:
+        """``value`` passed to a call as ``name``; ``InvalidInputError`` if not valid."""
+        checked = self.check(value)
+        if checked is None:
+            raise InvalidInputError(f"{name} must be {self.expected}, got {_shown(value)}.")
+        return checked
+
+    def setting(self, where: str, value: object) -> T:
+        """``value`` from ``where`` (``LLM_TEMPERATURE``, ``settings.temperature``): ``ConfigError``."""
+        checked = self.check(value)
+        if checked is None:
+            raise ConfigError(f"{where}={_shown(value)} is not valid: expected {self.expected}.")
+        return checked
+
+    def environment(self, var: str, raw: str) -> T:
+        """The value of environment variable ``var``, whose text is ``raw``: ``ConfigError``."""
+        try:
+            checked = self.check(self.parse(raw))
+        except ValueError:
+            checked = None
+        if checked is None:
+            raise ConfigError(f"{var}={_shown(raw)} is not valid: expected {self.expected}.")
+        return checked
+
+
+def _in_range(low: float, high: float) -> Callable[[object], float | None]:
+    def check(value: object) -> float | None:
+        number = _real(value)
+        return number if number is not None and low <= number <= high else None
+
+    return check
+
+
+def _whole_from(minimum: int) -> Callable[[object], int | None]:
+    def check(value: object) -> int | None:
+        number = _whole(value)
+        return number if number is not None and minimum <= number <= MAX_TOKENS_LIMIT else None
+
+    return check
+
+
+def _positive(value: object) -> float | None:
+    number = _real(value)
+    return number if number is not None and number > 0 else None
+
+
+def _name(value: object) -> str | None:
+    return value.strip() or None if isinstance(value, str) else None
+
+
+TEMPERATURE = Rule("a number from 0 to 2", _in_range(0.0, 2.0), float)
+MAX_TOKENS = Rule(f"a whole number from 1 to {MAX_TOKENS_LIMIT}", _whole_from(1), int)
+TIMEOUT = Rule("a positive, finite number of seconds", _positive, float)
+MAX_RETRIES = Rule("a whole number of at least 0", _whole_from(0), int)
+NAME = Rule("a non-empty name", _name, str)
+
+
+def _shown(value: object, limit: int = 200) -> str:
+    """``repr(value)``, cut to ``limit`` characters: a 1 MB bad argument is not echoed whole."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 class Setting(Generic[T]):
-    """A descriptor: the value set in code if any, else the parsed env var, else the default."""
+    """A descriptor: the value set in code if any, else the environment's, else the default."""
 
-    def __init__(self, env: str, default: T, parse: Callable[[str], T], help: str) -> None:
-        self.env, self.default, self.parse, self.help = env, default, parse, help
-        self.attr = ""
+    def __init__(self, env: str, default: T, rule: Rule[Any]) -> None:
+        self.env, self.default, self.rule = env, default, rule
+        self.name = ""
 
     def __set_name__(self, owner: type, name: str) -> None:
-        self.attr = "_" + name
+        self.name = name
 
     @overload
     def __get__(self, obj: None, owner: type) -> Setting[T]: ...
     @overload
-    def __get__(self, obj: object, owner: type) -> T: ...
-    def __get__(self, obj: object | None, owner: type) -> Setting[T] | T:
+    def __get__(self, obj: Settings, owner: type) -> T: ...
+    def __get__(self, obj: Settings | None, owner: type) -> Setting[T] | T:
         if obj is None:
             return self
-        override: T | None = getattr(obj, self.attr, None)
+        override: T | None = obj._overrides.get(self.name)
         if override is not None:
             return override
-        raw = os.environ.get(self.env)
-        if raw is None or raw == "":
+        raw = env(self.env)
+        if not raw:
             return self.default
-        try:
-            return self.parse(raw)
-        except ValueError as exc:
-            detail = str(exc) if "must" in str(exc) else f"expected {self.help}"
-            raise ConfigError(f"{self.env}={raw!r} is not valid: {detail}.") from None
+        value: T = self.rule.environment(self.env, raw)
+        return value
 
-    def __set__(self, obj: object, value: T | None) -> None:
-        if value is not None:
-            try:
-                value = self.parse(str(value))
-            except ValueError as exc:
-                raise ConfigError(f"settings.{self.attr[1:]}={value!r} is not valid: {exc}.") from None
-        setattr(obj, self.attr, value)
+    def __set__(self, obj: Settings, value: object) -> None:
+        if value is None:
+            obj._overrides.pop(self.name, None)
+        else:
+            obj._overrides[self.name] = self.rule.setting(f"settings.{self.name}", value)
 
 
 # Where a value comes from, lowest first; a call's own argument ranks above them all.
@@ -96,25 +170,34 @@ DEFAULT, ENVIRONMENT, CODE, ARGUMENT = range(4)
 class Settings:
     """chatplug's configuration. Read at call time; see the README's configuration table."""
 
-    backend = Setting("LLM_BACKEND", "ollama", _parse_name, "a backend name")
-    model_name = Setting("LLM_MODEL_NAME", "llama3.2", _parse_name, "a model name")
-    temperature = Setting("LLM_TEMPERATURE", 0.7, _parse_temperature, "a number from 0 to 2")
-    max_tokens = Setting("LLM_MAX_TOKENS", 500, _whole_number(1), "a whole number >= 1")
-    timeout = Setting("LLM_TIMEOUT", 120.0, _parse_timeout, "a number of seconds")
-    max_retries = Setting("LLM_MAX_RETRIES", 2, _whole_number(0), "a whole number >= 0")
+    backend: Setting[str] = Setting("LLM_BACKEND", "ollama", NAME)
+    #: ``None``: the chosen backend's own ``default_model``.
+    model_name: Setting[str | None] = Setting("LLM_MODEL_NAME", None, NAME)
+    temperature: Setting[float] = Setting("LLM_TEMPERATURE", DEFAULT_TEMPERATURE, TEMPERATURE)
+    max_tokens: Setting[int] = Setting("LLM_MAX_TOKENS", DEFAULT_MAX_TOKENS, MAX_TOKENS)
+    timeout: Setting[float] = Setting("LLM_TIMEOUT", DEFAULT_TIMEOUT, TIMEOUT)
+    max_retries: Setting[int] = Setting("LLM_MAX_RETRIES", DEFAULT_MAX_RETRIES, MAX_RETRIES)
+
+    NAMES = ("backend", "model_name", "temperature", "max_tokens", "timeout", "max_retries")
+
+    def __init__(self) -> None:
+        self._overrides: dict[str, Any] = {}
 
     def source(self, name: str) -> int:
         """Where setting ``name`` comes from: ``CODE`` (set on this object), ``ENVIRONMENT``
         or ``DEFAULT``. Higher wins; the dispatcher compares these for ``backend:model``."""
-        if getattr(self, "_" + name, None) is not None:
+        if name in self._overrides:
             return CODE
         setting: Setting[Any] = getattr(type(self), name)
-        return ENVIRONMENT if os.environ.get(setting.env) else DEFAULT
+        return ENVIRONMENT if env(setting.env) else DEFAULT
+
+    def reset(self) -> None:
+        """Forget every value set in code: the environment and the defaults apply again."""
+        self._overrides.clear()
 
     def __repr__(self) -> str:
-        fields = ("backend", "model_name", "temperature", "max_tokens", "timeout", "max_retries")
         shown: list[str] = []
-        for name in fields:
+        for name in self.NAMES:
             try:
                 value: Any = getattr(self, name)
             except ConfigError as exc:

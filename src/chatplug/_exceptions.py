@@ -18,14 +18,34 @@ ChatplugError
     │   ├── BadRequestError           bad_request     400/422: the provider rejected the request
     │   │   └── ContextLengthExceededError  context_length
     │   ├── RateLimitError            rate_limit      429, with retry_after when the server said
-    │   └── ServerError               server          5xx
-    │       └── OverloadedError       overloaded      503/529: try again later
-    └── InvalidResponseError          server          a body the backend could not read
+    │   └── ServerError               server          5xx, or a reply that is none
+    │       ├── OverloadedError       overloaded      503/529: try again later
+    │       └── InvalidResponseError  server          a body the backend could not read
 """
 
 from __future__ import annotations
 
-from ._types import ErrorKind
+from enum import Enum
+
+
+class ErrorKind(str, Enum):
+    """Why a call failed, for callers that branch on it (``response.error_kind == "timeout"``)."""
+
+    CONNECTION = "connection"
+    TIMEOUT = "timeout"
+    NOT_FOUND = "not_found"
+    AUTH = "auth"
+    RATE_LIMIT = "rate_limit"
+    BAD_REQUEST = "bad_request"
+    CONTEXT_LENGTH = "context_length"
+    SERVER = "server"
+    OVERLOADED = "overloaded"
+    INVALID_INPUT = "invalid_input"
+    CONFIG = "config"
+    PLUGIN = "plugin"
+
+    def __str__(self) -> str:
+        return self.value
 
 
 class ChatplugError(Exception):
@@ -111,25 +131,5 @@ class OverloadedError(ServerError):
     kind = ErrorKind.OVERLOADED
 
 
-class InvalidResponseError(APIError):
+class InvalidResponseError(ServerError):
     kind = ErrorKind.SERVER
-
-
-def status_error(status: int, message: str, *, retry_after: float | None = None) -> APIStatusError:
-    """The chatplug exception for an HTTP error status: one table shared by every backend."""
-    cls: type[APIStatusError]
-    if status in (401, 403):
-        cls = AuthenticationError
-    elif status == 404:
-        cls = NotFoundError
-    elif status == 429:
-        cls = RateLimitError
-    elif status in (503, 529):
-        cls = OverloadedError
-    elif status >= 500:
-        cls = ServerError
-    elif 400 <= status < 500:
-        cls = BadRequestError
-    else:
-        cls = APIStatusError
-    return cls(message, status_code=status, retry_after=retry_after)

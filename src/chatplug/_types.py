@@ -1,7 +1,7 @@
 """The values that cross chatplug's boundaries.
 
 ``LLMResponse`` is what callers get back. ``ChatRequest`` and ``ChatResult`` are what the
-dispatch layer hands a backend and what a backend hands back: a backend never sees raw user
+dispatcher hands a backend and what a backend hands back: a backend never sees raw user
 input (it is validated and copied first) and never builds an ``LLMResponse`` itself.
 """
 
@@ -10,13 +10,23 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
+
+from ._exceptions import ErrorKind
 
 if TYPE_CHECKING:
     from ._exceptions import ChatplugError
 
 Role = Literal["system", "user", "assistant"]
+
+#: Defaults of the settings a ``ChatRequest`` carries, in one place (``settings`` uses them too).
+DEFAULT_TEMPERATURE = 0.7
+DEFAULT_MAX_TOKENS = 500
+DEFAULT_TIMEOUT = 120.0
+DEFAULT_MAX_RETRIES = 2
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
 class Message(TypedDict):
@@ -26,50 +36,67 @@ class Message(TypedDict):
     content: str
 
 
-class ErrorKind(str, Enum):
-    """Why a call failed, for callers that branch on it (``response.error_kind == "timeout"``)."""
+def freeze(value: Any) -> Any:
+    """``value`` made read-only all the way down: dicts become read-only mappings, lists tuples."""
+    if isinstance(value, Mapping):
+        return MappingProxyType({key: freeze(item) for key, item in value.items()})
+    if isinstance(value, (list, tuple)):
+        return tuple(freeze(item) for item in value)
+    return value
 
-    CONNECTION = "connection"
-    TIMEOUT = "timeout"
-    NOT_FOUND = "not_found"
-    AUTH = "auth"
-    RATE_LIMIT = "rate_limit"
-    BAD_REQUEST = "bad_request"
-    CONTEXT_LENGTH = "context_length"
-    SERVER = "server"
-    OVERLOADED = "overloaded"
-    INVALID_INPUT = "invalid_input"
-    CONFIG = "config"
-    PLUGIN = "plugin"
 
-    def __str__(self) -> str:
-        return self.value
+def thaw(value: Any) -> Any:
+    """Plain JSON data (dicts and lists) again from what ``freeze`` made, for an SDK or a wire."""
+    if isinstance(value, Mapping):
+        return {key: thaw(item) for key, item in value.items()}
+    if isinstance(value, tuple):
+        return [thaw(item) for item in value]
+    return value
 
 
 @dataclass(frozen=True)
 class ChatRequest:
-    """A validated, fully resolved request, as every backend receives it.
+    """A validated, fully resolved request, as every backend receives it. Immutable all the way
+    down: ``messages`` and ``options`` are read-only copies of the caller's (``thaw()`` gives
+    plain dicts and lists back), so neither a backend nor an ``on_request`` hook can change what
+    another one sees.
 
-    ``messages`` are fresh copies of the caller's, so a backend may not mutate them by
-    accident. ``options`` holds the extra keyword arguments the caller passed (``seed``,
-    ``stop``, ``top_p``, ``num_ctx`` ...); each backend maps the ones its provider knows.
+    ``model`` is never empty: the call's, ``LLM_MODEL_NAME``, or the backend's ``default_model``.
+    ``timeout`` is the seconds this attempt may take: give it to your HTTP client as its
+    timeout. ``max_retries`` is how many times the provider SDK may retry a failed request.
+    ``options`` holds the other keyword arguments of the call (``seed``, ``stop``, ``top_p``,
+    ``num_ctx`` ...), JSON data; a backend sends those its provider knows and leaves the rest
+    out with a debug log (``chatplug.toolkit.supported_options``).
+
+    Build one by hand in a backend's own tests: ``ChatRequest(messages=({"role": "user",
+    "content": "Hi"},), model="m")``; every other field has the same default as ``settings``.
     """
 
     messages: tuple[Message, ...]
     model: str
-    temperature: float
-    max_tokens: int
-    timeout: float
-    options: Mapping[str, Any] = field(default_factory=dict)
+    temperature: float = DEFAULT_TEMPERATURE
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    timeout: float = DEFAULT_TIMEOUT
+    options: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
     backend: str = ""
-    #: Retries of a failed request that the provider SDK may make (rate limits, 5xx,
-    #: connection errors), with the SDK's own backoff. The Ollama SDK does not retry.
-    max_retries: int = 2
+    max_retries: int = DEFAULT_MAX_RETRIES
+
+    def __post_init__(self) -> None:
+        # Frozen copies, so that a caller (or a test) passing its own lists and dicts gets
+        # the same guarantee as the dispatcher's requests.
+        object.__setattr__(self, "messages", freeze(self.messages))
+        if self.options:
+            object.__setattr__(self, "options", freeze(self.options))
 
 
 @dataclass(frozen=True)
 class ChatResult:
-    """What a backend returns on success. Timing and error handling are the dispatcher's."""
+    """What a backend returns on success. Timing and error handling are the dispatcher's.
+
+    ``finish_reason`` may be the provider's own word: the dispatcher normalises the common
+    ones (``end_turn`` and ``stop_sequence`` to ``stop``, ``max_tokens`` to ``length``,
+    ``tool_use`` to ``tool_calls``) and passes any other through.
+    """
 
     content: str
     model: str

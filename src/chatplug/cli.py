@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from ._api import generate_completion_with_messages_sync
-from ._plugins import registry
+from ._dispatch import plugins
 from ._types import Message
 
 
@@ -32,7 +32,9 @@ def list_backends(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="chatplug backends", description="List the installed backends.")
     parser.add_argument("--json", action="store_true", help="print them as JSON")
     as_json = parser.parse_args(argv).json
-    entries = list(registry.entries())
+    manager = plugins()
+    manager.load()
+    entries = list(manager.backends)
     if as_json:
         print(json.dumps([{"name": e.name, "plugin": e.plugin, "distribution": e.distribution} for e in entries]))
         return 0 if entries else 1

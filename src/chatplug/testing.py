@@ -40,7 +40,7 @@ from contextlib import contextmanager
 from typing import TypeAlias
 
 from ._backend import ChatBackend
-from ._config import Settings, settings
+from ._config import settings
 from ._exceptions import ChatplugError
 from ._types import ChatRequest, ChatResult
 from .hookspecs import hookimpl
@@ -154,8 +154,7 @@ def scripted(*replies: Reply, default: Reply = echo) -> Iterator[FakeLLM]:
     (an override set in code, or none, so the environment applies again). Blocks may nest.
     """
     fake = FakeLLM(*replies, default=default)
-    attr = Settings.backend.attr  # the raw override, not the value the environment gives
-    saved: str | None = getattr(settings, attr, None)
+    saved: str | None = settings._overrides.get("backend")  # the override, not the environment's value
     with _active_lock:
         _active.append(fake)
     settings.backend = NAME

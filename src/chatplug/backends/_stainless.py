@@ -10,44 +10,24 @@ connects, builds its provider's request and reads its reply.
 
 from __future__ import annotations
 
-import email.utils
-import importlib
 import inspect
-import logging
-import time
 from abc import abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, ClassVar
 
-from .._backend import ChatBackend
-from .._clients import ClientCache
-from .._exceptions import (
+from chatplug import (
     APIConnectionError,
     APITimeoutError,
+    ChatBackend,
     ChatplugError,
-    ConfigError,
-    ContextLengthExceededError,
+    ChatRequest,
+    ChatResult,
     InvalidInputError,
-    InvalidResponseError,
-    status_error,
+    ServerError,
 )
-from .._types import ChatRequest, ChatResult
-from ._env import redacted
-
-logger = logging.getLogger("chatplug")
-
-
-def import_sdk(name: str) -> ModuleType:
-    """The provider SDK, imported on first use (each takes ~400 ms); if it is not installed,
-    a config error with the exact command that installs it."""
-    try:
-        return importlib.import_module(name)
-    except ImportError as exc:
-        raise ConfigError(
-            f'the {name} backend needs the {name} SDK ({exc}). Install it with: pip install "chatplug[{name}]"'
-        ) from None
+from chatplug.toolkit import ClientCache, invalid_response, status_error, supported_options, transport_error
 
 
 @dataclass(frozen=True)
@@ -79,6 +59,7 @@ class StainlessBackend(ChatBackend):
         # What the installed SDK's create() takes, read once: extra options pass through
         # only if the SDK (and so the provider) knows them.
         self.accepted = frozenset(inspect.signature(create).parameters) - {"self"}
+        self._not_accepted = f"not a parameter of {sdk.__name__} {sdk.__version__}"
         self._clients: ClientCache[Any, Any] = ClientCache(
             lambda conn, request: sync_client(**self.client_arguments(conn, request)),
             lambda conn, request: async_client(**self.client_arguments(conn, request)),
@@ -111,71 +92,45 @@ class StainlessBackend(ChatBackend):
             "max_retries": request.max_retries,
         }
 
-    # Both raise the mapped error after the except block, not in it: raised there, it would
-    # keep the SDK's exception as its __context__ (``from None`` only hides it from tracebacks),
-    # and with it the server's body and the request's headers, the key among them.
-
     def complete(self, request: ChatRequest) -> ChatResult:
         conn = self.connection()
-        client = self._clients.sync(_client_key(conn, request), conn, request, credential=_credential(conn))
         kwargs = self.arguments(request, conn)
-        try:
-            return self._read(self.create(client)(**kwargs), conn)
-        except Exception as exc:
-            error = self._map_error(exc, request, conn)
-        raise error
+        with self._clients.sync(_client_key(conn, request), conn, request, credential=_credential(conn)) as client:
+            try:
+                return self._read(self.create(client)(**kwargs), conn)
+            except Exception as exc:
+                raise self._mapped(exc, request, conn) from None
 
     async def acomplete(self, request: ChatRequest) -> ChatResult:
         conn = self.connection()
-        client = self._clients.async_(_client_key(conn, request), conn, request, credential=_credential(conn))
         kwargs = self.arguments(request, conn)
-        try:
-            return self._read(await self.create(client)(**kwargs), conn)
-        except Exception as exc:
-            error = self._map_error(exc, request, conn)
-        raise error
+        with self._clients.async_(_client_key(conn, request), conn, request, credential=_credential(conn)) as client:
+            try:
+                return self._read(await self.create(client)(**kwargs), conn)
+            except Exception as exc:
+                raise self._mapped(exc, request, conn) from None
 
     def close(self) -> None:
-        for client in self._clients.clear():
-            client.close()
+        self._clients.close()
 
     def pass_through(
-        self, request: ChatRequest, options: Mapping[str, Any], ignored: Mapping[str, str] | None = None
+        self, request: ChatRequest, handled: tuple[str, ...] = (), ignored: Mapping[str, str] | None = None
     ) -> dict[str, Any]:
-        """The ``options`` this SDK's ``create()`` takes; the rest are left out with a debug log
-        (an Ollama-only ``repeat_penalty`` would make the provider refuse the request).
-        ``ignored`` names settings the backend leaves out itself, with the reason."""
-        passed: dict[str, Any] = {}
-        dropped = dict(ignored or {})
-        for key, value in options.items():
-            if key in self.accepted:
-                passed[key] = value
-            else:
-                dropped[key] = f"not a parameter of {self.sdk.__name__} {self.sdk.__version__}"
-        for key, why in dropped.items():
-            logger.debug("%s: %s is not sent (%s)", request.backend, key, why)
-        return passed
+        """The options this SDK's ``create()`` takes; the rest are left out with a debug log."""
+        return supported_options(request, self.accepted, handled=handled, ignored=ignored, why=self._not_accepted)
 
     def _read(self, response: Any, conn: Connection) -> ChatResult:
         try:
             return self.result(response)
         except (AttributeError, TypeError, IndexError, KeyError) as exc:  # the SDKs do not validate
-            raise InvalidResponseError(
-                f"{conn.where} sent a reply chatplug could not read ({type(exc).__name__}: {exc}). "
-                "Check that the base URL points at a server of this API."
-            ) from exc
+            raise invalid_response(conn.where, exc) from None
 
-    def _map_error(self, exc: Exception, request: ChatRequest, conn: Connection) -> Exception:
-        """The chatplug error for ``exc``, with secrets redacted. It is raised without the SDK's
-        exception chained to it: that quotes the server's body unredacted, and a traceback
-        would print it. What the SDK's exception told (status, message, request id) is in the
-        mapped message."""
+    def _mapped(self, exc: Exception, request: ChatRequest, conn: Connection) -> Exception:
+        """The chatplug error for ``exc``; ``exc`` itself if it is no provider failure (the
+        dispatcher reports it as a backend bug). Secrets are masked by the dispatcher."""
         if isinstance(exc, ChatplugError):
             return exc
-        mapped = map_sdk_error(self.sdk, exc, request, conn.where, self.hints)
-        if mapped is None:
-            return exc  # not a provider failure: the dispatcher reports it as a backend bug
-        return redacted(mapped, conn.api_key, conn.auth_token)
+        return map_sdk_error(self.sdk, exc, request, conn.where, self.hints) or exc
 
 
 def _client_key(conn: Connection, request: ChatRequest) -> tuple[Any, ...]:
@@ -184,18 +139,6 @@ def _client_key(conn: Connection, request: ChatRequest) -> tuple[Any, ...]:
 
 def _credential(conn: Connection) -> tuple[str | None, str | None]:
     return (conn.api_key, conn.auth_token)
-
-
-# Phrases with which providers and OpenAI-compatible servers report an over-long prompt.
-CONTEXT_MARKERS = (
-    "context_length_exceeded",
-    "exceed_context_size",
-    "context length",
-    "context window",
-    "maximum context",
-    "prompt is too long",
-    "too many tokens",
-)
 
 
 def map_sdk_error(
@@ -211,63 +154,27 @@ def map_sdk_error(
         )
     if isinstance(exc, sdk.APIConnectionError):
         cause = exc.__cause__ or exc.__context__
-        detail = f": {type(cause).__name__}" if cause else ""
+        mapped = transport_error(cause, where=where, timeout=request.timeout) if cause is not None else None
+        if isinstance(mapped, APIConnectionError):
+            mapped.message = mapped.message.replace(f" {where}", f" {where}{tries}", 1) if tries else mapped.message
+            return mapped
         return APIConnectionError(
-            f"could not connect to {where}{tries}{detail}. Check that the server runs and that the base URL is right."
+            f"could not connect to {where}{tries}. Check that the server runs and that the base URL is right."
         )
     if isinstance(exc, sdk.APIStatusError):
-        status = exc.status_code
-        detail = _error_message(exc.body) or exc.message
         request_id = getattr(exc, "request_id", None)
-        suffix = f" (request id {request_id})" if request_id else ""
-        hint = hints.get(status, "").format(model=request.model)
-        said = f"{detail}{suffix}" if detail.endswith((".", "!", "?")) and not suffix else f"{detail}{suffix}."
-        message = f"{where} answered HTTP {status}: {said}{' ' + hint if hint else ''}"
-        if status in (400, 413) and any(m in str(exc.body).lower() for m in CONTEXT_MARKERS):
-            return ContextLengthExceededError(
-                f"{message} The conversation is longer than the model's context: shorten it or "
-                "use a model with a longer context.",
-                status_code=status,
-            )
-        return status_error(status, message, retry_after=retry_after(exc.response.headers))
-    if isinstance(exc, sdk.APIResponseValidationError) or (
+        hint = hints.get(exc.status_code, "").format(model=request.model)
+        said = f"(request id {request_id}) {hint}" if request_id else hint
+        body = exc.body or exc.message
+        return status_error(exc.status_code, body, where=where, headers=exc.response.headers, hint=said.strip())
+    if isinstance(exc, (sdk.APIResponseValidationError, RecursionError)) or (
         isinstance(exc, ValueError) and type(exc).__module__.startswith("json")
     ):
-        return InvalidResponseError(f"{where} sent a response that is not a valid reply ({type(exc).__name__}: {exc}).")
+        return invalid_response(where, exc)
     if isinstance(exc, (TypeError, ValueError)):  # the SDK refused the arguments before sending
         return InvalidInputError(
             f"the {sdk.__name__} SDK refused the arguments ({type(exc).__name__}: {exc}); nothing was sent."
         )
     if isinstance(exc, sdk.APIError):  # e.g. an error event inside a 200 stream
-        return status_error(500, f"{where} reported an error: {exc.message}")
+        return ServerError(f"{where} reported an error: {exc.message}")
     return None
-
-
-def _error_message(body: Any) -> str | None:
-    """The human message in an error body: OpenAI's ``{"message"}`` (the SDK strips the
-    ``error`` wrapper) or Anthropic's ``{"type": "error", "error": {"message"}}``."""
-    if isinstance(body, Mapping):
-        inner = body.get("error", body)
-        if isinstance(inner, Mapping) and isinstance(inner.get("message"), str):
-            return str(inner["message"])
-    return None
-
-
-def retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds to wait, from ``retry-after-ms`` or ``retry-after`` (seconds or an HTTP date)."""
-    if (ms := headers.get("retry-after-ms")) is not None:
-        try:
-            return float(ms) / 1000
-        except ValueError:
-            pass
-    raw = headers.get("retry-after")
-    if raw is None:
-        return None
-    try:
-        return float(raw)
-    except ValueError:
-        try:
-            parsed = email.utils.parsedate_to_datetime(raw)
-        except (TypeError, ValueError):
-            return None
-        return max(0.0, parsed.timestamp() - time.time())

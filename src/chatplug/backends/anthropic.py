@@ -11,12 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
-from .._backend import ChatBackend
-from .._exceptions import AuthenticationError, InvalidInputError
-from .._types import ChatRequest, ChatResult, Message
-from ..hookspecs import hookimpl
-from ._env import base_url, secret
-from ._stainless import Connection, StainlessBackend, import_sdk
+from chatplug import AuthenticationError, ChatBackend, ChatRequest, ChatResult, InvalidInputError, Message, hookimpl
+from chatplug.toolkit import env_secret, env_url, import_sdk
+
+from ._stainless import Connection, StainlessBackend
 
 PLACEHOLDER_KEY = "sk-ant-no-key-needed"
 
@@ -33,13 +31,13 @@ class AnthropicBackend(StainlessBackend):
     hosted_url = "https://api.anthropic.com"
 
     def __init__(self) -> None:
-        anthropic = import_sdk("anthropic")
+        anthropic = import_sdk("anthropic", "anthropic")
         super().__init__(anthropic, anthropic.Anthropic, anthropic.AsyncAnthropic, anthropic.resources.Messages.create)
 
     def connection(self) -> Connection:
-        url = base_url("ANTHROPIC_BASE_URL", self.hosted_url)
-        key = secret("ANTHROPIC_API_KEY")
-        token = secret("ANTHROPIC_AUTH_TOKEN")
+        url = env_url("ANTHROPIC_BASE_URL", self.hosted_url)
+        key = env_secret("ANTHROPIC_API_KEY")
+        token = env_secret("ANTHROPIC_AUTH_TOKEN")
         if not key and not token and url is None:
             raise AuthenticationError(
                 "ANTHROPIC_API_KEY is not set. Set it to your Anthropic API key (or ANTHROPIC_AUTH_TOKEN "
@@ -51,12 +49,11 @@ class AnthropicBackend(StainlessBackend):
         return Connection(url, key or PLACEHOLDER_KEY, where)
 
     def arguments(self, request: ChatRequest, conn: Connection) -> dict[str, Any]:
-        options = dict(request.options)
-        stop = options.pop("stop", None)
+        stop = request.options.get("stop")
         system, messages = _to_anthropic(request.messages)
         no_sampling = {"temperature": f"{self.sdk.__name__} {self.sdk.__version__} takes no sampling parameters"}
         arguments = {
-            **self.pass_through(request, options, no_sampling),
+            **self.pass_through(request, handled=("stop",), ignored=no_sampling),
             "model": request.model,
             "max_tokens": request.max_tokens,
             "messages": messages,
@@ -64,7 +61,7 @@ class AnthropicBackend(StainlessBackend):
         if system:
             arguments["system"] = system
         if stop:
-            arguments["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+            arguments["stop_sequences"] = _stop_sequences(stop)
         return arguments
 
     @staticmethod
@@ -96,6 +93,14 @@ def _to_anthropic(messages: tuple[Message, ...]) -> tuple[str, list[dict[str, st
     if not turns:
         raise InvalidInputError("Anthropic needs at least one user message besides the system messages.")
     return system, turns
+
+
+def _stop_sequences(stop: object) -> list[str]:
+    if isinstance(stop, str):
+        return [stop]
+    if isinstance(stop, (list, tuple)) and all(isinstance(item, str) for item in stop):
+        return list(stop)
+    raise InvalidInputError(f"stop must be a string or a list of strings, got {stop!r}.")
 
 
 @hookimpl

@@ -2,8 +2,8 @@
 
 Uses the native ``/api/chat`` endpoint with ``ollama.Client`` / ``ollama.AsyncClient`` (no
 thread pool for async) and honours ``OLLAMA_HOST`` and ``OLLAMA_API_KEY``, both read here
-(stripped, validated) and passed to the SDK, which would otherwise read them raw. The SDK is
-imported on first use, not when the backend is registered.
+(stripped, validated) and passed to the SDK, which would otherwise read them raw. Built on
+``chatplug.toolkit`` alone; the SDK is imported on first use, not when the backend is registered.
 """
 
 from __future__ import annotations
@@ -11,23 +11,28 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .._backend import ChatBackend
-from .._clients import ClientCache
-from .._exceptions import (
-    APIConnectionError,
-    APITimeoutError,
+from chatplug import (
     BadRequestError,
+    ChatBackend,
     ChatplugError,
+    ChatRequest,
+    ChatResult,
     ConfigError,
     InvalidInputError,
-    InvalidResponseError,
     NotFoundError,
     ServerError,
-    status_error,
+    hookimpl,
 )
-from .._types import ChatRequest, ChatResult
-from ..hookspecs import hookimpl
-from ._env import redacted, secret, setting
+from chatplug.toolkit import (
+    ClientCache,
+    env_secret,
+    env_setting,
+    import_sdk,
+    invalid_response,
+    status_error,
+    thaw,
+    transport_error,
+)
 
 if TYPE_CHECKING:
     import ollama
@@ -41,55 +46,60 @@ DEFAULT_OPTIONS = {"top_p": 0.9, "repeat_penalty": 1.1}
 # Keyword options that are top-level request fields in Ollama's API, not model options.
 TOP_LEVEL = ("keep_alive", "think", "format")
 
+HINTS = {
+    401: "Set OLLAMA_API_KEY for ollama.com models, or run `ollama signin`.",
+    429: "Wait and retry, or slow down.",
+    503: "The server's queue is full: retry later, or raise OLLAMA_MAX_QUEUE.",
+}
+NOT_RUNNING = (
+    "Start it with `ollama serve`, or set OLLAMA_HOST to the address where it runs. To get an answer "
+    "with no server at all, use the embedded model: --backend local, or LLM_BACKEND=local."
+)
+
 C = TypeVar("C", "ollama.Client", "ollama.AsyncClient")
 
 
 class OllamaBackend(ChatBackend):
+    default_model = "llama3.2"
+
     def __init__(self) -> None:
-        import ollama  # lazily: ~200 ms, paid only when this backend is used
-
-        self._sdk = ollama
+        try:
+            sdk = import_sdk("ollama")  # lazily: ~200 ms, paid only when this backend is used
+        except ValueError as exc:  # the SDK parses OLLAMA_HOST as it is imported
+            raise ConfigError(f"OLLAMA_HOST is not valid ({exc}): {_HOST_FORMS}.") from None
+        self._sdk = sdk
         self._clients: ClientCache[ollama.Client, ollama.AsyncClient] = ClientCache(
-            lambda host, key, timeout: _client(ollama.Client, host, key, timeout),
-            lambda host, key, timeout: _client(ollama.AsyncClient, host, key, timeout),
+            lambda host, key, timeout: _client(sdk.Client, host, key, timeout),
+            lambda host, key, timeout: _client(sdk.AsyncClient, host, key, timeout),
         )
-
-    # Both raise the mapped error after the except block, not in it: raised there, it would
-    # keep the SDK's exception (and the request's headers, the key among them) as __context__.
 
     def complete(self, request: ChatRequest) -> ChatResult:
         host, key = _connection()
-        client = self._clients.sync((host, request.timeout), host, key, request.timeout, credential=key)
-        try:
-            return _result(client.chat(**_chat_arguments(request)))
-        except Exception as exc:
-            error = self._map_error(exc, request, host, key)
-        raise error
+        arguments = _chat_arguments(request)
+        with self._clients.sync((host, request.timeout), host, key, request.timeout, credential=key) as client:
+            try:
+                return _result(client.chat(**arguments))
+            except Exception as exc:
+                raise self._mapped(exc, request, host) from None
 
     async def acomplete(self, request: ChatRequest) -> ChatResult:
         host, key = _connection()
-        client = self._clients.async_((host, request.timeout), host, key, request.timeout, credential=key)
-        try:
-            return _result(await client.chat(**_chat_arguments(request)))
-        except Exception as exc:
-            error = self._map_error(exc, request, host, key)
-        raise error
+        arguments = _chat_arguments(request)
+        with self._clients.async_((host, request.timeout), host, key, request.timeout, credential=key) as client:
+            try:
+                return _result(await client.chat(**arguments))
+            except Exception as exc:
+                raise self._mapped(exc, request, host) from None
 
     def close(self) -> None:
-        for client in self._clients.clear():
-            client.close()  # type: ignore[no-untyped-call]  # the SDK leaves close() unannotated
+        self._clients.close()
 
-    def _map_error(self, exc: Exception, request: ChatRequest, host: str, key: str | None) -> Exception:
-        """The chatplug error for what the SDK raised, with OLLAMA_API_KEY masked; ``exc``
+    def _mapped(self, exc: Exception, request: ChatRequest, host: str) -> Exception:
+        """The chatplug error for what the SDK raised, saying what to do about it; ``exc``
         itself if it is no provider failure (the dispatcher reports it as a backend bug)."""
-        mapped = self._mapped(exc, request, f"Ollama at {host}")
-        return exc if mapped is None else redacted(mapped, key)
-
-    def _mapped(self, exc: Exception, request: ChatRequest, where: str) -> ChatplugError | None:
-        """The chatplug error for what the SDK raised, saying what to do about it."""
-        import httpx
-        import pydantic
-
+        where = f"Ollama at {host}"
+        if isinstance(exc, ChatplugError):
+            return exc
         if isinstance(exc, self._sdk.ResponseError):
             status, detail = exc.status_code, exc.error
             if status == 404:
@@ -101,57 +111,49 @@ class OllamaBackend(ChatBackend):
                 )
             if status == -1:  # an error line inside a 200 stream: the model failed mid-run
                 return ServerError(
-                    f"{where} failed while generating: {detail}. Try again; if it "
-                    "persists, check the Ollama server log."
+                    f"{where} failed while generating: {detail}. Try again; if it persists, check the "
+                    "Ollama server log."
                 )
-            hint = {
-                401: " Set OLLAMA_API_KEY for ollama.com models, or run `ollama signin`.",
-                429: " Wait and retry, or slow down.",
-                503: " The server's queue is full: retry later, or raise OLLAMA_MAX_QUEUE.",
-            }.get(status, " Check the Ollama server log." if status >= 500 else "")
-            return status_error(status, f"{where} answered HTTP {status}: {detail}.{hint}")
-        if isinstance(exc, httpx.TimeoutException):
-            return APITimeoutError(
-                f"{where} did not answer within {request.timeout:g} s. Raise LLM_TIMEOUT, lower "
-                "max_tokens, or use a smaller model."
-            )
-        if isinstance(exc, (ConnectionError, httpx.ConnectError)):
-            return APIConnectionError(
-                f"could not connect to {where}. Start it with `ollama serve`, or set OLLAMA_HOST "
-                "to the address where it runs."
-            )
-        if isinstance(exc, httpx.TransportError):
-            return APIConnectionError(f"the connection to {where} failed: {type(exc).__name__}: {exc}")
+            # The SDK raises ResponseError from httpx's HTTPStatusError: its response has the headers.
+            response = getattr(exc.__context__, "response", None)
+            hint = HINTS.get(status, "Check the Ollama server log." if status >= 500 else "")
+            return status_error(status, detail, where=where, headers=getattr(response, "headers", None), hint=hint)
+        mapped = transport_error(
+            exc, where=where, timeout=request.timeout, connect_hint=NOT_RUNNING, setting="OLLAMA_HOST"
+        )
+        if mapped is not None:
+            return mapped
         if isinstance(exc, self._sdk.RequestError):
             return BadRequestError(f"the ollama SDK rejected the request: {exc.error}")
+        import pydantic
+
         if isinstance(exc, pydantic.ValidationError) and exc.title == "ChatRequest":
             return _refused(exc)  # the SDK validates the request it builds before sending it
-        if isinstance(exc, (ValueError, TypeError, AttributeError)):  # JSON or pydantic errors
-            return InvalidResponseError(
-                f"{where} sent a response that is not a valid Ollama chat reply "
-                f"({type(exc).__name__}). Check that OLLAMA_HOST points at an Ollama server."
-            )
-        return None  # not a provider failure: the dispatcher reports it as a backend bug
+        if isinstance(exc, (ValueError, TypeError, AttributeError, RecursionError)):  # JSON or pydantic errors
+            return invalid_response(where, exc)
+        return exc
+
+
+_HOST_FORMS = "expected an address like http://127.0.0.1:11434 or 127.0.0.1:11434"
 
 
 def _connection() -> tuple[str, str | None]:
-    """OLLAMA_HOST (or the default) and OLLAMA_API_KEY, stripped; see ``_env``."""
-    return setting("OLLAMA_HOST") or DEFAULT_HOST, secret("OLLAMA_API_KEY")
+    """OLLAMA_HOST (or the default) and OLLAMA_API_KEY, stripped and checked."""
+    host = env_setting("OLLAMA_HOST") or DEFAULT_HOST
+    scheme, sep, _ = host.partition("://")
+    if sep and scheme.lower() not in ("http", "https"):
+        raise ConfigError(f"OLLAMA_HOST={host!r} is not valid: {_HOST_FORMS}.")
+    return host, env_secret("OLLAMA_API_KEY")
 
 
 def _client(cls: type[C], host: str, key: str | None, timeout: float) -> C:
     """An SDK client for ``host``. The key goes in as the header: the SDK reads OLLAMA_API_KEY
     only when no authorization header is given, and then unstripped."""
-    import httpx
-
     headers = {"authorization": f"Bearer {key}"} if key else None
     try:
         return cls(host=host, timeout=timeout, headers=headers)
-    except (ValueError, httpx.InvalidURL) as exc:  # the SDK parses the host here
-        raise ConfigError(
-            f"OLLAMA_HOST={host!r} is not valid ({exc}): expected an address like http://127.0.0.1:11434 "
-            "or 127.0.0.1:11434."
-        ) from None
+    except Exception as exc:  # the SDK parses the host here (ValueError, httpx.InvalidURL)
+        raise ConfigError(f"OLLAMA_HOST={host!r} is not valid ({exc}): {_HOST_FORMS}.") from None
 
 
 def _refused(exc: pydantic.ValidationError) -> InvalidInputError:
@@ -171,14 +173,14 @@ def _chat_arguments(request: ChatRequest) -> dict[str, Any]:
     top_level: dict[str, Any] = {}
     for key, value in request.options.items():
         if key in TOP_LEVEL:
-            top_level[key] = value
+            top_level[key] = thaw(value)
         elif key == "stop" and isinstance(value, str):
             options["stop"] = [value]
         else:
-            options[key] = value
+            options[key] = thaw(value)
     return {
         "model": request.model,
-        "messages": list(request.messages),
+        "messages": thaw(request.messages),
         "options": options,
         "stream": False,
         **top_level,

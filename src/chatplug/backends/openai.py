@@ -11,12 +11,10 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-from .._backend import ChatBackend
-from .._exceptions import AuthenticationError
-from .._types import ChatRequest, ChatResult
-from ..hookspecs import hookimpl
-from ._env import base_url, secret
-from ._stainless import Connection, StainlessBackend, import_sdk
+from chatplug import AuthenticationError, ChatBackend, ChatRequest, ChatResult, hookimpl
+from chatplug.toolkit import env_secret, env_url, import_sdk, thaw
+
+from ._stainless import Connection, StainlessBackend
 
 HOSTED = "https://api.openai.com/v1"
 
@@ -35,12 +33,12 @@ class OpenAIBackend(StainlessBackend):
     hosted_url = HOSTED
 
     def __init__(self) -> None:
-        openai = import_sdk("openai")
+        openai = import_sdk("openai", "openai")
         super().__init__(openai, openai.OpenAI, openai.AsyncOpenAI, openai.resources.chat.Completions.create)
 
     def connection(self) -> Connection:
-        url = base_url("OPENAI_BASE_URL", "http://127.0.0.1:8080/v1")
-        key = secret("OPENAI_API_KEY")
+        url = env_url("OPENAI_BASE_URL", "http://127.0.0.1:8080/v1")
+        key = env_secret("OPENAI_API_KEY")
         hosted = _is_hosted(url)
         if not key:
             if hosted:
@@ -56,9 +54,9 @@ class OpenAIBackend(StainlessBackend):
         # refuse the old name); compatible servers widely know only max_tokens.
         limit = "max_completion_tokens" if _is_hosted(conn.base_url) else "max_tokens"
         return {
-            **self.pass_through(request, request.options),
+            **self.pass_through(request),
             "model": request.model,
-            "messages": list(request.messages),
+            "messages": thaw(request.messages),
             "temperature": request.temperature,
             limit: request.max_tokens,
         }

@@ -1,0 +1,125 @@
+"""A call's way through chatplug: check, choose the backend, build the request, call the
+backend, and observe. The sync and async twins differ only in how they call the backend (and
+the async one makes a backend's first use off the event loop).
+
+Steps each live in their own module: ``_resolve`` (arguments, backend and model, the request),
+``_validate`` (messages and options), ``_response`` (results, failures, logging) and
+``_plugins`` (the backends and the observers).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from ._exceptions import InvalidInputError
+from ._resolve import build_request, check_arguments, choose
+from ._response import as_chatplug_error, failed, succeeded
+from ._types import ChatRequest, LLMResponse, Message
+from ._validate import check_options
+
+if TYPE_CHECKING:
+    from ._backend import ChatBackend
+    from ._plugins import Plugins
+
+ToMessages = Callable[[Any], "tuple[Message, ...]"]
+
+_plugins: Plugins | None = None
+
+
+def plugins() -> Plugins:
+    """The plugin manager, imported on first use (pluggy is not needed to import chatplug)."""
+    global _plugins
+    if _plugins is None:
+        from ._plugins import plugins as made
+
+        _plugins = made
+    return _plugins
+
+
+def _prepare(
+    manager: Plugins,
+    model_name: object,
+    temperature: object,
+    max_tokens: object,
+    backend: object,
+    options: Mapping[str, Any],
+) -> tuple[str, str | None, float | None, int | None]:
+    """Check the call's arguments and choose its backend and model."""
+    model, temp, limit, backend_name = check_arguments(model_name, temperature, max_tokens, backend)
+    name, model = choose(backend_name, model, manager.backends.entries.__contains__)
+    try:
+        check_options(options)
+    except InvalidInputError as exc:
+        exc.backend = name  # the error names the backend the call was for, like every other
+        raise
+    return name, model, temp, limit
+
+
+def call_sync(
+    to_messages: ToMessages,
+    payload: object,
+    model_name: object,
+    temperature: object,
+    max_tokens: object,
+    backend: object,
+    options: Mapping[str, Any],
+) -> LLMResponse:
+    start = time.perf_counter()
+    manager = plugins()
+    request: ChatRequest | None = None
+    chosen: ChatBackend | None = None
+    try:
+        manager.load()
+        name, model, temp, limit = _prepare(manager, model_name, temperature, max_tokens, backend, options)
+        chosen = manager.backends.get(name)
+        request = build_request(chosen, name, model, to_messages(payload), temp, limit, options)
+        manager.on_request(request)
+        result = chosen.complete(request)
+    except Exception as exc:
+        response = failed(as_chatplug_error(exc, _where(manager, request)), request, start, model_name)
+    else:
+        response = succeeded(result, request, start, manager.backends.describe)
+    manager.on_response(request, response)
+    return response
+
+
+async def call_async(
+    to_messages: ToMessages,
+    payload: object,
+    model_name: object,
+    temperature: object,
+    max_tokens: object,
+    backend: object,
+    options: Mapping[str, Any],
+) -> LLMResponse:
+    start = time.perf_counter()
+    manager = plugins()
+    request: ChatRequest | None = None
+    try:
+        if not manager.loaded:  # the first call reads entry points and imports plugins: off the loop
+            await _off_loop(manager.load)
+        name, model, temp, limit = _prepare(manager, model_name, temperature, max_tokens, backend, options)
+        # A backend's first use imports its SDK (~0.4 s) and may build clients: off the loop.
+        backends = manager.backends
+        chosen = backends.get(name) if backends.ready(name) else await _off_loop(backends.get, name)
+        request = build_request(chosen, name, model, to_messages(payload), temp, limit, options)
+        manager.on_request(request)
+        result = await chosen.acomplete(request)
+    except Exception as exc:
+        response = failed(as_chatplug_error(exc, _where(manager, request)), request, start, model_name)
+    else:
+        response = succeeded(result, request, start, manager.backends.describe)
+    manager.on_response(request, response)
+    return response
+
+
+async def _off_loop(function: Callable[..., Any], *args: Any) -> Any:
+    import asyncio  # here, not at the top: it costs `import chatplug` ~20 ms, and an async caller has it
+
+    return await asyncio.to_thread(function, *args)
+
+
+def _where(manager: Plugins, request: ChatRequest | None) -> str:
+    return manager.backends.describe(request.backend) if request is not None else "chatplug"

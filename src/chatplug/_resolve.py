@@ -1,0 +1,84 @@
+"""Choosing the backend and model of a call, and building its ``ChatRequest``.
+
+Each value comes from the highest place that sets it: the call's argument > ``settings`` set in
+code > the environment > the default (the backend's own ``default_model`` for the model).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ._backend import ChatBackend
+from ._config import ARGUMENT, DEFAULT, MAX_TOKENS, NAME, TEMPERATURE, settings
+from ._exceptions import InvalidInputError
+from ._types import ChatRequest, Message
+
+
+def check_arguments(
+    model_name: object, temperature: object, max_tokens: object, backend: object
+) -> tuple[str | None, float | None, int | None, str | None]:
+    """The call's own arguments, checked by the same rules as the settings."""
+    return (
+        None if model_name is None else NAME.argument("model_name", model_name),
+        None if temperature is None else TEMPERATURE.argument("temperature", temperature),
+        None if max_tokens is None else MAX_TOKENS.argument("max_tokens", max_tokens),
+        None if backend is None else NAME.argument("backend", backend),
+    )
+
+
+def choose(backend: str | None, model_name: str | None, is_backend: Any) -> tuple[str, str | None]:
+    """The backend and model for a call; the model is ``None`` when left to the backend's default.
+
+    A ``backend:model`` prefix (one naming an installed backend, tested with ``is_backend``:
+    ``llama3.2:1b`` is an Ollama model) selects its backend when the model name comes from as
+    high a place as the backend setting: call > code > environment. So
+    ``LLM_MODEL_NAME=openai:gpt-4o`` selects openai over ``LLM_BACKEND``, but not over
+    ``settings.backend`` set in code or ``backend=``. A model name prefixed for another backend
+    than the chosen one is not sent to it.
+    """
+    model = model_name
+    model_source = ARGUMENT if model_name is not None else settings.source("model_name")
+    if model is None and model_source > DEFAULT:
+        model = settings.model_name
+    backend_source = ARGUMENT if backend is not None else settings.source("backend")
+    chosen = backend or settings.backend
+    if model is None:
+        return chosen, None
+    prefix, sep, rest = model.partition(":")
+    if not (sep and is_backend(prefix)):
+        return chosen, model
+    if not rest.strip():
+        raise InvalidInputError(f"model_name {model!r} names backend {prefix!r} but no model: use '{prefix}:MODEL'.")
+    if model_source >= backend_source:
+        if backend is not None and prefix != backend:
+            raise InvalidInputError(f"backend={backend!r} contradicts model_name={model!r}: pass one or the other.")
+        return prefix, rest.strip()
+    return chosen, rest.strip() if prefix == chosen else None
+
+
+def build_request(
+    chosen: ChatBackend,
+    name: str,
+    model: str | None,
+    messages: tuple[Message, ...],
+    temperature: float | None,
+    max_tokens: int | None,
+    options: Mapping[str, Any],
+) -> ChatRequest:
+    """The request for ``chosen``, with what the call left open filled from configuration."""
+    model = model or chosen.default_model
+    if not model:
+        raise InvalidInputError(
+            f"no model given, and backend {name!r} has no default model: pass model_name= or set LLM_MODEL_NAME."
+        )
+    return ChatRequest(
+        messages=messages,
+        model=model,
+        temperature=settings.temperature if temperature is None else temperature,
+        max_tokens=settings.max_tokens if max_tokens is None else max_tokens,
+        timeout=settings.timeout,
+        options=options,
+        backend=name,
+        max_retries=settings.max_retries,
+    )

@@ -1,0 +1,107 @@
+"""Turning what a backend did into the ``LLMResponse`` the caller gets, and logging failures.
+
+Everything every backend would otherwise repeat about results lives here, once: checking a
+plugin's ``ChatResult``, normalising finish reasons, timing, and, for failures, masking every
+registered secret, capping the message's size and cutting the SDK exception off the chain.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from ._exceptions import ChatplugError, PluginError
+from ._secrets import redact
+from ._types import ChatRequest, ChatResult, LLMResponse
+
+logger = logging.getLogger("chatplug")
+
+#: The longest ``LLMResponse.error``; longer messages are cut, and the cut is marked.
+ERROR_LIMIT = 4000
+
+#: Providers' words for why generation stopped, in chatplug's (OpenAI's) words.
+FINISH_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "tool_use": "tool_calls",
+    "function_call": "tool_calls",
+}
+
+
+def succeeded(result: ChatResult, request: ChatRequest, start: float, describe: Callable[[str], str]) -> LLMResponse:
+    """The response for a backend's ``result``; a malformed one is the plugin's failure."""
+    problem = malformed(result)
+    if problem is not None:
+        return failed(PluginError(f"{describe(request.backend)} returned {problem}"), request, start)
+    return LLMResponse(
+        content=result.content,
+        tokens_used=result.prompt_tokens + result.completion_tokens,
+        response_time=time.perf_counter() - start,
+        model_used=result.model or request.model,
+        success=True,
+        prompt_tokens=result.prompt_tokens,
+        completion_tokens=result.completion_tokens,
+        finish_reason=FINISH_REASONS.get(result.finish_reason, result.finish_reason)
+        if result.finish_reason is not None
+        else None,
+        backend=request.backend,
+    )
+
+
+def malformed(result: object) -> str | None:
+    """What is wrong with a backend's return value, or ``None`` for a usable ``ChatResult``."""
+    if not isinstance(result, ChatResult):
+        return f"{type(result).__name__}, not a chatplug.ChatResult."
+    if not isinstance(result.content, str):
+        return f"a ChatResult whose content is {type(result.content).__name__}, not str."
+    for name in ("prompt_tokens", "completion_tokens"):
+        value = getattr(result, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            return f"a ChatResult whose {name} is {value!r}, not a whole number >= 0."
+    for name in ("model", "finish_reason"):
+        value = getattr(result, name)
+        if value is not None and not isinstance(value, str):
+            return f"a ChatResult whose {name} is {value!r}, not a str."
+    return None
+
+
+def failed(exc: ChatplugError, request: ChatRequest | None, start: float, model_name: object = None) -> LLMResponse:
+    """The failed response for ``exc``, which is cleaned first (see ``clean``) and logged."""
+    clean(exc, request.backend if request is not None else None)
+    response = LLMResponse(
+        content="",
+        tokens_used=0,
+        response_time=time.perf_counter() - start,
+        model_used=request.model if request else model_name if isinstance(model_name, str) else "",
+        success=False,
+        error=str(exc),
+        backend=request.backend if request else exc.backend,
+        error_kind=exc.kind,
+        retry_after=exc.retry_after,
+        exception=exc,
+    )
+    logger.warning("chat completion failed (%s): %s", exc.kind.value, response.error)
+    return response
+
+
+def clean(exc: ChatplugError, backend: str | None) -> None:
+    """Name the backend, mask secrets, cap the size, and drop the chain: the SDK exception it
+    was raised from holds the server's body and the request's headers, the key among them."""
+    if exc.backend is None:
+        exc.backend = backend
+    message = redact(str(exc.message))
+    if len(message) > ERROR_LIMIT:
+        message = f"{message[:ERROR_LIMIT]}... [cut: {len(message)} characters in all]"
+    exc.message = message
+    exc.args = (message,)
+    exc.__cause__ = exc.__context__ = None
+    exc.__suppress_context__ = True
+
+
+def as_chatplug_error(exc: Exception, where: str) -> ChatplugError:
+    """``exc`` if chatplug's own; anything else escaped a backend: a bug in it, reported as such."""
+    if isinstance(exc, ChatplugError):
+        return exc
+    return PluginError(f"{where} raised {type(exc).__name__}: {exc}")

@@ -1,0 +1,170 @@
+"""``chatplug.toolkit``: what every backend needs, public and stable. chatplug's own backends
+(ollama, openai, anthropic, local) are built on exactly this and nothing private, so a plugin
+built on it is as good as a built-in.
+
+Clients
+    ``ClientCache``: one SDK client per configuration (host, timeout ...), shared by threads;
+    async clients one per event loop, closed when that loop shuts down; a rotated key makes a
+    new client and the old one closes when its last request returns. Borrow one per request::
+
+        with self.clients.sync((url, request.timeout), url, request.timeout, credential=key) as client:
+            ...
+
+Errors
+    ``status_error(status, body, where=..., headers=...)``: the chatplug exception for an HTTP
+    error (the status table, the provider's message found in its body, ``Retry-After`` parsed,
+    context-length detected). ``map_exceptions(where=..., timeout=...)``: a ``with`` block that
+    turns the HTTP stack's exceptions (httpx, httpx2, aiohttp, sockets) into connection, timeout
+    or config errors; ``transport_error`` is the same as a function. ``invalid_response`` for a
+    reply that cannot be read.
+
+Environment and secrets
+    ``env_setting``, ``env_secret`` and ``env_url`` read a provider's variables: stripped,
+    checked, a malformed one a ``ConfigError`` naming the variable (never a secret's value).
+    Every secret read with ``env_secret`` (or given to ``register_secret``), and the password
+    of a URL read with ``env_url``, is masked in every error, log line and ``repr`` chatplug
+    produces, whichever backend raised it.
+
+Requests
+    ``supported_options(request, accepted)``: the options a provider takes, the rest left out
+    with a debug log. ``thaw(value)``: plain dicts and lists from a request's read-only
+    ``messages`` and ``options``. ``import_sdk(module, extra)``: an SDK imported on first use,
+    or a ``ConfigError`` giving the ``pip install`` line.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Collection, Mapping
+from types import ModuleType
+from typing import Any
+from urllib.parse import urlsplit
+
+from ._clients import ClientCache, Lease
+from ._config import env
+from ._errors import (
+    CONTEXT_MARKERS,
+    error_detail,
+    invalid_response,
+    map_exceptions,
+    retry_after,
+    status_class,
+    status_error,
+    transport_error,
+)
+from ._exceptions import ConfigError
+from ._secrets import redact, register_secret
+from ._types import ChatRequest, freeze, thaw
+
+__all__ = [
+    "CONTEXT_MARKERS",
+    "ClientCache",
+    "Lease",
+    "env_secret",
+    "env_setting",
+    "env_url",
+    "error_detail",
+    "freeze",
+    "import_sdk",
+    "invalid_response",
+    "map_exceptions",
+    "redact",
+    "register_secret",
+    "retry_after",
+    "status_class",
+    "status_error",
+    "supported_options",
+    "thaw",
+    "transport_error",
+]
+
+logger = logging.getLogger("chatplug")
+
+
+def env_setting(name: str) -> str | None:
+    """Environment variable ``name`` stripped of surrounding whitespace; ``None`` if unset or blank."""
+    return env(name) or None
+
+
+def env_secret(name: str) -> str | None:
+    """A key or token from ``name`` (``None`` if unset), registered as a secret.
+
+    Stripped: a key mounted from a Kubernetes secret often ends in a newline. One that still
+    holds whitespace, control or non-ASCII characters (a pasted curly quote) cannot go in a
+    header: a ``ConfigError`` naming the variable, never showing the value.
+    """
+    value = env(name)
+    if value is None:
+        return None
+    # Blank too: a key variable that is set holds a key (a blank one is a broken secret mount,
+    # and an SDK left to read the variable itself would send it raw).
+    if not value or _malformed(value) or not value.isascii():
+        raise ConfigError(
+            f"{name} contains whitespace, control or non-ASCII characters (its value is not shown): "
+            "set it to the key alone."
+        )
+    register_secret(value)
+    return value
+
+
+def env_url(name: str, example: str, *, schemes: Collection[str] = ("http", "https")) -> str | None:
+    """An http(s) URL from ``name`` (``None`` if unset or blank). A URL is no secret: a
+    malformed one is shown in the error, with ``example`` of a good one; a password in it
+    (``http://user:pw@host``) is registered as a secret and never shown."""
+    value = env(name)
+    if not value:
+        return None
+    try:
+        parts = urlsplit(value)
+        password = parts.password
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+    except ValueError:
+        parts, password = None, None
+    register_secret(password)
+    if parts is None or parts.scheme not in schemes or not parts.hostname or _malformed(value):
+        raise ConfigError(f"{name}={redact(value)!r} is not valid: expected a URL like {example}.")
+    return value
+
+
+def _malformed(value: str) -> bool:
+    return any(ch.isspace() or not ch.isprintable() for ch in value)
+
+
+def supported_options(
+    request: ChatRequest,
+    accepted: Collection[str],
+    *,
+    handled: Collection[str] = (),
+    ignored: Mapping[str, str] | None = None,
+    why: str = "",
+) -> dict[str, Any]:
+    """The options of ``request`` that are in ``accepted``, as plain data; the others are left
+    out with a debug log on ``chatplug`` (an Ollama-only ``repeat_penalty`` would make another
+    provider refuse the request). ``handled`` names options the backend maps itself (not
+    returned, not logged); ``ignored`` adds settings the backend leaves out, each with its
+    reason; ``why`` says why the others are not accepted."""
+    passed: dict[str, Any] = {}
+    dropped = dict(ignored or {})
+    for key, value in request.options.items():
+        if key in handled:
+            continue
+        if key in accepted:
+            passed[key] = thaw(value)
+        else:
+            dropped[key] = why or f"the {request.backend} backend does not take it"
+    for key, reason in dropped.items():
+        logger.debug("%s: %s is not sent (%s)", request.backend, key, reason)
+    return passed
+
+
+def import_sdk(module: str, extra: str | None = None) -> ModuleType:
+    """``module``, imported on first use (an SDK takes ~0.4 s); if it is not installed, a
+    ``ConfigError`` with the exact command that installs it (``pip install "chatplug[extra]"``)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ConfigError(
+            f"this backend needs the {module} package ({exc}). Install it with: "
+            f'pip install "chatplug[{extra or module}]"'
+        ) from None
