@@ -16,6 +16,10 @@ from ._api import (
     generate_completion_sync,
     generate_completion_with_messages_async,
     generate_completion_with_messages_sync,
+    stream_completion_async,
+    stream_completion_sync,
+    stream_completion_with_messages_async,
+    stream_completion_with_messages_sync,
 )
 from ._backend import ChatBackend
 from ._config import Settings, settings
@@ -40,7 +44,8 @@ from ._exceptions import (
     ServerError,
     UnknownBackendError,
 )
-from ._types import ChatRequest, ChatResult, LLMResponse, Message
+from ._streaming import AsyncStream, Stream
+from ._types import ChatChunk, ChatRequest, ChatResult, LLMResponse, Message
 
 if TYPE_CHECKING:
     import pluggy
@@ -96,8 +101,10 @@ __all__ = [
     "APIStatusError",
     "APITimeoutError",
     "AuthenticationError",
+    "AsyncStream",
     "BadRequestError",
     "ChatBackend",
+    "ChatChunk",
     "ChatRequest",
     "ChatResult",
     "ChatplugError",
@@ -114,6 +121,7 @@ __all__ = [
     "RateLimitError",
     "ServerError",
     "Settings",
+    "Stream",
     "UnknownBackendError",
     "__version__",
     "backend_names",
@@ -125,5 +133,9 @@ __all__ = [
     "hookimpl",
     "register_plugin",
     "settings",
+    "stream_completion_async",
+    "stream_completion_sync",
+    "stream_completion_with_messages_async",
+    "stream_completion_with_messages_sync",
     "unregister_plugin",
 ]

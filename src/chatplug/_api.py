@@ -1,12 +1,15 @@
-"""The four public functions. Each hands its arguments to the dispatcher (``_dispatch``),
-which does everything else, once for all backends."""
+"""The public functions: whole replies and streamed ones, sync and async twins side by side.
+Each hands its arguments to the dispatcher (``_dispatch``), which does everything else, once
+for all backends."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any
 
-from ._dispatch import call_async, call_sync
+from ._dispatch import begin_async, begin_sync, call_async, call_sync
+from ._streaming import AsyncStream, Stream
 from ._types import LLMResponse
 from ._validate import checked_messages, prompt_messages
 
@@ -63,3 +66,66 @@ async def generate_completion_with_messages_async(
 ) -> LLMResponse:
     """Async twin of ``generate_completion_with_messages_sync``."""
     return await call_async(checked_messages, messages, model_name, temperature, max_tokens, backend, options)
+
+
+def stream_completion_sync(
+    prompt: str,
+    model_name: str | None = None,
+    temperature: float | None = None,
+    max_tokens: int | None = None,
+    *,
+    backend: str | None = None,
+    **options: Any,
+) -> Stream:
+    """Stream the completion of ``prompt``: ``with stream_completion_sync(...) as stream:
+    for chunk in stream: print(chunk.text, end="")``, then ``stream.response``. Never raises
+    for provider or transport failures, before or during the stream."""
+    begin = partial(begin_sync, to_messages=prompt_messages, payload=prompt, model_name=model_name,
+                    temperature=temperature, max_tokens=max_tokens, backend=backend, options=options)  # fmt: skip
+    return Stream(begin, model_name)
+
+
+def stream_completion_with_messages_sync(
+    messages: Sequence[Mapping[str, Any]],
+    model_name: str | None = None,
+    temperature: float | None = None,
+    max_tokens: int | None = None,
+    *,
+    backend: str | None = None,
+    **options: Any,
+) -> Stream:
+    """Stream the next assistant message after ``messages``; see ``stream_completion_sync``."""
+    begin = partial(begin_sync, to_messages=checked_messages, payload=messages, model_name=model_name,
+                    temperature=temperature, max_tokens=max_tokens, backend=backend, options=options)  # fmt: skip
+    return Stream(begin, model_name)
+
+
+def stream_completion_async(
+    prompt: str,
+    model_name: str | None = None,
+    temperature: float | None = None,
+    max_tokens: int | None = None,
+    *,
+    backend: str | None = None,
+    **options: Any,
+) -> AsyncStream:
+    """Async twin of ``stream_completion_sync`` (not a coroutine): ``async with
+    stream_completion_async(...) as stream: async for chunk in stream: ...``."""
+    begin = partial(begin_async, to_messages=prompt_messages, payload=prompt, model_name=model_name,
+                    temperature=temperature, max_tokens=max_tokens, backend=backend, options=options)  # fmt: skip
+    return AsyncStream(begin, model_name)
+
+
+def stream_completion_with_messages_async(
+    messages: Sequence[Mapping[str, Any]],
+    model_name: str | None = None,
+    temperature: float | None = None,
+    max_tokens: int | None = None,
+    *,
+    backend: str | None = None,
+    **options: Any,
+) -> AsyncStream:
+    """Async twin of ``stream_completion_with_messages_sync``."""
+    begin = partial(begin_async, to_messages=checked_messages, payload=messages, model_name=model_name,
+                    temperature=temperature, max_tokens=max_tokens, backend=backend, options=options)  # fmt: skip
+    return AsyncStream(begin, model_name)

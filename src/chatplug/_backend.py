@@ -9,9 +9,10 @@ wrong and what to do. Validation, defaults, timing, logging and the conversion i
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Iterator
 from typing import ClassVar
 
-from ._types import ChatRequest, ChatResult
+from ._types import ChatChunk, ChatRequest, ChatResult
 
 
 class ChatBackend(ABC):
@@ -33,5 +34,29 @@ class ChatBackend(ABC):
     async def acomplete(self, request: ChatRequest) -> ChatResult:
         """Send ``request`` without blocking the event loop."""
 
+    def stream(self, request: ChatRequest) -> Iterator[ChatChunk]:
+        """Send ``request`` and yield the reply as it comes. Stopping early (``close()`` on the
+        generator, which the dispatcher calls when the caller stops) must close the HTTP
+        response: use ``with`` around it. The default runs ``complete`` and yields the whole
+        reply as one chunk, so a backend without streaming still streams."""
+        yield _whole(self.complete(request))
+
+    async def astream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+        """The async twin of ``stream``; by default ``acomplete`` as one chunk."""
+        yield _whole(await self.acomplete(request))
+
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release clients and connections. Called by ``chatplug.close()``."""
+
+
+def _whole(result: ChatResult) -> ChatChunk:
+    if not isinstance(result, ChatResult):  # the dispatcher names the plugin that did this
+        raise TypeError(f"complete() returned {type(result).__name__}, not a chatplug.ChatResult")
+    return ChatChunk(
+        text=result.content,
+        reasoning=result.reasoning,
+        model=result.model,
+        prompt_tokens=result.prompt_tokens,
+        completion_tokens=result.completion_tokens,
+        finish_reason=result.finish_reason,
+    )

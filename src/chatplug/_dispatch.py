@@ -57,6 +57,43 @@ def _prepare(
     return name, model, temp, limit
 
 
+def begin_sync(
+    manager: Plugins,
+    to_messages: ToMessages,
+    payload: object,
+    model_name: object,
+    temperature: object,
+    max_tokens: object,
+    backend: object,
+    options: Mapping[str, Any],
+) -> tuple[ChatBackend, ChatRequest]:
+    """Everything before the backend is called: the backend and the request, or an error."""
+    manager.load()
+    name, model, temp, limit = _prepare(manager, model_name, temperature, max_tokens, backend, options)
+    chosen = manager.backends.get(name)
+    return chosen, build_request(chosen, name, model, to_messages(payload), temp, limit, options)
+
+
+async def begin_async(
+    manager: Plugins,
+    to_messages: ToMessages,
+    payload: object,
+    model_name: object,
+    temperature: object,
+    max_tokens: object,
+    backend: object,
+    options: Mapping[str, Any],
+) -> tuple[ChatBackend, ChatRequest]:
+    """``begin_sync`` without blocking the loop: first uses are made in a worker thread."""
+    if not manager.loaded:  # the first call reads entry points and imports plugins: off the loop
+        await _off_loop(manager.load)
+    name, model, temp, limit = _prepare(manager, model_name, temperature, max_tokens, backend, options)
+    # A backend's first use imports its SDK (~0.4 s) and may build clients: off the loop.
+    backends = manager.backends
+    chosen = backends.get(name) if backends.ready(name) else await _off_loop(backends.get, name)
+    return chosen, build_request(chosen, name, model, to_messages(payload), temp, limit, options)
+
+
 def call_sync(
     to_messages: ToMessages,
     payload: object,
@@ -69,16 +106,14 @@ def call_sync(
     start = time.perf_counter()
     manager = plugins()
     request: ChatRequest | None = None
-    chosen: ChatBackend | None = None
     try:
-        manager.load()
-        name, model, temp, limit = _prepare(manager, model_name, temperature, max_tokens, backend, options)
-        chosen = manager.backends.get(name)
-        request = build_request(chosen, name, model, to_messages(payload), temp, limit, options)
+        chosen, request = begin_sync(
+            manager, to_messages, payload, model_name, temperature, max_tokens, backend, options
+        )
         manager.on_request(request)
         result = chosen.complete(request)
     except Exception as exc:
-        response = failed(as_chatplug_error(exc, _where(manager, request)), request, start, model_name)
+        response = failed(as_chatplug_error(exc, where(manager, request)), request, start, model_name)
     else:
         response = succeeded(result, request, start, manager.backends.describe)
     manager.on_response(request, response)
@@ -98,17 +133,13 @@ async def call_async(
     manager = plugins()
     request: ChatRequest | None = None
     try:
-        if not manager.loaded:  # the first call reads entry points and imports plugins: off the loop
-            await _off_loop(manager.load)
-        name, model, temp, limit = _prepare(manager, model_name, temperature, max_tokens, backend, options)
-        # A backend's first use imports its SDK (~0.4 s) and may build clients: off the loop.
-        backends = manager.backends
-        chosen = backends.get(name) if backends.ready(name) else await _off_loop(backends.get, name)
-        request = build_request(chosen, name, model, to_messages(payload), temp, limit, options)
+        chosen, request = await begin_async(
+            manager, to_messages, payload, model_name, temperature, max_tokens, backend, options
+        )
         manager.on_request(request)
         result = await chosen.acomplete(request)
     except Exception as exc:
-        response = failed(as_chatplug_error(exc, _where(manager, request)), request, start, model_name)
+        response = failed(as_chatplug_error(exc, where(manager, request)), request, start, model_name)
     else:
         response = succeeded(result, request, start, manager.backends.describe)
     manager.on_response(request, response)
@@ -121,5 +152,6 @@ async def _off_loop(function: Callable[..., Any], *args: Any) -> Any:
     return await asyncio.to_thread(function, *args)
 
 
-def _where(manager: Plugins, request: ChatRequest | None) -> str:
+def where(manager: Plugins, request: ChatRequest | None) -> str:
+    """Who failed, for an error a backend did not map: the backend and its plugin."""
     return manager.backends.describe(request.backend) if request is not None else "chatplug"

@@ -41,10 +41,10 @@ def choose(backend: str | None, model_name: str | None, is_backend: Any) -> tupl
     model_source = ARGUMENT if model_name is not None else settings.source("model_name")
     if model is None and model_source > DEFAULT:
         model = settings.model_name
-    backend_source = ARGUMENT if backend is not None else settings.source("backend")
     chosen = backend or settings.backend
-    if model is None:
-        return chosen, None
+    if model is None or ":" not in model:  # the common case, decided without more reads
+        return chosen, model
+    backend_source = ARGUMENT if backend is not None else settings.source("backend")
     prefix, sep, rest = model.partition(":")
     if not (sep and is_backend(prefix)):
         return chosen, model

@@ -35,19 +35,24 @@ def succeeded(result: ChatResult, request: ChatRequest, start: float, describe: 
     problem = malformed(result)
     if problem is not None:
         return failed(PluginError(f"{describe(request.backend)} returned {problem}"), request, start)
+    prompt, completion = result.prompt_tokens, result.completion_tokens
     return LLMResponse(
         content=result.content,
-        tokens_used=result.prompt_tokens + result.completion_tokens,
+        tokens_used=(prompt or 0) + (completion or 0),
         response_time=time.perf_counter() - start,
         model_used=result.model or request.model,
         success=True,
-        prompt_tokens=result.prompt_tokens,
-        completion_tokens=result.completion_tokens,
-        finish_reason=FINISH_REASONS.get(result.finish_reason, result.finish_reason)
-        if result.finish_reason is not None
-        else None,
+        prompt_tokens=prompt or 0,
+        completion_tokens=completion or 0,
+        finish_reason=normalised(result.finish_reason),
         backend=request.backend,
+        reasoning=result.reasoning,
+        usage_reported=prompt is not None or completion is not None,
     )
+
+
+def normalised(finish_reason: str | None) -> str | None:
+    return FINISH_REASONS.get(finish_reason, finish_reason) if finish_reason is not None else None
 
 
 def malformed(result: object) -> str | None:
@@ -58,12 +63,14 @@ def malformed(result: object) -> str | None:
         return f"a ChatResult whose content is {type(result.content).__name__}, not str."
     for name in ("prompt_tokens", "completion_tokens"):
         value = getattr(result, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            return f"a ChatResult whose {name} is {value!r}, not a whole number >= 0."
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            return f"a ChatResult whose {name} is {value!r}, not a whole number >= 0 or None."
     for name in ("model", "finish_reason"):
         value = getattr(result, name)
         if value is not None and not isinstance(value, str):
             return f"a ChatResult whose {name} is {value!r}, not a str."
+    if not isinstance(result.reasoning, str):
+        return f"a ChatResult whose reasoning is {result.reasoning!r}, not a str."
     return None
 
 

@@ -36,8 +36,13 @@ class Message(TypedDict):
     content: str
 
 
+_SCALARS = (str, int, float, bool, type(None))
+
+
 def freeze(value: Any) -> Any:
     """``value`` made read-only all the way down: dicts become read-only mappings, lists tuples."""
+    if isinstance(value, _SCALARS):  # the common case first: message text, option values
+        return value
     if isinstance(value, Mapping):
         return MappingProxyType({key: freeze(item) for key, item in value.items()})
     if isinstance(value, (list, tuple)):
@@ -47,6 +52,8 @@ def freeze(value: Any) -> Any:
 
 def thaw(value: Any) -> Any:
     """Plain JSON data (dicts and lists) again from what ``freeze`` made, for an SDK or a wire."""
+    if isinstance(value, _SCALARS):
+        return value
     if isinstance(value, Mapping):
         return {key: thaw(item) for key, item in value.items()}
     if isinstance(value, tuple):
@@ -95,13 +102,35 @@ class ChatResult:
 
     ``finish_reason`` may be the provider's own word: the dispatcher normalises the common
     ones (``end_turn`` and ``stop_sequence`` to ``stop``, ``max_tokens`` to ``length``,
-    ``tool_use`` to ``tool_calls``) and passes any other through.
+    ``tool_use`` to ``tool_calls``) and passes any other through. Token counts are ``None``
+    when the provider sent none (the response then says ``usage_reported=False``, rather than
+    reporting 0 as if it were counted). ``reasoning`` is the model's thinking, kept apart from
+    ``content``.
     """
 
     content: str
     model: str
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
+    prompt_tokens: int | None = 0
+    completion_tokens: int | None = 0
+    finish_reason: str | None = None
+    reasoning: str = ""
+
+
+@dataclass(frozen=True)
+class ChatChunk:
+    """A piece of a streamed reply: what a backend's ``stream`` yields, and what the caller
+    iterates. ``text`` and ``reasoning`` are the new text (either may be ``""``).
+
+    A backend also reports, on any chunk (usually the last), what it learns of the whole reply:
+    ``model``, the token counts and ``finish_reason``; ``None`` means "not said here". The
+    dispatcher adds up the text and keeps the last value of each of those.
+    """
+
+    text: str = ""
+    reasoning: str = ""
+    model: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
     finish_reason: str | None = None
 
 
@@ -126,6 +155,12 @@ class LLMResponse:
     backend: str | None = None
     error_kind: ErrorKind | None = None
     retry_after: float | None = None
+    #: The model's reasoning (thinking), never mixed into ``content``.
+    reasoning: str = ""
+    #: ``False`` when the provider sent no token counts (the counts are then 0, not counted).
+    usage_reported: bool = True
+    #: Seconds from the call to the first streamed text or reasoning; ``None`` when not streamed.
+    time_to_first_token: float | None = None
     exception: ChatplugError | None = field(default=None, repr=False, compare=False)
 
     def raise_for_error(self) -> LLMResponse:

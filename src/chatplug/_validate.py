@@ -19,7 +19,7 @@ ROLES = ("system", "user", "assistant")
 RESERVED = {
     "model": "use model_name= or a 'backend:model' prefix",
     "messages": "pass them as the first argument",
-    "stream": "chatplug returns whole completions",
+    "stream": "use stream_completion_sync() / stream_completion_async() to stream",
     "timeout": "set LLM_TIMEOUT or settings.timeout",
     "options": "pass provider options as keyword arguments, e.g. num_ctx=4096",
 }

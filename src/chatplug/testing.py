@@ -14,8 +14,15 @@ request it gets, sync or async. Select it for a block of code with ``scripted``:
 
 Each call takes the next scripted reply: a ``str`` (the reply's content), a full
 ``ChatResult``, a ``ChatplugError`` instance (the call fails with that error's kind, message and
-``retry_after``), or a function of the ``ChatRequest`` returning one of those. When the script
-is used up (or was empty), calls get ``default``: by default the last user message, echoed.
+``retry_after``), a list of chunks (``str`` or ``ChatChunk``, streamed one by one; a
+``ChatplugError`` after them is a fault after that many chunks; a whole call gets them joined),
+or a function of the ``ChatRequest`` returning one of those. When the script is used up (or was
+empty), calls get ``default``: by default the last user message, echoed.
+
+    with scripted(["Hel", "lo", chatplug.ServerError("connection reset")]):
+        with chatplug.stream_completion_sync("Hi") as stream:
+            print("".join(chunk.text for chunk in stream))   # "Hello"
+        stream.response.error_kind                          # "server", content "Hello"
 
 As a pytest fixture, one line in your ``conftest.py``::
 
@@ -35,23 +42,27 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TypeAlias
 
 from ._backend import ChatBackend
 from ._config import settings
 from ._exceptions import ChatplugError
-from ._types import ChatRequest, ChatResult
+from ._types import ChatChunk, ChatRequest, ChatResult
 from .hookspecs import hookimpl
 
-__all__ = ["NAME", "FakeLLM", "Reply", "TestingBackend", "current", "echo", "fake_llm", "scripted"]
+__all__ = ["NAME", "Chunks", "FakeLLM", "Reply", "TestingBackend", "current", "echo", "fake_llm", "scripted"]
 
 #: The backend name this module registers.
 NAME = "testing"
 
+#: A streamed reply: its chunks, and optionally a fault after them.
+Chunks: TypeAlias = Sequence[str | ChatChunk | ChatplugError]
 #: What a scripted call answers with (see the module docstring).
-Reply: TypeAlias = str | ChatResult | ChatplugError | Callable[[ChatRequest], str | ChatResult | ChatplugError]
+Reply: TypeAlias = (
+    str | ChatResult | ChatplugError | Chunks | Callable[[ChatRequest], str | ChatResult | ChatplugError | Chunks]
+)
 
 
 def echo(request: ChatRequest) -> str:
@@ -99,24 +110,44 @@ class FakeLLM:
 
     def answer(self, request: ChatRequest) -> ChatResult:
         """Record ``request`` and return, or raise, the next reply. The backend calls this."""
+        chunks = list(self.chunks(request))
+        text = "".join(chunk.text for chunk in chunks)
+        return ChatResult(
+            content=text,
+            model=request.model,
+            prompt_tokens=_words(request),
+            completion_tokens=len(text.split()),
+            finish_reason="stop",
+            reasoning="".join(chunk.reasoning for chunk in chunks),
+        )
+
+    def chunks(self, request: ChatRequest) -> Iterator[ChatChunk]:
+        """Record ``request`` and yield the next reply as chunks (raising a scripted fault where
+        it stands). The backend streams these."""
         with self._lock:
             self._requests.append(request)
             reply = self._script.popleft() if self._script else self.default
         if callable(reply):
             reply = reply(request)
-        if isinstance(reply, ChatplugError):
-            raise reply.with_traceback(None)  # a reply used again must not grow its traceback
         if isinstance(reply, ChatResult):
-            return reply
-        if isinstance(reply, str):
-            return ChatResult(
-                content=reply,
-                model=request.model,
-                prompt_tokens=sum(len(m["content"].split()) for m in request.messages),
-                completion_tokens=len(reply.split()),
-                finish_reason="stop",
-            )
-        raise TypeError(f"chatplug.testing: a reply function returned {reply!r}: not a str, ChatResult or error")
+            yield ChatChunk(reply.content, reply.reasoning, reply.model, reply.prompt_tokens,
+                            reply.completion_tokens, reply.finish_reason)  # fmt: skip
+            return
+        parts = [reply] if isinstance(reply, (str, ChatplugError)) else reply
+        if not isinstance(parts, (list, tuple)):
+            raise TypeError(f"chatplug.testing: a reply function returned {reply!r}: not a reply")
+        completion = 0
+        for part in parts:
+            if isinstance(part, ChatplugError):
+                raise part.with_traceback(None)  # a reply used again must not grow its traceback
+            chunk = ChatChunk(part) if isinstance(part, str) else part
+            completion += len(chunk.text.split())
+            yield chunk
+        yield ChatChunk(prompt_tokens=_words(request), completion_tokens=completion, finish_reason="stop")
+
+
+def _words(request: ChatRequest) -> int:
+    return sum(len(str(m["content"]).split()) for m in request.messages)
 
 
 def _checked(replies: Iterable[Reply]) -> list[Reply]:
@@ -125,10 +156,13 @@ def _checked(replies: Iterable[Reply]) -> list[Reply]:
     for reply in checked:
         if isinstance(reply, type):  # a class is callable, but RateLimitError(request) is no reply
             raise TypeError(f"chatplug.testing: script an instance, e.g. {reply.__name__}('...'), not the class")
-        if not isinstance(reply, (str, ChatResult, ChatplugError)) and not callable(reply):
+        chunks = isinstance(reply, (list, tuple)) and all(
+            isinstance(part, (str, ChatChunk, ChatplugError)) for part in reply
+        )
+        if not isinstance(reply, (str, ChatResult, ChatplugError)) and not chunks and not callable(reply):
             raise TypeError(
-                f"chatplug.testing: a scripted reply is a str, a ChatResult, a ChatplugError or a function "
-                f"of the ChatRequest returning one, got {reply!r}"
+                f"chatplug.testing: a scripted reply is a str, a ChatResult, a ChatplugError, a list of chunks "
+                f"or a function of the ChatRequest returning one, got {reply!r}"
             )
     return checked
 
@@ -187,6 +221,13 @@ class TestingBackend(ChatBackend):
 
     async def acomplete(self, request: ChatRequest) -> ChatResult:
         return current().answer(request)
+
+    def stream(self, request: ChatRequest) -> Iterator[ChatChunk]:
+        return current().chunks(request)
+
+    async def astream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+        for chunk in current().chunks(request):
+            yield chunk
 
 
 @hookimpl

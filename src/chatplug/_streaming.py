@@ -1,0 +1,249 @@
+"""Streamed calls: ``Stream`` (an iterator and a context manager) and ``AsyncStream`` (their
+async twins). Both take the same way through the dispatcher as a whole call (``begin_sync`` /
+``begin_async``, the observers, ``_response``) and differ from it only in calling the backend's
+``stream`` and adding the chunks up.
+
+Nothing is sent until the iteration starts. Whatever happens, the iteration ends without raising
+a provider failure, and ``stream.response`` holds the whole reply: a failure keeps the text that
+had arrived; a caller that stops early (``break``, leaving the ``with`` block, ``close()``, a
+cancelled task) closes the HTTP response at once and gets ``finish_reason="cancelled"``.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Generator, Iterator
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from ._exceptions import PluginError
+from ._response import as_chatplug_error, failed, succeeded
+from ._types import ChatChunk, ChatRequest, ChatResult, LLMResponse
+
+if TYPE_CHECKING:
+    from ._backend import ChatBackend
+    from ._plugins import Plugins
+
+#: The finish reason of a stream its caller stopped.
+CANCELLED = "cancelled"
+
+Begin = Callable[["Plugins"], "tuple[ChatBackend, ChatRequest]"]
+AsyncBegin = Callable[["Plugins"], "Awaitable[tuple[ChatBackend, ChatRequest]]"]
+
+
+class _Collected:
+    """The chunks of one stream, added up."""
+
+    def __init__(self, start: float) -> None:
+        self.start = start
+        self.text: list[str] = []
+        self.reasoning: list[str] = []
+        self.model: str | None = None
+        self.prompt_tokens: int | None = None
+        self.completion_tokens: int | None = None
+        self.finish_reason: str | None = None
+        self.first_token: float | None = None
+
+    def add(self, chunk: object, describe: str) -> bool:
+        """Take ``chunk`` in; whether it carries text or reasoning for the caller."""
+        if not isinstance(chunk, ChatChunk):
+            raise PluginError(f"{describe} streamed a {type(chunk).__name__}, not a chatplug.ChatChunk.")
+        if not isinstance(chunk.text, str) or not isinstance(chunk.reasoning, str):
+            raise PluginError(f"{describe} streamed a ChatChunk whose text or reasoning is not a str.")
+        for name in ("model", "prompt_tokens", "completion_tokens", "finish_reason"):
+            value = getattr(chunk, name)
+            if value is not None:
+                setattr(self, name, value)
+        if not (chunk.text or chunk.reasoning):
+            return False
+        if self.first_token is None:
+            self.first_token = time.perf_counter() - self.start
+        if chunk.text:
+            self.text.append(chunk.text)
+        if chunk.reasoning:
+            self.reasoning.append(chunk.reasoning)
+        return True
+
+    def result(self, request: ChatRequest, finish_reason: str | None = None) -> ChatResult:
+        return ChatResult(
+            content="".join(self.text),
+            model=self.model or request.model,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            finish_reason=finish_reason or self.finish_reason,
+            reasoning="".join(self.reasoning),
+        )
+
+    def response(
+        self, manager: Plugins, request: ChatRequest | None, error: Exception | None, stopped: bool, model: object
+    ) -> LLMResponse:
+        if error is None and request is not None:
+            result = self.result(request, CANCELLED if stopped else None)
+            response = succeeded(result, request, self.start, manager.backends.describe)
+        else:
+            from ._dispatch import where
+
+            chatplug_error = as_chatplug_error(
+                error if isinstance(error, Exception) else Exception(), where(manager, request)
+            )
+            response = failed(chatplug_error, request, self.start, model)
+            response.content = "".join(self.text)  # the text that arrived is kept
+            response.reasoning = "".join(self.reasoning)
+        response.time_to_first_token = self.first_token
+        return response
+
+
+class _StreamBase:
+    """What the sync and async streams share: the final response and how it is read."""
+
+    _response: LLMResponse | None = None
+
+    def __init__(self, model_name: object) -> None:
+        self._model_name = model_name
+
+    @property
+    def response(self) -> LLMResponse:
+        """The whole reply, once the iteration has ended (or the stream was closed)."""
+        if self._response is None:
+            raise RuntimeError("stream.response is set once the stream ends: iterate it to the end, or close it.")
+        return self._response
+
+    @property
+    def done(self) -> bool:
+        return self._response is not None
+
+    def _cancelled_before_start(self) -> LLMResponse:
+        return LLMResponse(
+            content="", tokens_used=0, response_time=0.0, model_used="", success=True, finish_reason=CANCELLED
+        )
+
+
+class Stream(_StreamBase):
+    """A streamed reply: ``for chunk in stream`` yields ``ChatChunk``s (``.text``, ``.reasoning``);
+    then ``stream.response`` is the whole ``LLMResponse``. Use it in a ``with`` block to close
+    it when leaving early."""
+
+    def __init__(self, begin: Begin, model_name: object) -> None:
+        super().__init__(model_name)
+        self._begin = begin
+        # Weakly: a `for` loop left with `break` drops the last reference, and CPython closes the
+        # generator (and with it the HTTP response) at once.
+        self._iterator: weakref.ref[Generator[ChatChunk, None, None]] | None = None
+
+    def __iter__(self) -> Iterator[ChatChunk]:
+        if self._iterator is None and self._response is None:
+            iterator = self._run()
+            self._iterator = weakref.ref(iterator)
+            return iterator
+        return iter(())  # a stream is iterated once
+
+    def _run(self) -> Generator[ChatChunk, None, None]:
+        from ._dispatch import plugins
+
+        manager = plugins()
+        collected = _Collected(time.perf_counter())
+        request: ChatRequest | None = None
+        error: Exception | None = None
+        stopped = False
+        try:
+            chosen, request = self._begin(manager)
+            manager.on_request(request)
+            source = chosen.stream(request)
+            describe = manager.backends.describe(request.backend)
+            try:
+                for chunk in source:
+                    if collected.add(chunk, describe):
+                        yield chunk
+            finally:
+                source.close()  # type: ignore[attr-defined]  # a generator: closes the HTTP response
+        except (GeneratorExit, KeyboardInterrupt):
+            stopped = True
+            raise
+        except Exception as exc:
+            error = exc
+        finally:
+            self._response = collected.response(manager, request, error, stopped, self._model_name)
+            manager.on_response(request, self._response)
+
+    def close(self) -> None:
+        """Stop the stream: the HTTP response is closed at once. Safe to call twice."""
+        iterator = self._iterator() if self._iterator is not None else None
+        if iterator is not None:
+            iterator.close()
+        if self._response is None:  # never started: nothing was sent
+            self._response = self._cancelled_before_start()
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+
+class AsyncStream(_StreamBase):
+    """The async twin of ``Stream``: ``async with ... as stream: async for chunk in stream``."""
+
+    def __init__(self, begin: AsyncBegin, model_name: object) -> None:
+        super().__init__(model_name)
+        self._begin = begin
+        self._iterator: weakref.ref[AsyncGenerator[ChatChunk, None]] | None = None
+
+    def __aiter__(self) -> AsyncIterator[ChatChunk]:
+        if self._iterator is None and self._response is None:
+            iterator = self._run()
+            self._iterator = weakref.ref(iterator)
+            return iterator
+        return _empty()
+
+    async def _run(self) -> AsyncGenerator[ChatChunk, None]:
+        from ._dispatch import plugins
+
+        manager = plugins()
+        collected = _Collected(time.perf_counter())
+        request: ChatRequest | None = None
+        error: Exception | None = None
+        stopped = False
+        try:
+            chosen, request = await self._begin(manager)
+            manager.on_request(request)
+            source = chosen.astream(request)
+            describe = manager.backends.describe(request.backend)
+            try:
+                async for chunk in source:
+                    if collected.add(chunk, describe):
+                        yield chunk
+            finally:
+                await source.aclose()  # type: ignore[attr-defined]  # an async generator: closes the response
+        except (GeneratorExit, KeyboardInterrupt):
+            stopped = True
+            raise
+        except Exception as exc:
+            error = exc
+        except BaseException:  # asyncio.CancelledError: the caller's task was cancelled
+            stopped = True
+            raise
+        finally:
+            self._response = collected.response(manager, request, error, stopped, self._model_name)
+            manager.on_response(request, self._response)
+
+    async def aclose(self) -> None:
+        """Stop the stream: the HTTP response is closed at once. Safe to call twice."""
+        iterator = self._iterator() if self._iterator is not None else None
+        if iterator is not None:
+            await iterator.aclose()
+        if self._response is None:  # never started: nothing was sent
+            self._response = self._cancelled_before_start()
+
+    async def __aenter__(self) -> AsyncStream:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
+async def _empty() -> AsyncIterator[ChatChunk]:
+    return
+    yield  # an async generator that yields nothing
