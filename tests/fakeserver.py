@@ -10,6 +10,8 @@ client timeouts deterministic without sleeping.
 from __future__ import annotations
 
 import json
+import socket
+import struct
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,6 +33,12 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     chunked: bool = False  # send the body with chunked transfer encoding, as streams are
     hang: bool = False
+    #: Send the body as these exact pieces, each its own chunk and write (awkward boundaries).
+    pieces: list[bytes] | None = None
+    #: After the body, wait for the client to close the connection (streams it stops early).
+    hold: bool = False
+    #: After the body, reset the connection (RST) without ending the chunked body.
+    reset: bool = False
 
 
 @dataclass
@@ -50,6 +58,7 @@ class FakeServer:
         self.requests: list[Recorded] = []
         self.connections = 0
         self.default_headers = default_headers or {}
+        self.disconnected = threading.Event()  # set when a client closed a held response
         self._release = threading.Event()
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
@@ -110,17 +119,43 @@ def _handler(server: FakeServer) -> type[BaseHTTPRequestHandler]:
             self.send_response(reply.status)
             for name, value in {**server.default_headers, **reply.headers}.items():
                 self.send_header(name, value)
-            if reply.chunked:
+            if reply.chunked or reply.pieces is not None:
                 self.send_header("Transfer-Encoding", "chunked")
                 self.end_headers()
-                for line in reply.body.splitlines(keepends=True):
-                    self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
-                    self.wfile.flush()  # each stream line is its own chunk on the wire
-                self.wfile.write(b"0\r\n\r\n")
+                pieces = reply.pieces if reply.pieces is not None else reply.body.splitlines(keepends=True)
+                try:
+                    for piece in pieces:
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                        self.wfile.flush()  # each piece is its own chunk on the wire
+                    if reply.reset:
+                        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                        self.close_connection = True
+                        return
+                    if reply.hold:
+                        self._wait_for_close()
+                        return
+                    self.wfile.write(b"0\r\n\r\n")
+                except OSError:  # the client went away: what a stream it stopped looks like
+                    server.disconnected.set()
+                    self.close_connection = True
             else:
                 self.send_header("Content-Length", str(len(reply.body)))
                 self.end_headers()
                 self.wfile.write(reply.body)
+
+        def _wait_for_close(self) -> None:
+            """Block until the client closes the connection (or the server closes)."""
+            self.connection.settimeout(0.05)
+            while not server._release.is_set():
+                try:
+                    if self.connection.recv(1) == b"":
+                        break
+                except TimeoutError:
+                    continue
+                except OSError:
+                    break
+            server.disconnected.set()
+            self.close_connection = True
 
         do_GET = do_POST = do_HEAD = do_DELETE = _serve
 
