@@ -1,0 +1,254 @@
+"""Streamed calls through the dispatcher, on the ``testing`` backend and on a plugin that never
+heard of streaming: the stream objects, the final response, faults, early stops, observers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+import chatplug
+from chatplug import (
+    AsyncStream,
+    ChatBackend,
+    ChatChunk,
+    ChatRequest,
+    ChatResult,
+    ErrorKind,
+    LLMResponse,
+    Stream,
+    hookimpl,
+    stream_completion_async,
+    stream_completion_sync,
+    stream_completion_with_messages_async,
+    stream_completion_with_messages_sync,
+)
+from chatplug.testing import scripted
+
+
+def collect_sync(stream: Stream) -> list[ChatChunk]:
+    with stream:
+        return list(stream)
+
+
+def collect_async(stream: AsyncStream) -> list[ChatChunk]:
+    async def run() -> list[ChatChunk]:
+        async with stream:
+            return [chunk async for chunk in stream]
+
+    return asyncio.run(run())
+
+
+BOTH = pytest.mark.parametrize(
+    ("start", "collect"),
+    [(stream_completion_sync, collect_sync), (stream_completion_async, collect_async)],
+    ids=["sync", "async"],
+)
+
+
+@BOTH
+def test_chunks_then_the_whole_response(start: Callable[..., Any], collect: Callable[..., list[ChatChunk]]) -> None:
+    with scripted([ChatChunk(reasoning="Thinking... "), "Hel", "lo", ChatChunk("!", model="fake-9")]):
+        stream = start("Hi", temperature=0)
+        chunks = collect(stream)
+    assert [(c.text, c.reasoning) for c in chunks] == [("", "Thinking... "), ("Hel", ""), ("lo", ""), ("!", "")]
+    response = stream.response
+    assert response.success and response.content == "Hello!" and response.reasoning == "Thinking... "
+    assert (response.model_used, response.backend, response.finish_reason) == ("fake-9", "testing", "stop")
+    assert (response.prompt_tokens, response.completion_tokens, response.tokens_used) == (1, 3, 4)
+    assert response.usage_reported
+    assert response.time_to_first_token is not None and 0 <= response.time_to_first_token <= response.response_time
+
+
+@BOTH
+def test_a_fault_mid_stream_ends_the_iteration_and_keeps_the_text(
+    start: Callable[..., Any], collect: Callable[..., list[ChatChunk]]
+) -> None:
+    with scripted(["Hel", "lo", chatplug.OverloadedError("overloaded_error", retry_after=2)]):
+        stream = start("Hi")
+        chunks = collect(stream)
+    assert [c.text for c in chunks] == ["Hel", "lo"]
+    response = stream.response
+    assert not response.success and response.error_kind is ErrorKind.OVERLOADED and response.retry_after == 2
+    assert response.content == "Hello" and "overloaded_error" in (response.error or "")
+    with pytest.raises(chatplug.OverloadedError):
+        response.raise_for_error()
+
+
+@BOTH
+def test_bad_input_yields_nothing_and_sends_nothing(
+    start: Callable[..., Any], collect: Callable[..., list[ChatChunk]]
+) -> None:
+    with scripted() as fake:
+        for bad in (start(""), start("Hi", temperature=5), start("Hi", stream=True), start("Hi", backend="nope")):
+            assert collect(bad) == []
+            assert not bad.response.success
+            assert bad.response.error_kind in (ErrorKind.INVALID_INPUT, ErrorKind.CONFIG)
+    assert fake.requests == []
+
+
+def test_messages_streams_take_the_same_arguments() -> None:
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    with scripted(["a"], ["b"]) as fake:
+        assert [c.text for c in collect_sync(stream_completion_with_messages_sync(messages, "m", 0.2, 9))] == ["a"]
+        assert [c.text for c in collect_async(stream_completion_with_messages_async(messages, "m", 0.2, 9))] == ["b"]
+    assert [(r.model, r.temperature, r.max_tokens) for r in fake.requests] == [("m", 0.2, 9)] * 2
+    assert messages == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+
+
+def test_breaking_out_stops_the_backend_at_once() -> None:
+    closed: list[str] = []
+
+    def endless(request: ChatRequest) -> Iterator[ChatChunk]:
+        try:
+            while True:
+                yield ChatChunk("tick ")
+        finally:
+            closed.append("closed")
+
+    with scripted(lambda request: ["x"]):
+        stream = stream_completion_sync("Hi")
+        backend = chatplug._dispatch.plugins().backends.get("testing")
+        original = backend.stream
+        backend.stream = endless  # type: ignore[method-assign]  # an endless stream, for this test only
+        try:
+            for count, _ in enumerate(stream):
+                if count == 2:
+                    break
+        finally:
+            backend.stream = original  # type: ignore[method-assign]
+    assert closed == ["closed"]  # the `for` loop's break closed the backend's generator
+    assert stream.response.success and stream.response.finish_reason == "cancelled"
+    assert stream.response.content == "tick tick tick "
+
+
+def test_an_unstarted_stream_sends_nothing() -> None:
+    with scripted() as fake, stream_completion_sync("Hi") as stream:
+        pass
+    assert fake.requests == [] and stream.response.finish_reason == "cancelled"
+    unread = stream_completion_sync("Hi")
+    with pytest.raises(RuntimeError, match="iterate it to the end"):
+        _ = unread.response
+
+
+def test_cancelling_the_task_closes_the_stream_and_propagates() -> None:
+    closed = asyncio.Event()
+
+    class Slow(ChatBackend):
+        default_model = "slow-1"
+
+        def complete(self, request: ChatRequest) -> ChatResult:
+            raise NotImplementedError
+
+        async def acomplete(self, request: ChatRequest) -> ChatResult:
+            raise NotImplementedError
+
+        async def astream(self, request: ChatRequest) -> Any:
+            try:
+                yield ChatChunk("first ")
+                await asyncio.Event().wait()  # never set: waits until cancelled
+            finally:
+                closed.set()
+
+    class Plugin:
+        @hookimpl
+        def register_backends(self, register: Callable[[str, Callable[[], ChatBackend]], None]) -> None:
+            register("slow", Slow)
+
+    name = chatplug.register_plugin(Plugin(), "slow-plugin")
+    stream = stream_completion_async("Hi", backend="slow")
+    got: list[str] = []
+    first = asyncio.Event()
+
+    async def consume() -> None:
+        async for chunk in stream:
+            got.append(chunk.text)
+            first.set()
+
+    async def main() -> None:
+        task = asyncio.create_task(consume())
+        await first.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert closed.is_set()
+
+    try:
+        asyncio.run(main())
+    finally:
+        chatplug.unregister_plugin(name)
+    assert stream.response.finish_reason == "cancelled" and stream.response.content == "first "
+
+
+def test_a_plugin_without_streaming_streams_its_whole_reply_as_one_chunk() -> None:
+    class Whole(ChatBackend):
+        default_model = "whole-1"
+
+        def complete(self, request: ChatRequest) -> ChatResult:
+            return ChatResult("all at once", request.model, 2, 3, "end_turn")
+
+        async def acomplete(self, request: ChatRequest) -> ChatResult:
+            return self.complete(request)
+
+    class Plugin:
+        @hookimpl
+        def register_backends(self, register: Callable[[str, Callable[[], ChatBackend]], None]) -> None:
+            register("whole", Whole)
+
+    name = chatplug.register_plugin(Plugin(), "whole-plugin")
+    try:
+        for stream, collect in (
+            (stream_completion_sync("Hi", backend="whole"), collect_sync),
+            (stream_completion_async("Hi", backend="whole"), collect_async),
+        ):
+            assert [c.text for c in collect(stream)] == ["all at once"]  # type: ignore[operator]
+            assert (stream.response.content, stream.response.tokens_used) == ("all at once", 5)
+            assert stream.response.finish_reason == "stop"
+    finally:
+        chatplug.unregister_plugin(name)
+
+
+def test_observers_see_each_stream_once_with_its_final_response() -> None:
+    seen: list[tuple[str, object]] = []
+
+    class Observer:
+        @hookimpl
+        def on_request(self, request: ChatRequest) -> None:
+            seen.append(("request", request.backend))
+
+        @hookimpl
+        def on_response(self, request: ChatRequest | None, response: LLMResponse) -> None:
+            seen.append(("response", response.content))
+
+    name = chatplug.register_plugin(Observer(), "stream-observer")
+    try:
+        with scripted(["a", "b"], ["c", chatplug.ServerError("x")]):
+            collect_sync(stream_completion_sync("Hi"))
+            collect_async(stream_completion_async("Hi"))
+            collect_sync(stream_completion_sync(""))
+    finally:
+        chatplug.unregister_plugin(name)
+    assert seen == [
+        ("request", "testing"),
+        ("response", "ab"),
+        ("request", "testing"),
+        ("response", "c"),
+        ("response", ""),  # bad input: no request, one response
+    ]
+
+
+def test_a_plugin_streaming_garbage_is_its_failure() -> None:
+    with scripted(lambda request: [ChatChunk(text=None)]):  # type: ignore[arg-type]
+        stream = stream_completion_sync("Hi")
+        collect_sync(stream)
+    assert stream.response.error_kind is ErrorKind.PLUGIN and "testing" in (stream.response.error or "")
+
+
+def test_a_stream_is_iterated_once() -> None:
+    with scripted(["a"]):
+        stream = stream_completion_sync("Hi")
+        assert [c.text for c in stream] == ["a"]
+        assert list(stream) == []
+        assert stream.response.content == "a"
