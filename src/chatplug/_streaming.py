@@ -11,6 +11,7 @@ cancelled task) closes the HTTP response at once and gets ``finish_reason="cance
 
 from __future__ import annotations
 
+import io
 import time
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Generator, Iterator
@@ -37,8 +38,9 @@ class _Collected:
 
     def __init__(self, start: float) -> None:
         self.start = start
-        self.text: list[str] = []
-        self.reasoning: list[str] = []
+        # Written to buffers, not kept as a list of chunks: a 100,000-chunk stream costs its text.
+        self.text = io.StringIO()
+        self.reasoning = io.StringIO()
         self.model: str | None = None
         self.prompt_tokens: int | None = None
         self.completion_tokens: int | None = None
@@ -60,19 +62,19 @@ class _Collected:
         if self.first_token is None:
             self.first_token = time.perf_counter() - self.start
         if chunk.text:
-            self.text.append(chunk.text)
+            self.text.write(chunk.text)
         if chunk.reasoning:
-            self.reasoning.append(chunk.reasoning)
+            self.reasoning.write(chunk.reasoning)
         return True
 
     def result(self, request: ChatRequest, finish_reason: str | None = None) -> ChatResult:
         return ChatResult(
-            content="".join(self.text),
+            content=self.text.getvalue(),
             model=self.model or request.model,
             prompt_tokens=self.prompt_tokens,
             completion_tokens=self.completion_tokens,
             finish_reason=finish_reason or self.finish_reason,
-            reasoning="".join(self.reasoning),
+            reasoning=self.reasoning.getvalue(),
         )
 
     def response(
@@ -88,8 +90,8 @@ class _Collected:
                 error if isinstance(error, Exception) else Exception(), where(manager, request)
             )
             response = failed(chatplug_error, request, self.start, model)
-            response.content = "".join(self.text)  # the text that arrived is kept
-            response.reasoning = "".join(self.reasoning)
+            response.content = self.text.getvalue()  # the text that arrived is kept
+            response.reasoning = self.reasoning.getvalue()
         response.time_to_first_token = self.first_token
         return response
 
