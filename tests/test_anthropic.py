@@ -35,7 +35,8 @@ def test_text_blocks_are_joined(anthropic_server: FakeServer) -> None:
     )
     ANTHROPIC.route(anthropic_server, ANTHROPIC.reply(body))
     response = generate_completion_sync("Hi")
-    assert (response.content, response.finish_reason, response.tokens_used) == ("Blue light.", "length", 7)  # max_tokens, normalised
+    # max_tokens, normalised:
+    assert (response.content, response.finish_reason, response.tokens_used) == ("Blue light.", "length", 7)
 
 
 def test_request_body_defaults(anthropic_server: FakeServer) -> None:

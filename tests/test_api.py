@@ -136,9 +136,9 @@ VALID = [{"role": "user", "content": "Hi"}]
         (["Hi"], "messages[0] must be a dict"),
         ([{"content": "Hi"}], "messages[0] has no 'role'"),
         ([{"role": "user"}], "messages[0] has no 'content'"),
-        ([*VALID, {"role": "tool", "content": "42"}], "messages[1] has role 'tool'"),
-        ([{"role": "user", "content": [{"type": "text", "text": "Hi"}]}], "text only"),
-        ([{"role": "user", "content": None}], "must be a string"),
+        ([*VALID, {"role": "tool", "content": "42"}], "messages[1] is a tool result without a 'tool_call_id'"),
+        ([{"role": "user", "content": [{"type": "video", "url": "x"}]}], "messages[0].content[0] must be"),
+        ([{"role": "user", "content": None}], "must be a string or a list of parts"),
         ([{"role": "user", "content": "Hi", "images": ["..."]}], "unsupported key(s) 'images'"),
     ],
 )

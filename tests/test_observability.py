@@ -283,11 +283,13 @@ def test_an_installed_observer_sees_a_failure_before_plugins_loaded(tmp_path: Pa
 
 @pytest.fixture
 def metrics(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    """The example metrics plugin, imported from its source file as a fresh module."""
-    spec = importlib.util.spec_from_file_location("chatplug_metrics", METRICS_PLUGIN / "__init__.py")
+    """The example metrics plugin, imported from its source file as a fresh module under a name of
+    its own: the same tests pass with chatplug-metrics pip-installed (its entry point, named
+    "metrics", loads the installed module, which this one must not be mistaken for)."""
+    spec = importlib.util.spec_from_file_location("chatplug_metrics_from_source", METRICS_PLUGIN / "__init__.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "chatplug_metrics", module)
+    monkeypatch.setitem(sys.modules, spec.name, module)
     spec.loader.exec_module(module)
     return module
 
@@ -295,7 +297,7 @@ def metrics(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
 def test_metrics_plugin_counts_concurrent_calls_exactly(
     plugins: Callable[[object, str], None], metrics: ModuleType
 ) -> None:
-    plugins(metrics, "metrics")
+    plugins(metrics, "metrics-from-source")
 
     def reply(request: ChatRequest) -> str | chatplug.ChatplugError:
         n = int(request.messages[-1]["content"].split()[1])

@@ -25,9 +25,12 @@ import re
 import subprocess
 import sys
 import textwrap
+import threading
 import venv
 import zipfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import metadata
 from pathlib import Path
 from types import ModuleType
@@ -38,7 +41,8 @@ import pytest
 import chatplug
 import chatplug.hookspecs
 import chatplug.testing
-from chatplug._plugins import registry
+import chatplug.toolkit
+from chatplug import ChatRequest
 
 from .childproc import clean_env, fake_distribution, run_pytest
 from .fakeserver import FakeServer, Reply, fixture
@@ -219,6 +223,16 @@ def test_cli_reaches_and_lists_the_plugin(installed: Venv) -> None:
     assert installed.run("chatplug", "--model", "echo:tiny", "what the CLI sent").stdout == "what the CLI sent\n"
 
 
+def test_cli_lists_backends_as_json_as_the_guide_says(installed: Venv) -> None:
+    listed = json.loads(installed.run("chatplug", "backends", "--json").stdout)
+    assert all(set(row) == {"name", "plugin", "distribution"} for row in listed), listed
+    assert [row["name"] for row in listed] == sorted(row["name"] for row in listed)
+    rows = {row["name"]: row for row in listed}
+    assert rows["echo"] == {"name": "echo", "plugin": "echo", "distribution": "chatplug-echo"}
+    assert rows["ollama"] == {"name": "ollama", "plugin": "ollama", "distribution": "chatplug"}
+    assert "metrics" not in rows
+
+
 def test_metrics_plugin_counts_every_call(installed: Venv) -> None:
     proc = installed.python(
         """
@@ -241,12 +255,57 @@ def test_metrics_plugin_counts_every_call(installed: Venv) -> None:
     assert snap["-"] == {**snap["-"], "requests": 0, "responses": 2, "failures": {"config": 1, "invalid_input": 1}}
 
 
+def metrics_from_source(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """The example metrics plugin, imported from its source file as a fresh module with counts
+    of its own. Under a module name of its own too: were it ``chatplug_metrics``, an installed
+    chatplug-metrics whose entry point loads later would load this very module."""
+    path = PLUGINS / "chatplug-metrics" / "src" / "chatplug_metrics" / "__init__.py"
+    spec = importlib.util.spec_from_file_location("chatplug_metrics_from_source", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_metrics_plugin_counts_concurrent_calls_exactly_in_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process, as the guide registers an observer: under a name of its own, so that it
+    works whether or not the example plugins are pip-installed into this environment (an
+    installed chatplug-metrics holds the name "metrics")."""
+    metrics = metrics_from_source(monkeypatch)
+    name = chatplug.register_plugin(metrics, "metrics-from-source")
+
+    def reply(request: ChatRequest) -> str | chatplug.ChatplugError:
+        n = int(request.messages[-1]["content"].split()[1])
+        return chatplug.RateLimitError("busy") if n % 10 == 0 else "two words"
+
+    try:
+        with chatplug.testing.scripted(default=reply), ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda i: chatplug.generate_completion_sync(f"call {i}"), range(200)))
+        chatplug.generate_completion_sync("x", backend="nope")
+    finally:
+        chatplug.unregister_plugin(name)
+    chatplug.generate_completion_sync("not counted", backend="testing")
+
+    snap = metrics.snapshot()
+    testing = snap["testing"]
+    assert (testing["requests"], testing["responses"], testing["successes"]) == (200, 200, 180)
+    assert testing["failures"] == {"rate_limit": 20}
+    assert (testing["prompt_tokens"], testing["completion_tokens"]) == (360, 360)
+    assert 0 < testing["latency_max_s"] <= testing["latency_total_s"]
+    assert snap["-"]["failures"] == {"config": 1} and snap["-"]["requests"] == 0
+    snap["testing"]["requests"] = -1  # a copy: changing it changes nothing
+    assert metrics.snapshot()["testing"]["requests"] == 200
+    metrics.reset()
+    assert metrics.snapshot() == {}
+
+
 def test_chatplug_plugins_can_leave_a_plugin_out(installed: Venv) -> None:
     proc = installed.python(
         """
         import json, chatplug, chatplug_metrics
         chatplug.generate_completion_sync("hi", backend="echo")
-        print(json.dumps([chatplug_metrics.snapshot(), chatplug.registry.names()]))
+        print(json.dumps([chatplug_metrics.snapshot(), chatplug.backend_names()]))
         """,
         CHATPLUG_PLUGINS="echo",
     )
@@ -315,9 +374,9 @@ def test_the_guides_plugin_tests_pass(tmp_path: Path) -> None:
     files = guide_files()
     fake_distribution(tmp_path, "chatplug-acme", "acme", files["chatplug_acme.py"])
     fake_distribution(tmp_path, "chatplug-metrics", "metrics")  # its module: the example's source
-    for name in ("test_acme.py", "test_metrics.py"):
+    for name in ("test_acme.py", "test_metrics.py", "chatplug_calllog.py", "test_calllog.py"):  # calllog: not installed
         (tmp_path / name).write_text(files[name])
-    assert run_pytest(tmp_path, PLUGINS / "chatplug-metrics" / "src") == 3
+    assert run_pytest(tmp_path, PLUGINS / "chatplug-metrics" / "src") == 6
 
 
 def guide_module(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
@@ -332,24 +391,34 @@ def guide_module(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     return module
 
 
+ACME_KEY = "sk-acme-test-7c1e"  # distinct: a registered secret is masked process-wide
+
+
 @pytest.fixture
 def acme(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeServer]:
     """The guide's Acme backend, registered in-process, and a fake Acme server for it."""
-    registry.register_plugin(guide_module("chatplug_acme", tmp_path, monkeypatch), "acme", "chatplug-acme")
+    chatplug.register_plugin(guide_module("chatplug_acme", tmp_path, monkeypatch), "acme")
     server = FakeServer(default_headers={"Content-Type": "application/json"})
     server.route("POST", "/v1/chat/completions", Reply(200, fixture("openai/chat_nonstream_200.json")))
     monkeypatch.setenv("ACME_BASE_URL", server.url)
-    monkeypatch.setenv("ACME_API_KEY", "sk-test")
+    monkeypatch.setenv("ACME_API_KEY", ACME_KEY)
     yield server
-    registry.unregister_plugin("acme")
+    chatplug.unregister_plugin("acme")  # closes the backend, and so its clients
     server.close()
 
 
-def test_the_guides_real_backend_sync_and_async(acme: FakeServer) -> None:
+def test_the_guides_real_backend_sync_and_async(acme: FakeServer, chatplug_log: pytest.LogCaptureFixture) -> None:
     messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "Why is the sky blue?"}]
-    sync = chatplug.generate_completion_with_messages_sync(messages, temperature=0.1, backend="acme", seed=3)
-    async_ = asyncio.run(chatplug.generate_completion_async("again", "acme:acme-large"))
-    for response in (sync, async_):
+    sync = [
+        chatplug.generate_completion_with_messages_sync(messages, temperature=0.1, backend="acme", seed=3, num_ctx=8),
+        chatplug.generate_completion_sync("again", backend="acme"),
+    ]
+
+    async def two() -> list[chatplug.LLMResponse]:
+        return [await chatplug.generate_completion_async("again", "acme:acme-large") for _ in range(2)]
+
+    async_ = asyncio.run(two())
+    for response in (*sync, *async_):
         assert response.success, response.error
         assert response.content == "Rayleigh scattering: air molecules scatter blue light more than red."
         assert (response.model_used, response.tokens_used, response.finish_reason) == (
@@ -357,24 +426,28 @@ def test_the_guides_real_backend_sync_and_async(acme: FakeServer) -> None:
             39,
             "stop",
         )
-    first, second = (r.json() for r in acme.requests)
-    assert acme.requests[0].headers["Authorization"] == "Bearer sk-test"
+    first, _, third, _ = (r.json() for r in acme.requests)
+    assert acme.requests[0].headers["Authorization"] == f"Bearer {ACME_KEY}"
     assert first == {"model": "acme-small", "messages": messages, "temperature": 0.1, "max_tokens": 500, "seed": 3}
-    assert second["model"] == "acme-large" and second["messages"] == [{"role": "user", "content": "again"}]
-    assert acme.connections == 2  # the sync client's connection is reused; each async call opens one
+    assert third["model"] == "acme-large" and third["messages"] == [{"role": "user", "content": "again"}]
+    # One connection for the sync client's calls, one for the async client of the event loop.
+    assert acme.connections == 2
+    # num_ctx (an Ollama option) was left out, with a debug line saying so.
+    assert "acme: num_ctx is not sent (Acme's API does not take it)" in chatplug_log.messages
 
 
 @pytest.mark.parametrize(
     ("reply", "kind", "says"),
     [
-        (Reply(429, b'{"error": "slow"}', {"Retry-After": "2"}), "rate_limit", "rate limit"),
-        (Reply(401, b'{"error": "bad key"}'), "auth", "HTTP 401"),
-        (Reply(404, b'{"error": "no such model"}'), "not_found", "'acme-small'"),
-        (Reply(400, b'{"error": "bad"}'), "bad_request", "HTTP 400"),
+        (Reply(429, b'{"error": "slow"}', {"Retry-After": "2"}), "rate_limit", "HTTP 429: slow."),
+        (Reply(401, b'{"error": {"message": "bad key"}}'), "auth", "HTTP 401: bad key. Check ACME_API_KEY."),
+        (Reply(404, b'{"error": "no such model"}'), "not_found", "Is 'acme-small' one of Acme's models?"),
+        (Reply(400, b'{"error": "bad"}'), "bad_request", "HTTP 400: bad."),
+        (Reply(400, b'{"error": "maximum context length is 8192 tokens"}'), "context_length", "HTTP 400"),
         (Reply(500, b"internal error"), "server", "internal error"),
         (Reply(503, b"upstream down"), "overloaded", "upstream down"),
-        (Reply(200, b"<html>a proxy page</html>"), "server", "not a chat completion"),
-        (Reply(200, b'{"choices": []}'), "server", "not a chat completion"),
+        (Reply(200, b"<html>a proxy page</html>"), "server", "could not read (JSONDecodeError"),
+        (Reply(200, b'{"choices": []}'), "server", "could not read (IndexError"),
     ],
 )
 def test_the_guides_real_backend_maps_errors(acme: FakeServer, reply: Reply, kind: str, says: str) -> None:
@@ -384,7 +457,8 @@ def test_the_guides_real_backend_maps_errors(acme: FakeServer, reply: Reply, kin
         asyncio.run(chatplug.generate_completion_async("hi", backend="acme")),
     ):
         assert (response.success, response.error_kind) == (False, kind)
-        assert response.error is not None and response.error.startswith("acme: ") and says in response.error
+        assert response.error is not None and response.error.startswith(f"acme: Acme at {acme.url}"), response.error
+        assert says in response.error, response.error
         assert response.retry_after == (2.0 if kind == "rate_limit" else None)
 
 
@@ -394,29 +468,207 @@ def test_the_guides_real_backend_transport_and_config_errors(
     monkeypatch.setenv("LLM_TIMEOUT", "0.3")
     acme.route("POST", "/v1/chat/completions", Reply(hang=True))
     timed_out = chatplug.generate_completion_sync("hi", backend="acme")
-    assert timed_out.error_kind == "timeout" and "0.3 s" in str(timed_out.error)
+    assert timed_out.error_kind == "timeout" and "within 0.3 s" in str(timed_out.error)
     monkeypatch.setenv("ACME_BASE_URL", f"http://127.0.0.1:{closed_port}")
     refused = asyncio.run(chatplug.generate_completion_async("hi", backend="acme"))
     assert refused.error_kind == "connection" and "ACME_BASE_URL" in str(refused.error)
-    monkeypatch.delenv("ACME_API_KEY")
     sent = len(acme.requests)
+    for url in ("127.0.0.1:8080", "ftp://127.0.0.1", "http://127.0.0.1:99999", "http:// spaced.example"):
+        monkeypatch.setenv("ACME_BASE_URL", url)
+        bad_url = chatplug.generate_completion_sync("hi", backend="acme")
+        assert bad_url.error_kind == "config" and "ACME_BASE_URL" in str(bad_url.error), (url, bad_url.error)
+    monkeypatch.setenv("ACME_BASE_URL", acme.url)
+    monkeypatch.setenv("ACME_API_KEY", "sk-with a space")
+    bad_key = chatplug.generate_completion_sync("hi", backend="acme")
+    assert bad_key.error_kind == "config" and "ACME_API_KEY" in str(bad_key.error)
+    assert "with a space" not in str(bad_key.error)
+    monkeypatch.delenv("ACME_API_KEY")
     no_key = chatplug.generate_completion_sync("hi", backend="acme")
     assert no_key.error_kind == "auth" and "ACME_API_KEY" in str(no_key.error)
-    assert len(acme.requests) == sent
+    assert len(acme.requests) == sent  # none of these sent anything
+
+
+def test_the_guides_real_backend_never_leaks_its_key(
+    acme: FakeServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, closed_port: int
+) -> None:
+    """A provider that echoes the key in its 401 body: the key is in no error, repr or log line
+    of chatplug's. Nor is the password of a base URL (``http://user:password@host``)."""
+    caplog.set_level(logging.DEBUG, logger="chatplug")
+    echo = json.dumps({"error": {"message": f"Incorrect API key provided: {ACME_KEY}."}}).encode()
+    acme.route("POST", "/v1/chat/completions", Reply(401, echo))
+    responses = [
+        chatplug.generate_completion_sync("hi", backend="acme"),
+        asyncio.run(chatplug.generate_completion_async("hi", backend="acme")),
+    ]
+    assert acme.requests[0].headers["Authorization"] == f"Bearer {ACME_KEY}"  # it was sent, and echoed
+    for response in responses:
+        assert response.error_kind == "auth" and "Incorrect API key provided: ***." in str(response.error)
+    password = "pw-acme-test-51d0"
+    monkeypatch.setenv("ACME_BASE_URL", f"http://user:{password}@127.0.0.1:{closed_port}")
+    refused = chatplug.generate_completion_sync("hi", backend="acme")
+    assert refused.error_kind == "connection"
+    assert f"Acme at http://user:***@127.0.0.1:{closed_port}" in str(refused.error)
+    for response in (*responses, refused):
+        exc = response.exception
+        assert exc is not None and exc.__cause__ is None and exc.__context__ is None
+        seen = [str(response.error), repr(response), repr(exc), str(exc), json.dumps(response.to_dict())]
+        # chatplug's log lines (httpx's own INFO line shows each request's URL, password and all).
+        seen += [record.getMessage() for record in caplog.records if record.name.startswith("chatplug")]
+        for text in seen:
+            assert ACME_KEY not in text and password not in text, text
+
+
+class HeldAcme:
+    """A fake Acme whose answer to ``held_key`` waits until the test opens ``gate``; it records
+    the key of each request, and notes when the client closes a connection that used ``held_key``."""
+
+    def __init__(self, held_key: str) -> None:
+        self.keys: list[str] = []
+        self.arrived, self.gate, self.held_closed = threading.Event(), threading.Event(), threading.Event()
+        self.connections = 0
+        body = fixture("openai/chat_nonstream_200.json")
+        acme = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive: a connection ends when the client closes it
+            key = ""
+
+            def setup(self) -> None:
+                super().setup()
+                acme.connections += 1
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["Content-Length"]))
+                self.key = self.headers["Authorization"].removeprefix("Bearer ")
+                acme.keys.append(self.key)
+                if self.key == held_key:
+                    acme.arrived.set()
+                    acme.gate.wait(30)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def finish(self) -> None:
+                super().finish()
+                if self.key == held_key:
+                    acme.held_closed.set()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        threading.Thread(target=self.httpd.serve_forever, args=(0.01,), daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def close(self) -> None:
+        self.gate.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_the_guides_real_backend_takes_a_rotated_key_mid_flight(
+    acme: FakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key changes while a request is in flight: the next request uses the new key (on a
+    new client); the one in flight completes on the old client, which is closed after it."""
+    old_key, new_key = "sk-acme-old-2b7d", "sk-acme-new-9e4a"
+    held = HeldAcme(held_key=old_key)
+    monkeypatch.setenv("ACME_BASE_URL", held.url)
+    monkeypatch.setenv("ACME_API_KEY", old_key)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            in_flight = pool.submit(chatplug.generate_completion_sync, "first", backend="acme")
+            assert held.arrived.wait(30)
+            monkeypatch.setenv("ACME_API_KEY", new_key)
+            rotated = chatplug.generate_completion_sync("second", backend="acme")
+            assert rotated.success, rotated.error
+            assert not in_flight.done() and not held.held_closed.is_set()
+            held.gate.set()
+            first = in_flight.result(timeout=30)
+        assert first.success, first.error
+        assert held.held_closed.wait(30)  # the old client, closed once its last request returned
+        again = chatplug.generate_completion_sync("third", backend="acme")
+        assert again.success, again.error
+        assert held.keys == [old_key, new_key, new_key]
+        assert held.connections == 2  # the third call reused the new client's connection
+    finally:
+        held.close()
+
+
+def test_the_guides_real_backend_after_close(acme: FakeServer) -> None:
+    """chatplug.close() closes the backend; the next call makes a new one, with new clients."""
+    assert chatplug.generate_completion_sync("hi", backend="acme").success
+    assert chatplug.generate_completion_sync("hi", backend="acme").success
+    assert acme.connections == 1
+    chatplug.close()
+    after = chatplug.generate_completion_sync("hi", backend="acme")
+    assert after.success, after.error
+    assert acme.connections == 2
+
+
+def test_a_backend_without_default_model_needs_a_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the guide says of default_model: without it, a call naming no model sends nothing."""
+    made: list[ChatRequest] = []
+
+    class NoDefault(chatplug.ChatBackend):
+        def complete(self, request: ChatRequest) -> chatplug.ChatResult:
+            made.append(request)
+            return chatplug.ChatResult(content="ok", model=request.model)
+
+        async def acomplete(self, request: ChatRequest) -> chatplug.ChatResult:
+            return self.complete(request)
+
+    class Plugin:
+        @chatplug.hookimpl
+        def register_backends(self, register: Any) -> None:
+            register("nodefault", NoDefault)
+
+    monkeypatch.delenv("LLM_MODEL_NAME", raising=False)
+    name = chatplug.register_plugin(Plugin(), "nodefault-plugin")
+    try:
+        failed = chatplug.generate_completion_sync("hi", backend="nodefault")
+        named = chatplug.generate_completion_sync("hi", model_name="nodefault:m1")
+    finally:
+        chatplug.unregister_plugin(name)
+    assert failed.error_kind == "invalid_input" and "LLM_MODEL_NAME" in str(failed.error)
+    assert named.success and [r.model for r in made] == ["m1"]
+
+
+def test_the_guides_chat_request_defaults() -> None:
+    """ChatRequest(messages=..., model=...) as the guide builds one: every other field the
+    settings' default, and read-only all the way down (thaw gives plain data back)."""
+    messages = [{"role": "user", "content": "Hi"}]
+    request = ChatRequest(messages=messages, model="acme-small", options={"stop": ["\n"]})  # type: ignore[arg-type]
+    assert (request.temperature, request.max_tokens, request.timeout, request.max_retries, request.backend) == (
+        0.7,
+        500,
+        120,
+        2,
+        "",
+    )
+    assert dict(ChatRequest(messages=(), model="m").options) == {}
+    with pytest.raises(TypeError):
+        request.messages[0]["content"] = "changed"  # type: ignore[index]
+    messages[0]["content"] = "changed"  # a copy: the caller's list is not the request's
+    assert chatplug.toolkit.thaw(request.messages) == [{"role": "user", "content": "Hi"}]
+    assert json.dumps(chatplug.toolkit.thaw(request.options)) == '{"stop": ["\\n"]}'
 
 
 def test_the_guides_logging_plugin(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="chatplug.calls")
-    registry.register_plugin(guide_module("chatplug_calllog", tmp_path, monkeypatch), "calllog")
+    chatplug.register_plugin(guide_module("chatplug_calllog", tmp_path, monkeypatch), "calllog")
     try:
         with chatplug.testing.scripted("four words of reply", chatplug.RateLimitError("busy")):
             chatplug.generate_completion_sync("two words")
             chatplug.generate_completion_sync("again")
         chatplug.generate_completion_sync("")
     finally:
-        registry.unregister_plugin("calllog")
+        chatplug.unregister_plugin("calllog")
     lines = [r.getMessage() for r in caplog.records if r.name == "chatplug.calls"]
     assert len(lines) == 3
     assert re.fullmatch(r"testing testing: ok in \d+ ms, 6 tokens", lines[0]), lines[0]
@@ -435,6 +687,7 @@ GUIDE_FILES_RUN = {
     "chatplug_calllog.py",
     "test_acme.py",
     "test_metrics.py",
+    "test_calllog.py",
     "agent.py",
     "test_agent.py",
     "conftest.py",
@@ -465,11 +718,13 @@ def test_the_guides_sketches_match_chatplug(tmp_path: Path, monkeypatch: pytest.
     names: dict[str, Any] = {"ABC": abc.ABC, "ClassVar": ClassVar, "hookimpl": chatplug.hookimpl}
     exec("from __future__ import annotations\n" + protocol + hooks, names)
     real_hooks = {name: getattr(chatplug.hookspecs, name) for name in ("on_request", "on_response")}
-    real_methods = {name: getattr(chatplug.ChatBackend, name) for name in ("complete", "acomplete", "close")}
+    methods = ("complete", "acomplete", "stream", "astream", "close")
+    real_methods = {name: getattr(chatplug.ChatBackend, name) for name in methods}
     for name, real in [*real_hooks.items(), *real_methods.items()]:
         sketch = names[name] if name in real_hooks else getattr(names["ChatBackend"], name)
         assert str(inspect.signature(sketch)) == str(inspect.signature(real)), name
-        assert inspect.iscoroutinefunction(sketch) == inspect.iscoroutinefunction(real), name
+        is_async = inspect.iscoroutinefunction(real) or inspect.isasyncgenfunction(real)
+        assert inspect.iscoroutinefunction(sketch) == is_async, name
     assert names["ChatBackend"].default_model is chatplug.ChatBackend.default_model is None
     parrot = guide_module("chatplug_parrot", tmp_path, monkeypatch)
     spec = chatplug.hookspecs.register_backends

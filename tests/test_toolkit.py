@@ -37,13 +37,16 @@ def test_public_names_are_pinned() -> None:
     test_exported_members does)."""
     assert sorted(chatplug.__all__) == sorted(
         [
-            "APIConnectionError", "APIError", "APIStatusError", "APITimeoutError", "AuthenticationError",
-            "BadRequestError", "ChatBackend", "ChatRequest", "ChatResult", "ChatplugError", "ConfigError",
-            "ContextLengthExceededError", "ErrorKind", "InvalidInputError", "InvalidResponseError", "LLMResponse",
-            "Message", "NotFoundError", "OverloadedError", "PluginError", "RateLimitError", "ServerError", "Settings",
-            "UnknownBackendError", "__version__", "backend_names", "close", "generate_completion_async",
-            "generate_completion_sync", "generate_completion_with_messages_async",
-            "generate_completion_with_messages_sync", "hookimpl", "register_plugin", "settings", "unregister_plugin",
+            "APIConnectionError", "APIError", "APIStatusError", "APITimeoutError", "AsyncStream", "AuthenticationError",
+            "BadRequestError", "ChatBackend", "ChatChunk", "ChatRequest", "ChatResult", "ChatplugError", "ConfigError",
+            "ContextLengthExceededError", "ErrorKind", "InvalidInputError", "InvalidOutputError",
+            "InvalidResponseError", "LLMResponse", "Message", "NotFoundError", "OverloadedError", "PluginError",
+            "RateLimitError", "ResponseFormat", "ServerError", "Settings", "Stream", "Tool", "ToolCall",
+            "ToolCallDelta", "UnknownBackendError", "__version__", "backend_names", "close",
+            "generate_completion_async", "generate_completion_sync", "generate_completion_with_messages_async",
+            "generate_completion_with_messages_sync", "hookimpl", "register_plugin", "settings",
+            "stream_completion_async", "stream_completion_sync", "stream_completion_with_messages_async",
+            "stream_completion_with_messages_sync", "unregister_plugin",
         ]
     )  # fmt: skip
     for name in chatplug.__all__:

@@ -36,6 +36,7 @@ from ._exceptions import (
     ContextLengthExceededError,
     ErrorKind,
     InvalidInputError,
+    InvalidOutputError,
     InvalidResponseError,
     NotFoundError,
     OverloadedError,
@@ -45,7 +46,17 @@ from ._exceptions import (
     UnknownBackendError,
 )
 from ._streaming import AsyncStream, Stream
-from ._types import ChatChunk, ChatRequest, ChatResult, LLMResponse, Message
+from ._types import (
+    ChatChunk,
+    ChatRequest,
+    ChatResult,
+    LLMResponse,
+    Message,
+    ResponseFormat,
+    Tool,
+    ToolCall,
+    ToolCallDelta,
+)
 
 if TYPE_CHECKING:
     import pluggy
@@ -112,6 +123,7 @@ __all__ = [
     "ContextLengthExceededError",
     "ErrorKind",
     "InvalidInputError",
+    "InvalidOutputError",
     "InvalidResponseError",
     "LLMResponse",
     "Message",
@@ -119,9 +131,13 @@ __all__ = [
     "OverloadedError",
     "PluginError",
     "RateLimitError",
+    "ResponseFormat",
     "ServerError",
     "Settings",
     "Stream",
+    "Tool",
+    "ToolCall",
+    "ToolCallDelta",
     "UnknownBackendError",
     "__version__",
     "backend_names",

@@ -26,6 +26,12 @@ class ChatBackend(ABC):
     #: Model used when neither the call nor ``LLM_MODEL_NAME`` names one.
     default_model: ClassVar[str | None] = None
 
+    #: What the backend can do beyond text: ``"tools"`` (``request.tools``, tool messages),
+    #: ``"images"`` (image parts), ``"response_format"`` (``request.response_format``). A call
+    #: that needs one the backend does not declare fails with ``invalid_input`` before anything
+    #: is sent, never by silently dropping it.
+    capabilities: ClassVar[frozenset[str]] = frozenset()
+
     @abstractmethod
     def complete(self, request: ChatRequest) -> ChatResult:
         """Send ``request`` and wait for the whole reply."""

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ._exceptions import InvalidInputError
-from ._resolve import build_request, check_arguments, choose
+from ._resolve import build_request, check_arguments, choose, split_features
 from ._response import as_chatplug_error, failed, succeeded
 from ._types import ChatRequest, LLMResponse, Message
 from ._validate import check_options
@@ -38,23 +38,35 @@ def plugins() -> Plugins:
     return _plugins
 
 
-def _prepare(
-    manager: Plugins,
-    model_name: object,
-    temperature: object,
-    max_tokens: object,
-    backend: object,
-    options: Mapping[str, Any],
-) -> tuple[str, str | None, float | None, int | None]:
-    """Check the call's arguments and choose its backend and model."""
-    model, temp, limit, backend_name = check_arguments(model_name, temperature, max_tokens, backend)
-    name, model = choose(backend_name, model, manager.backends.entries.__contains__)
-    try:
-        check_options(options)
-    except InvalidInputError as exc:
-        exc.backend = name  # the error names the backend the call was for, like every other
-        raise
-    return name, model, temp, limit
+class _Call:
+    """A call's arguments, checked, and the backend and model chosen for it."""
+
+    __slots__ = ("features", "limit", "model", "name", "options", "temperature")
+
+    def __init__(
+        self,
+        manager: Plugins,
+        model_name: object,
+        temperature: object,
+        max_tokens: object,
+        backend: object,
+        options: Mapping[str, Any],
+    ) -> None:
+        model, self.temperature, self.limit, backend_name = check_arguments(
+            model_name, temperature, max_tokens, backend
+        )
+        self.name, self.model = choose(backend_name, model, manager.backends.entries.__contains__)
+        try:
+            self.features, self.options = split_features(options)
+            check_options(self.options)
+        except InvalidInputError as exc:
+            exc.backend = self.name  # the error names the backend the call was for, like every other
+            raise
+
+    def request(self, chosen: ChatBackend, messages: tuple[Message, ...]) -> ChatRequest:
+        return build_request(
+            chosen, self.name, self.model, messages, self.temperature, self.limit, self.options, self.features
+        )
 
 
 def begin_sync(
@@ -69,9 +81,9 @@ def begin_sync(
 ) -> tuple[ChatBackend, ChatRequest]:
     """Everything before the backend is called: the backend and the request, or an error."""
     manager.load()
-    name, model, temp, limit = _prepare(manager, model_name, temperature, max_tokens, backend, options)
-    chosen = manager.backends.get(name)
-    return chosen, build_request(chosen, name, model, to_messages(payload), temp, limit, options)
+    call = _Call(manager, model_name, temperature, max_tokens, backend, options)
+    chosen = manager.backends.get(call.name)
+    return chosen, call.request(chosen, to_messages(payload))
 
 
 async def begin_async(
@@ -87,11 +99,11 @@ async def begin_async(
     """``begin_sync`` without blocking the loop: first uses are made in a worker thread."""
     if not manager.loaded:  # the first call reads entry points and imports plugins: off the loop
         await _off_loop(manager.load)
-    name, model, temp, limit = _prepare(manager, model_name, temperature, max_tokens, backend, options)
+    call = _Call(manager, model_name, temperature, max_tokens, backend, options)
     # A backend's first use imports its SDK (~0.4 s) and may build clients: off the loop.
     backends = manager.backends
-    chosen = backends.get(name) if backends.ready(name) else await _off_loop(backends.get, name)
-    return chosen, build_request(chosen, name, model, to_messages(payload), temp, limit, options)
+    chosen = backends.get(call.name) if backends.ready(call.name) else await _off_loop(backends.get, call.name)
+    return chosen, call.request(chosen, to_messages(payload))
 
 
 def call_sync(

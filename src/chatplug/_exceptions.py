@@ -8,6 +8,8 @@ ChatplugError
 ├── ConfigError                       config          bad setting, e.g. LLM_TEMPERATURE=hot
 │   └── UnknownBackendError           config          no backend of that name is installed
 ├── InvalidInputError (ValueError)    invalid_input   the caller's arguments; nothing was sent
+├── InvalidOutputError                invalid_output  a reply that does not fit the schema asked for, or
+│                                                     tool arguments that are not JSON (raw text kept)
 ├── PluginError                       plugin          a backend plugin failed or misbehaved
 └── APIError                                          the provider or the transport failed
     ├── APIConnectionError            connection      server not reachable
@@ -41,6 +43,7 @@ class ErrorKind(str, Enum):
     SERVER = "server"
     OVERLOADED = "overloaded"
     INVALID_INPUT = "invalid_input"
+    INVALID_OUTPUT = "invalid_output"
     CONFIG = "config"
     PLUGIN = "plugin"
 
@@ -81,6 +84,10 @@ class UnknownBackendError(ConfigError):
 
 class InvalidInputError(ChatplugError, ValueError):
     kind = ErrorKind.INVALID_INPUT
+
+
+class InvalidOutputError(ChatplugError):
+    kind = ErrorKind.INVALID_OUTPUT
 
 
 class PluginError(ChatplugError):

@@ -57,6 +57,43 @@ def choose(backend: str | None, model_name: str | None, is_backend: Any) -> tupl
     return chosen, rest.strip() if prefix == chosen else None
 
 
+#: Keyword arguments that are chatplug's own features, not provider options.
+FEATURES = ("tools", "tool_choice", "response_format")
+
+
+def split_features(options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the tools and structured-output arguments, made ready; the provider options)."""
+    if not any(key in options for key in FEATURES):
+        return {}, dict(options)
+    from ._tools import check_tool_choice, make_response_format, make_tools
+
+    rest = {key: value for key, value in options.items() if key not in FEATURES}
+    features: dict[str, Any] = {}
+    if options.get("tools") is not None:
+        features["tools"] = make_tools(options["tools"])
+    if options.get("tool_choice") is not None:
+        features["tool_choice"] = check_tool_choice(options["tool_choice"], features.get("tools", ()))
+    if options.get("response_format") is not None:
+        features["response_format"] = make_response_format(options["response_format"])
+    return features, rest
+
+
+def check_capabilities(
+    chosen: ChatBackend, name: str, messages: tuple[Message, ...], features: Mapping[str, Any]
+) -> None:
+    """A feature the backend does not declare is refused before anything is sent."""
+    needed = []
+    if "tools" in features or any(m.get("role") == "tool" or m.get("tool_calls") for m in messages):
+        needed.append(("tools", "call tools"))
+    if any(not isinstance(m["content"], str) and any(p["type"] == "image" for p in m["content"]) for m in messages):
+        needed.append(("images", "take images"))
+    if "response_format" in features:
+        needed.append(("response_format", "give structured output (response_format=)"))
+    for capability, feature in needed:
+        if capability not in chosen.capabilities:
+            raise InvalidInputError(f"backend {name!r} cannot {feature}: nothing was sent. Use a backend that can.")
+
+
 def build_request(
     chosen: ChatBackend,
     name: str,
@@ -65,6 +102,7 @@ def build_request(
     temperature: float | None,
     max_tokens: int | None,
     options: Mapping[str, Any],
+    features: Mapping[str, Any] | None = None,
 ) -> ChatRequest:
     """The request for ``chosen``, with what the call left open filled from configuration."""
     model = model or chosen.default_model
@@ -72,6 +110,8 @@ def build_request(
         raise InvalidInputError(
             f"no model given, and backend {name!r} has no default model: pass model_name= or set LLM_MODEL_NAME."
         )
+    if features is not None:
+        check_capabilities(chosen, name, messages, features)
     return ChatRequest(
         messages=messages,
         model=model,
@@ -81,4 +121,5 @@ def build_request(
         options=options,
         backend=name,
         max_retries=settings.max_retries,
+        **(features or {}),
     )

@@ -11,9 +11,9 @@ import logging
 import time
 from collections.abc import Callable
 
-from ._exceptions import ChatplugError, PluginError
+from ._exceptions import ChatplugError, InvalidOutputError, PluginError
 from ._secrets import redact
-from ._types import ChatRequest, ChatResult, LLMResponse
+from ._types import ChatRequest, ChatResult, LLMResponse, ToolCall, ToolCallDelta
 
 logger = logging.getLogger("chatplug")
 
@@ -35,6 +35,12 @@ def succeeded(result: ChatResult, request: ChatRequest, start: float, describe: 
     problem = malformed(result)
     if problem is not None:
         return failed(PluginError(f"{describe(request.backend)} returned {problem}"), request, start)
+    if result.tool_calls or request.response_format is not None:
+        return _with_output(result, request, start, describe)
+    return _response(result, request, start)
+
+
+def _response(result: ChatResult, request: ChatRequest, start: float) -> LLMResponse:
     prompt, completion = result.prompt_tokens, result.completion_tokens
     return LLMResponse(
         content=result.content,
@@ -49,6 +55,38 @@ def succeeded(result: ChatResult, request: ChatRequest, start: float, describe: 
         reasoning=result.reasoning,
         usage_reported=prompt is not None or completion is not None,
     )
+
+
+def _with_output(result: ChatResult, request: ChatRequest, start: float, describe: Callable[[str], str]) -> LLMResponse:
+    """A reply with tool calls or structured output: the calls' arguments parsed, the output
+    validated; what does not parse is an ``invalid_output`` failure that keeps the raw text."""
+    from ._tools import parsed_output, tool_calls
+
+    calls, problem = tool_calls(result.tool_calls)
+    if calls:
+        response = _response(result, request, start)
+        response.tool_calls = calls
+        response.finish_reason = "tool_calls"  # whatever the provider called it (Ollama says "stop")
+        if problem is None:
+            return response
+        error: ChatplugError = InvalidOutputError(f"{problem}. The raw text is kept in tool_calls[].raw_arguments.")
+    else:
+        response = _response(result, request, start)
+        assert request.response_format is not None
+        try:
+            response.parsed = parsed_output(result.content, request.response_format)
+            return response
+        except InvalidOutputError as exc:
+            error = exc
+    bad = failed(error, request, start)
+    bad.content, bad.reasoning, bad.tool_calls = response.content, response.reasoning, response.tool_calls
+    bad.prompt_tokens, bad.completion_tokens, bad.tokens_used = (
+        response.prompt_tokens,
+        response.completion_tokens,
+        response.tokens_used,
+    )
+    bad.model_used, bad.finish_reason = response.model_used, response.finish_reason
+    return bad
 
 
 def normalised(finish_reason: str | None) -> str | None:
@@ -71,6 +109,10 @@ def malformed(result: object) -> str | None:
             return f"a ChatResult whose {name} is {value!r}, not a str."
     if not isinstance(result.reasoning, str):
         return f"a ChatResult whose reasoning is {result.reasoning!r}, not a str."
+    if not isinstance(result.tool_calls, (tuple, list)) or not all(
+        isinstance(call, (ToolCall, ToolCallDelta)) for call in result.tool_calls
+    ):
+        return f"a ChatResult whose tool_calls is {result.tool_calls!r}, not ToolCalls."
     return None
 
 

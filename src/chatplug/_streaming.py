@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from ._exceptions import PluginError
 from ._response import as_chatplug_error, failed, succeeded
-from ._types import ChatChunk, ChatRequest, ChatResult, LLMResponse
+from ._types import ChatChunk, ChatRequest, ChatResult, LLMResponse, ToolCallDelta
 
 if TYPE_CHECKING:
     from ._backend import ChatBackend
@@ -46,6 +46,7 @@ class _Collected:
         self.completion_tokens: int | None = None
         self.finish_reason: str | None = None
         self.first_token: float | None = None
+        self.tool_calls: list[ToolCallDelta] = []
 
     def add(self, chunk: object, describe: str) -> bool:
         """Take ``chunk`` in; whether it carries text or reasoning for the caller."""
@@ -57,6 +58,8 @@ class _Collected:
             value = getattr(chunk, name)
             if value is not None:
                 setattr(self, name, value)
+        if chunk.tool_calls:
+            self.tool_calls.extend(chunk.tool_calls)
         if not (chunk.text or chunk.reasoning):
             return False
         if self.first_token is None:
@@ -75,6 +78,7 @@ class _Collected:
             completion_tokens=self.completion_tokens,
             finish_reason=finish_reason or self.finish_reason,
             reasoning=self.reasoning.getvalue(),
+            tool_calls=tuple(self.tool_calls),
         )
 
     def response(

@@ -18,7 +18,7 @@ from ._exceptions import ErrorKind
 if TYPE_CHECKING:
     from ._exceptions import ChatplugError
 
-Role = Literal["system", "user", "assistant"]
+Role = Literal["system", "user", "assistant", "tool"]
 
 #: Defaults of the settings a ``ChatRequest`` carries, in one place (``settings`` uses them too).
 DEFAULT_TEMPERATURE = 0.7
@@ -29,11 +29,82 @@ DEFAULT_MAX_RETRIES = 2
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
-class Message(TypedDict):
-    """One chat message: ``{"role": "system" | "user" | "assistant", "content": str}``."""
+class Message(TypedDict, total=False):
+    """One chat message, as a backend receives it (validated, read-only):
+
+    - ``role``: ``"system" | "user" | "assistant" | "tool"``;
+    - ``content``: a ``str``, or a tuple of parts: ``{"type": "text", "text": str}`` and
+      ``{"type": "image", "media_type": str, "data": <base64 str>}`` or ``{"type": "image",
+      "url": str}`` (a caller's ``"path"`` or ``bytes`` arrive read and base64-encoded);
+    - on an assistant message, ``tool_calls``: ``({"id", "name", "arguments": dict}, ...)``;
+    - on a tool message, ``tool_call_id`` (and ``name``, the tool's, when chatplug knows it).
+    """
 
     role: Role
-    content: str
+    content: Any
+    tool_calls: Any
+    tool_call_id: str
+    name: str
+
+
+def text_of(message: Message) -> str:
+    """The text of a message: its content, or its text parts joined."""
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    return "".join(part.get("text", "") for part in content or () if part.get("type") == "text")
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A tool call the model asked for: ``arguments`` parsed from the provider's JSON.
+    ``raw_arguments`` is the text as it came (kept when it does not parse)."""
+
+    id: str
+    name: str
+    arguments: dict[str, Any]
+    raw_arguments: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "arguments": thaw(self.arguments)}
+
+
+@dataclass(frozen=True)
+class ToolCallDelta:
+    """A piece of a streamed tool call: pieces with the same ``index`` make one call; ``id`` and
+    ``name`` come once, ``arguments`` is a fragment of the JSON text, added up."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A tool the model may call, as backends receive it: its name, description and the JSON
+    schema of its arguments. The caller's functions, pydantic models and dicts become these."""
+
+    name: str
+    description: str
+    parameters: Mapping[str, Any]
+
+    def schema(self) -> dict[str, Any]:
+        """The parameters schema as plain data."""
+        return thaw(self.parameters)  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class ResponseFormat:
+    """The structured output asked for: a JSON schema, and its name. ``model`` is the pydantic
+    class the caller passed (``None`` for a dict); the dispatcher validates with it."""
+
+    name: str
+    schema: Mapping[str, Any]
+    model: Any = field(default=None, compare=False, repr=False)
+
+    def json_schema(self) -> dict[str, Any]:
+        return thaw(self.schema)  # type: ignore[no-any-return]
 
 
 _SCALARS = (str, int, float, bool, type(None))
@@ -87,6 +158,12 @@ class ChatRequest:
     options: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
     backend: str = ""
     max_retries: int = DEFAULT_MAX_RETRIES
+    #: Tools the model may call, and how (``"auto" | "required" | "none"`` or a tool's name;
+    #: ``None``: the provider's default).
+    tools: tuple[Tool, ...] = ()
+    tool_choice: str | None = None
+    #: The structured output asked for, or ``None``.
+    response_format: ResponseFormat | None = None
 
     def __post_init__(self) -> None:
         # Frozen copies, so that a caller (or a test) passing its own lists and dicts gets
@@ -114,6 +191,8 @@ class ChatResult:
     completion_tokens: int | None = 0
     finish_reason: str | None = None
     reasoning: str = ""
+    #: The tool calls asked for; ``arguments`` may be the provider's JSON text or a dict.
+    tool_calls: tuple[ToolCallDelta | ToolCall, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -132,6 +211,8 @@ class ChatChunk:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     finish_reason: str | None = None
+    #: Pieces of tool calls (see ``ToolCallDelta``); the dispatcher assembles them.
+    tool_calls: tuple[ToolCallDelta, ...] = ()
 
 
 @dataclass
@@ -161,7 +242,19 @@ class LLMResponse:
     usage_reported: bool = True
     #: Seconds from the call to the first streamed text or reasoning; ``None`` when not streamed.
     time_to_first_token: float | None = None
+    #: The tools the model asked to call (``finish_reason`` is then ``"tool_calls"``).
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    #: The structured output asked for with ``response_format=``: the pydantic instance or the dict.
+    parsed: Any = None
     exception: ChatplugError | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def message(self) -> dict[str, Any]:
+        """This reply as an assistant message, to append to the conversation as is."""
+        message: dict[str, Any] = {"role": "assistant", "content": self.content}
+        if self.tool_calls:
+            message["tool_calls"] = [call.to_dict() for call in self.tool_calls]
+        return message
 
     def raise_for_error(self) -> LLMResponse:
         """Return ``self`` if the call succeeded, else raise its ``ChatplugError``."""
@@ -174,4 +267,7 @@ class LLMResponse:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "exception"}
         if self.error_kind is not None:
             data["error_kind"] = self.error_kind.value
+        data["tool_calls"] = [call.to_dict() for call in self.tool_calls]
+        if self.parsed is not None and hasattr(self.parsed, "model_dump"):
+            data["parsed"] = self.parsed.model_dump(mode="json")
         return data

@@ -13,7 +13,8 @@ from ._config import _shown
 from ._exceptions import InvalidInputError
 from ._types import Message
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
+TEXT_ROLES = ("system", "user", "assistant")
 
 # Keyword options that would override what chatplug itself decides, with what to do instead.
 RESERVED = {
@@ -38,35 +39,157 @@ def prompt_messages(prompt: object) -> tuple[Message, ...]:
 
 
 def checked_messages(messages: object) -> tuple[Message, ...]:
-    """``messages``, each checked (the request makes its own read-only copy)."""
+    """``messages`` checked, in the form every backend receives (the request makes its own
+    read-only copy): text or parts (images read and base64-encoded), tool calls, tool results."""
     if not isinstance(messages, (list, tuple)):
         raise InvalidInputError(
             f"messages must be a list of {{'role': ..., 'content': ...}} dicts, got {type(messages).__name__}."
         )
     if not messages:
         raise InvalidInputError("messages is empty: pass at least one message.")
+    checked: list[Message] = []
+    names: dict[str, str] = {}  # tool call id -> tool name, for the tool results that answer them
     for i, message in enumerate(messages):
         if not isinstance(message, Mapping):
             raise InvalidInputError(
                 f"messages[{i}] must be a dict with 'role' and 'content', got {type(message).__name__}."
             )
-        missing = [key for key in ("role", "content") if key not in message]
-        if missing:
-            raise InvalidInputError(f"messages[{i}] has no {' or '.join(repr(k) for k in missing)}.")
-        if len(message) > 2:
-            extra = sorted(map(str, set(message) - {"role", "content"}))
+        if len(message) == 2 and type(message.get("content")) is str and message.get("role") in TEXT_ROLES:
+            checked.append(message)  # type: ignore[arg-type]  # the common case: plain text, as it is
+            continue
+        checked.append(_message(message, i, names))
+    return tuple(checked)
+
+
+def _message(message: Mapping[str, Any], i: int, names: dict[str, str]) -> Message:
+    where = f"messages[{i}]"
+    if "role" not in message:
+        raise InvalidInputError(f"{where} has no 'role'.")
+    role = message.get("role")
+    if role not in ROLES:
+        raise InvalidInputError(f"{where} has role {_shown(role)}; use one of {', '.join(ROLES)}.")
+    allowed = {"role", "content"} | ({"tool_calls"} if role == "assistant" else set())
+    allowed |= {"tool_call_id", "name"} if role == "tool" else set()
+    extra = sorted(map(str, set(message) - allowed))
+    if extra:
+        raise InvalidInputError(
+            f"{where} has unsupported key(s) {', '.join(map(repr, extra))} for a {role} message; it takes "
+            f"{', '.join(map(repr, sorted(allowed)))}."
+        )
+    result: dict[str, Any] = {"role": role}
+    calls = message.get("tool_calls")
+    if "content" not in message and not (role == "assistant" and calls):
+        raise InvalidInputError(f"{where} has no 'content'.")
+    content = message.get("content")
+    if content is None and role == "assistant" and calls:
+        content = ""
+    result["content"] = _content(content, where, role)
+    if role == "assistant" and calls:
+        result["tool_calls"] = _calls(calls, where, names)
+    if role == "tool":
+        call_id = message.get("tool_call_id")
+        if not isinstance(call_id, str) or not call_id:
+            raise InvalidInputError(f"{where} is a tool result without a 'tool_call_id': say which call it answers.")
+        result["tool_call_id"] = call_id
+        name = message.get("name", names.get(call_id))
+        if name is not None:
+            result["name"] = str(name)
+    return result  # type: ignore[return-value]
+
+
+def _content(content: object, where: str, role: str) -> object:
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, (list, tuple)):
+        raise InvalidInputError(f"{where} content must be a string or a list of parts, got {type(content).__name__}.")
+    parts = []
+    for j, part in enumerate(content):
+        at = f"{where}.content[{j}]"
+        kind = part.get("type") if isinstance(part, Mapping) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            parts.append({"type": "text", "text": part["text"]})
+        elif kind == "image":
+            if role not in ("user", "tool"):
+                raise InvalidInputError(f"{at}: images go in user messages, not {role} ones.")
+            parts.append(_image(part, at))
+        else:
             raise InvalidInputError(
-                f"messages[{i}] has unsupported key(s) {', '.join(map(repr, extra))}: chatplug sends text "
-                "messages with only 'role' and 'content'."
+                f"{at} must be {{'type': 'text', 'text': str}} or {{'type': 'image', ...}}, got {_shown(part)}."
             )
-        role, content = message["role"], message["content"]
-        if role not in ROLES:
-            raise InvalidInputError(f"messages[{i}] has role {_shown(role)}; use one of {', '.join(ROLES)}.")
-        if not isinstance(content, str):
+    return tuple(parts)
+
+
+IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
+               ".webp": "image/webp"}  # fmt: skip
+
+
+def _image(part: Mapping[str, Any], at: str) -> dict[str, str]:
+    sources = [key for key in ("path", "url", "data") if key in part]
+    if len(sources) != 1:
+        raise InvalidInputError(f"{at} needs exactly one of 'path', 'url' or 'data', got {sources or 'none'}.")
+    extra = sorted(set(part) - {"type", "media_type", sources[0]})
+    if extra:
+        raise InvalidInputError(f"{at} has unsupported key(s) {', '.join(map(repr, extra))}.")
+    media_type = part.get("media_type")
+    if media_type is not None and not (isinstance(media_type, str) and media_type.startswith("image/")):
+        raise InvalidInputError(f"{at} media_type must be like 'image/png', got {_shown(media_type)}.")
+    if sources == ["url"]:
+        url = part["url"]
+        if not isinstance(url, str) or not url.startswith(("http://", "https://", "data:")):
+            raise InvalidInputError(f"{at} url must be an http(s) or data: URL, got {_shown(url)}.")
+        return {"type": "image", "url": url}
+    import base64
+
+    if sources == ["path"]:
+        from pathlib import Path
+
+        path = Path(part["path"]) if isinstance(part["path"], (str, Path)) else None
+        if path is None or not path.is_file():
+            raise InvalidInputError(f"{at} path {_shown(part['path'])} is not a file.")
+        media_type = media_type or IMAGE_TYPES.get(path.suffix.lower())
+        if media_type is None:
+            raise InvalidInputError(f"{at}: say the media_type of {path.name} (e.g. 'image/png').")
+        return {"type": "image", "media_type": media_type, "data": base64.b64encode(path.read_bytes()).decode()}
+    data = part["data"]
+    if media_type is None:
+        raise InvalidInputError(f"{at} has data but no media_type: add e.g. 'media_type': 'image/png'.")
+    if isinstance(data, (bytes, bytearray)):
+        return {"type": "image", "media_type": media_type, "data": base64.b64encode(data).decode()}
+    if isinstance(data, str):
+        try:
+            base64.b64decode(data, validate=True)
+        except ValueError:
+            raise InvalidInputError(f"{at} data must be bytes or base64 text.") from None
+        return {"type": "image", "media_type": media_type, "data": data}
+    raise InvalidInputError(f"{at} data must be bytes or base64 text, got {type(data).__name__}.")
+
+
+def _calls(calls: object, where: str, names: dict[str, str]) -> tuple[dict[str, Any], ...]:
+    """An assistant message's tool calls, as ``LLMResponse.tool_calls`` gave them (``ToolCall``s
+    or their dicts), or in OpenAI's shape."""
+    if not isinstance(calls, (list, tuple)):
+        raise InvalidInputError(f"{where} tool_calls must be a list, got {type(calls).__name__}.")
+    checked = []
+    for j, call in enumerate(calls):
+        data = call.to_dict() if hasattr(call, "to_dict") else call
+        if isinstance(data, Mapping) and isinstance(data.get("function"), Mapping):  # OpenAI's shape
+            function = data["function"]
+            data = {"id": data.get("id"), "name": function.get("name"), "arguments": function.get("arguments")}
+        arguments = data.get("arguments", {}) if isinstance(data, Mapping) else None
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments)
+            except ValueError:
+                arguments = None
+        if not (isinstance(data, Mapping) and isinstance(data.get("id"), str) and isinstance(data.get("name"), str)
+                and isinstance(arguments, Mapping)):  # fmt: skip
             raise InvalidInputError(
-                f"messages[{i}] content must be a string (text only), got {type(content).__name__}."
+                f"{where}.tool_calls[{j}] must have 'id', 'name' and 'arguments' (a dict), as "
+                f"LLMResponse.tool_calls gives them; got {_shown(call)}."
             )
-    return tuple(messages)
+        names[data["id"]] = data["name"]
+        checked.append({"id": data["id"], "name": data["name"], "arguments": dict(arguments)})
+    return tuple(checked)
 
 
 def check_options(options: Mapping[str, Any]) -> None:

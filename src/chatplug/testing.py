@@ -14,9 +14,10 @@ request it gets, sync or async. Select it for a block of code with ``scripted``:
 
 Each call takes the next scripted reply: a ``str`` (the reply's content), a full
 ``ChatResult``, a ``ChatplugError`` instance (the call fails with that error's kind, message and
-``retry_after``), a list of chunks (``str`` or ``ChatChunk``, streamed one by one; a
-``ChatplugError`` after them is a fault after that many chunks; a whole call gets them joined),
-or a function of the ``ChatRequest`` returning one of those. When the script is used up (or was
+``retry_after``), a ``ToolCall`` (the model asks for that tool), a list of chunks (``str``,
+``ChatChunk`` or ``ToolCall``, streamed one by one; a ``ChatplugError`` after them is a fault after
+that many chunks; a whole call gets them joined), or a function of the ``ChatRequest`` returning
+one of those. When the script is used up (or was
 empty), calls get ``default``: by default the last user message, echoed.
 
     with scripted(["Hel", "lo", chatplug.ServerError("connection reset")]):
@@ -40,25 +41,28 @@ leave the backend to configuration in code you want to test this way.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TypeAlias
+from typing import TypeAlias, TypeVar
 
 from ._backend import ChatBackend
 from ._config import settings
 from ._exceptions import ChatplugError
-from ._types import ChatChunk, ChatRequest, ChatResult
+from ._types import ChatChunk, ChatRequest, ChatResult, ToolCall, ToolCallDelta, text_of, thaw
 from .hookspecs import hookimpl
 
 __all__ = ["NAME", "Chunks", "FakeLLM", "Reply", "TestingBackend", "current", "echo", "fake_llm", "scripted"]
+
+T = TypeVar("T")
 
 #: The backend name this module registers.
 NAME = "testing"
 
 #: A streamed reply: its chunks, and optionally a fault after them.
-Chunks: TypeAlias = Sequence[str | ChatChunk | ChatplugError]
+Chunks: TypeAlias = Sequence[str | ChatChunk | ToolCall | ChatplugError]
 #: What a scripted call answers with (see the module docstring).
 Reply: TypeAlias = (
     str | ChatResult | ChatplugError | Chunks | Callable[[ChatRequest], str | ChatResult | ChatplugError | Chunks]
@@ -68,7 +72,7 @@ Reply: TypeAlias = (
 def echo(request: ChatRequest) -> str:
     """The default reply: the content of the last user message (or of the last message)."""
     users = [m for m in request.messages if m["role"] == "user"] or list(request.messages)
-    return users[-1]["content"]
+    return text_of(users[-1])
 
 
 class FakeLLM:
@@ -114,11 +118,12 @@ class FakeLLM:
         text = "".join(chunk.text for chunk in chunks)
         return ChatResult(
             content=text,
-            model=request.model,
-            prompt_tokens=_words(request),
-            completion_tokens=len(text.split()),
-            finish_reason="stop",
+            model=next((c.model for c in chunks if c.model), request.model),
+            prompt_tokens=_last(chunk.prompt_tokens for chunk in chunks),
+            completion_tokens=_last(chunk.completion_tokens for chunk in chunks),
+            finish_reason=_last(chunk.finish_reason for chunk in chunks),
             reasoning="".join(chunk.reasoning for chunk in chunks),
+            tool_calls=tuple(call for chunk in chunks for call in chunk.tool_calls),
         )
 
     def chunks(self, request: ChatRequest) -> Iterator[ChatChunk]:
@@ -130,24 +135,43 @@ class FakeLLM:
         if callable(reply):
             reply = reply(request)
         if isinstance(reply, ChatResult):
+            calls = tuple(_delta(i, call) for i, call in enumerate(reply.tool_calls))
             yield ChatChunk(reply.content, reply.reasoning, reply.model, reply.prompt_tokens,
-                            reply.completion_tokens, reply.finish_reason)  # fmt: skip
+                            reply.completion_tokens, reply.finish_reason, calls)  # fmt: skip
             return
-        parts = [reply] if isinstance(reply, (str, ChatplugError)) else reply
+        parts = [reply] if isinstance(reply, (str, ChatplugError, ToolCall)) else reply
         if not isinstance(parts, (list, tuple)):
             raise TypeError(f"chatplug.testing: a reply function returned {reply!r}: not a reply")
         completion = 0
+        count = 0
         for part in parts:
             if isinstance(part, ChatplugError):
                 raise part.with_traceback(None)  # a reply used again must not grow its traceback
-            chunk = ChatChunk(part) if isinstance(part, str) else part
+            if isinstance(part, ToolCall):
+                chunk = ChatChunk(tool_calls=(_delta(count, part),))
+                count += 1
+            else:
+                chunk = ChatChunk(part) if isinstance(part, str) else part
             completion += len(chunk.text.split())
             yield chunk
         yield ChatChunk(prompt_tokens=_words(request), completion_tokens=completion, finish_reason="stop")
 
 
+def _last(values: Iterable[T | None]) -> T | None:
+    found = None
+    for value in values:
+        found = value if value is not None else found
+    return found
+
+
+def _delta(index: int, call: ToolCall | ToolCallDelta) -> ToolCallDelta:
+    if isinstance(call, ToolCallDelta):
+        return call
+    return ToolCallDelta(index, call.id, call.name, call.raw_arguments or json.dumps(thaw(call.arguments)))
+
+
 def _words(request: ChatRequest) -> int:
-    return sum(len(str(m["content"]).split()) for m in request.messages)
+    return sum(len(text_of(m).split()) for m in request.messages)
 
 
 def _checked(replies: Iterable[Reply]) -> list[Reply]:
@@ -157,9 +181,9 @@ def _checked(replies: Iterable[Reply]) -> list[Reply]:
         if isinstance(reply, type):  # a class is callable, but RateLimitError(request) is no reply
             raise TypeError(f"chatplug.testing: script an instance, e.g. {reply.__name__}('...'), not the class")
         chunks = isinstance(reply, (list, tuple)) and all(
-            isinstance(part, (str, ChatChunk, ChatplugError)) for part in reply
+            isinstance(part, (str, ChatChunk, ToolCall, ChatplugError)) for part in reply
         )
-        if not isinstance(reply, (str, ChatResult, ChatplugError)) and not chunks and not callable(reply):
+        if not isinstance(reply, (str, ChatResult, ChatplugError, ToolCall)) and not chunks and not callable(reply):
             raise TypeError(
                 f"chatplug.testing: a scripted reply is a str, a ChatResult, a ChatplugError, a list of chunks "
                 f"or a function of the ChatRequest returning one, got {reply!r}"
@@ -215,6 +239,7 @@ class TestingBackend(ChatBackend):
 
     __test__ = False  # not a test class, for pytest's collection
     default_model = "testing"
+    capabilities = frozenset({"tools", "images", "response_format"})
 
     def complete(self, request: ChatRequest) -> ChatResult:
         return current().answer(request)

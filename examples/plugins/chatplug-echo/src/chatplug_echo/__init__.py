@@ -3,7 +3,13 @@
 The smallest complete backend plugin, to copy. A backend gets a validated, fully resolved
 ``ChatRequest`` (messages, model, temperature, max_tokens, timeout, options) and returns a
 ``ChatResult``, or raises one of chatplug's exceptions. chatplug does the rest: input
-validation, defaults, timing, logging and the ``LLMResponse`` the caller gets.
+validation, defaults, timing, logging, masking secrets in errors, and the ``LLMResponse`` the
+caller gets.
+
+The request is read-only all the way down: reading ``m["content"]`` works as on a dict, and
+``chatplug.toolkit.thaw(request.messages)`` gives plain dicts and lists for JSON or an SDK.
+A backend for a real service is built on ``chatplug.toolkit`` (client cache, error mapping,
+settings and secrets): see "A backend for a real service" in examples/PLUGINS.md.
 """
 
 from __future__ import annotations
@@ -18,12 +24,15 @@ __version__ = "0.1.0"
 class EchoBackend(ChatBackend):
     """Replies with the last user message, cut to ``max_tokens`` words (one word, one token)."""
 
-    # Used when neither the call nor LLM_MODEL_NAME names a model.
+    # Used when neither the call nor LLM_MODEL_NAME names a model. Set it: without one, a
+    # call that names no model fails with error_kind="invalid_input" and nothing is sent.
     default_model = "echo-1"
 
-    # One instance serves every call, from any thread or event loop. A backend for a real
-    # service imports its SDK in __init__ and keeps its clients on self: chatplug imports this
-    # module whenever it loads plugins, but makes the backend only when "echo" is first used.
+    # One instance serves every call, from any thread or event loop, until chatplug.close()
+    # closes it (the next call makes a new one). A backend for a real service imports its SDK
+    # in __init__ and keeps its clients on self, in a chatplug.toolkit.ClientCache: chatplug
+    # imports this module whenever it loads plugins, but makes the backend only when "echo" is
+    # first used.
 
     def complete(self, request: ChatRequest) -> ChatResult:
         return _echo(request)
