@@ -42,9 +42,10 @@ def test_public_names_are_pinned() -> None:
             "ContextLengthExceededError", "ErrorKind", "InvalidInputError", "InvalidOutputError",
             "InvalidResponseError", "LLMResponse", "Message", "NotFoundError", "OverloadedError", "PluginError",
             "RateLimitError", "ResponseFormat", "ServerError", "Settings", "Stream", "Tool", "ToolCall",
-            "ToolCallDelta", "UnknownBackendError", "__version__", "backend_names", "close",
+            "ToolCallDelta", "ToolRun", "UnknownBackendError", "__version__", "backend_names", "close",
             "generate_completion_async", "generate_completion_sync", "generate_completion_with_messages_async",
-            "generate_completion_with_messages_sync", "hookimpl", "register_plugin", "settings",
+            "generate_completion_with_messages_sync", "hookimpl", "register_plugin", "run_tools_async",
+            "run_tools_sync", "settings",
             "stream_completion_async", "stream_completion_sync", "stream_completion_with_messages_async",
             "stream_completion_with_messages_sync", "unregister_plugin",
         ]

@@ -46,6 +46,7 @@ from ._exceptions import (
     UnknownBackendError,
 )
 from ._streaming import AsyncStream, Stream
+from ._toolrun import ToolRun, run_tools_async, run_tools_sync
 from ._types import (
     ChatChunk,
     ChatRequest,
@@ -138,6 +139,7 @@ __all__ = [
     "Tool",
     "ToolCall",
     "ToolCallDelta",
+    "ToolRun",
     "UnknownBackendError",
     "__version__",
     "backend_names",
@@ -148,6 +150,8 @@ __all__ = [
     "generate_completion_with_messages_sync",
     "hookimpl",
     "register_plugin",
+    "run_tools_async",
+    "run_tools_sync",
     "settings",
     "stream_completion_async",
     "stream_completion_sync",
