@@ -315,7 +315,7 @@ def test_run_tools_runs_the_functions_until_a_final_answer() -> None:
     assert results == [
         "5",
         "Error: RuntimeError: the tool broke",
-        "Error: there is no tool named 'nope'; the tools are add, explode",
+        "Error: there is no tool named 'nope'; the tools are add, explode.",
     ]
     assert [m["role"] for m in run.messages] == ["user", "assistant", "tool", "tool", "assistant", "tool"]
     assert [t.name for t in fake.requests[0].tools] == ["add", "explode"]
