@@ -193,13 +193,14 @@ class AsyncStream(_StreamBase):
     def __init__(self, begin: AsyncBegin, model_name: object) -> None:
         super().__init__(model_name)
         self._begin = begin
-        self._iterator: weakref.ref[AsyncGenerator[ChatChunk, None]] | None = None
+        # Strongly, unlike the sync stream's: an async generator is not closed when its last
+        # reference goes (the loop finalises it later), so `async with` must be able to close it.
+        self._iterator: AsyncGenerator[ChatChunk, None] | None = None
 
     def __aiter__(self) -> AsyncIterator[ChatChunk]:
         if self._iterator is None and self._response is None:
-            iterator = self._run()
-            self._iterator = weakref.ref(iterator)
-            return iterator
+            self._iterator = self._run()
+            return self._iterator
         return _empty()
 
     async def _run(self) -> AsyncGenerator[ChatChunk, None]:
@@ -235,9 +236,8 @@ class AsyncStream(_StreamBase):
 
     async def aclose(self) -> None:
         """Stop the stream: the HTTP response is closed at once. Safe to call twice."""
-        iterator = self._iterator() if self._iterator is not None else None
-        if iterator is not None:
-            await iterator.aclose()
+        if self._iterator is not None:
+            await self._iterator.aclose()
         if self._response is None:  # never started: nothing was sent
             self._response = self._cancelled_before_start()
 

@@ -3,31 +3,66 @@ template (Stainless).
 
 They have the same client shape (``api_key``, ``base_url``, ``timeout``, ``max_retries``), the
 same exception classes (``APIStatusError`` with ``status_code``, ``response`` and ``body``;
-``APITimeoutError`` under ``APIConnectionError``) and the same retry headers. So one base class
-holds the client reuse, the option filtering and the error mapping; each backend adds how it
-connects, builds its provider's request and reads its reply.
+``APITimeoutError`` under ``APIConnectionError``), the same retry headers and the same streams
+(``create(..., stream=True)`` returns a ``Stream`` / ``AsyncStream`` of parsed events, with
+``close()``). So one base class holds the client reuse, the option filtering, the streaming and
+the error mapping; each backend adds how it connects, builds its provider's request and reads its
+reply and its stream's events.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from abc import abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, ClassVar
 
 from chatplug import (
     APIConnectionError,
+    APIStatusError,
     APITimeoutError,
     ChatBackend,
+    ChatChunk,
     ChatplugError,
     ChatRequest,
     ChatResult,
+    ContextLengthExceededError,
     InvalidInputError,
     ServerError,
 )
-from chatplug.toolkit import ClientCache, invalid_response, status_error, supported_options, transport_error
+from chatplug.toolkit import (
+    CONTEXT_MARKERS,
+    ClientCache,
+    error_detail,
+    invalid_response,
+    status_class,
+    status_error,
+    supported_options,
+    transport_error,
+)
+
+#: The error types (or codes) providers send in an error event inside a stream, whose HTTP status
+#: was 200 already, and the HTTP status each stands for: Anthropic's ``error.type`` and OpenAI's
+#: ``error.type`` / ``error.code``. Any other is a server error.
+STREAM_ERROR_STATUS: Mapping[str, int] = {
+    "invalid_request_error": 400,
+    "context_length_exceeded": 400,
+    "authentication_error": 401,
+    "billing_error": 402,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "rate_limit_exceeded": 429,
+    "insufficient_quota": 429,
+    "api_error": 500,
+    "server_error": 500,
+    "timeout_error": 504,
+    "overloaded_error": 529,
+}
 
 
 @dataclass(frozen=True)
@@ -83,6 +118,14 @@ class StainlessBackend(ChatBackend):
     def create(client: Any) -> Callable[..., Any]:
         """The SDK method that sends a chat request, on ``client``."""
 
+    @abstractmethod
+    def chunk(self, event: Any) -> ChatChunk | None:
+        """The ``ChatChunk`` for one event (or chunk) of the SDK's stream; None to skip it."""
+
+    def stream_arguments(self, request: ChatRequest) -> dict[str, Any]:
+        """What ``create()`` takes besides ``arguments`` and ``stream=True`` to stream."""
+        return {}
+
     def client_arguments(self, conn: Connection, request: ChatRequest) -> dict[str, Any]:
         credentials = {"auth_token": conn.auth_token} if conn.auth_token else {"api_key": conn.api_key}
         return {
@@ -110,6 +153,61 @@ class StainlessBackend(ChatBackend):
             except Exception as exc:
                 raise self._mapped(exc, request, conn) from None
 
+    # Streams: the client is borrowed for the whole stream, and the SDK's stream (its HTTP
+    # response) is closed whatever ends the iteration: its end, a failure, or the caller stopping
+    # (the dispatcher closes this generator, which runs the ``finally`` at once).
+
+    def stream(self, request: ChatRequest) -> Iterator[ChatChunk]:
+        conn = self.connection()
+        kwargs = self._stream_kwargs(request, conn)
+        with self._clients.sync(_client_key(conn, request), conn, request, credential=_credential(conn)) as client:
+            events: Any = None
+            try:
+                events = self.create(client)(**kwargs)
+                finished = False
+                for event in events:
+                    chunk = self._chunk(event, conn)
+                    if chunk is not None:
+                        finished = finished or chunk.finish_reason is not None
+                        yield chunk
+                if not finished:
+                    raise _cut_off(conn)
+            except Exception as exc:
+                raise self._mapped(exc, _answered(request) if events is not None else request, conn) from None
+            finally:
+                if events is not None:
+                    events.close()
+
+    async def astream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+        conn = self.connection()
+        kwargs = self._stream_kwargs(request, conn)
+        with self._clients.async_(_client_key(conn, request), conn, request, credential=_credential(conn)) as client:
+            events: Any = None
+            try:
+                events = await self.create(client)(**kwargs)
+                finished = False
+                async for event in events:
+                    chunk = self._chunk(event, conn)
+                    if chunk is not None:
+                        finished = finished or chunk.finish_reason is not None
+                        yield chunk
+                if not finished:
+                    raise _cut_off(conn)
+            except Exception as exc:
+                raise self._mapped(exc, _answered(request) if events is not None else request, conn) from None
+            finally:
+                if events is not None:
+                    await events.close()
+
+    def _stream_kwargs(self, request: ChatRequest, conn: Connection) -> dict[str, Any]:
+        return {**self.arguments(request, conn), **self.stream_arguments(request), "stream": True}
+
+    def _chunk(self, event: Any, conn: Connection) -> ChatChunk | None:
+        try:
+            return self.chunk(event)
+        except (AttributeError, TypeError, IndexError, KeyError) as exc:  # the SDKs do not validate
+            raise invalid_response(conn.where, exc) from None
+
     def close(self) -> None:
         self._clients.close()
 
@@ -130,7 +228,9 @@ class StainlessBackend(ChatBackend):
         dispatcher reports it as a backend bug). Secrets are masked by the dispatcher."""
         if isinstance(exc, ChatplugError):
             return exc
-        return map_sdk_error(self.sdk, exc, request, conn.where, self.hints) or exc
+        # Mid-stream, an SDK may let its HTTP stack's exception through (anthropic's streams do).
+        mapped = map_sdk_error(self.sdk, exc, request, conn.where, self.hints)
+        return mapped or transport_error(exc, where=conn.where, timeout=request.timeout) or exc
 
 
 def _client_key(conn: Connection, request: ChatRequest) -> tuple[Any, ...]:
@@ -139,6 +239,51 @@ def _client_key(conn: Connection, request: ChatRequest) -> tuple[Any, ...]:
 
 def _credential(conn: Connection) -> tuple[str | None, str | None]:
     return (conn.api_key, conn.auth_token)
+
+
+def _answered(request: ChatRequest) -> ChatRequest:
+    """``request`` as its failure is reported once the stream has begun: the SDK retries no
+    failure after the answer started (so the message counts no attempts)."""
+    return dataclasses.replace(request, max_retries=0) if request.max_retries else request
+
+
+def _cut_off(conn: Connection) -> ServerError:
+    """A stream that ended (cleanly, as HTTP goes) before the provider said why it stopped."""
+    return ServerError(
+        f"{conn.where} ended the stream before the reply was complete (no finish reason came). "
+        "Retry; if it persists, check the server's log."
+    )
+
+
+def stream_error(body: object, where: str, hints: Mapping[int, str], model: str) -> APIStatusError:
+    """The chatplug error for an error event inside a stream (the HTTP status was 200): its kind
+    from the error type in ``body`` (``overloaded_error`` is an ``OverloadedError``)."""
+    kind = _error_type(body)
+    status = STREAM_ERROR_STATUS.get(kind or "", 500)
+    detail = error_detail(body)
+    said = detail if detail.endswith((".", "!", "?")) else f"{detail}."
+    hint = hints.get(status, "").format(model=model)
+    message = f"{where} reported an error during the stream ({kind or 'no type'}): {said}{' ' + hint if hint else ''}"
+    if status in (400, 413) and any(marker in repr(body).lower() for marker in CONTEXT_MARKERS):
+        return ContextLengthExceededError(
+            f"{message} The conversation is longer than the model's context: shorten it or use a "
+            "model with a longer context."
+        )
+    return status_class(status)(message)
+
+
+def _error_type(body: object) -> str | None:
+    """The error type in an error body: ``{"error": {"type"}}`` (Anthropic), or ``{"type",
+    "code"}`` (OpenAI's inner error object, whose ``code`` is the more telling when known)."""
+    if not isinstance(body, Mapping):
+        return None
+    inner = body.get("error")
+    if isinstance(inner, Mapping):
+        return _error_type(inner)
+    code, kind = body.get("code"), body.get("type")
+    if isinstance(code, str) and code in STREAM_ERROR_STATUS:
+        return code
+    return kind if isinstance(kind, str) else None
 
 
 def map_sdk_error(
@@ -161,6 +306,8 @@ def map_sdk_error(
         return APIConnectionError(
             f"could not connect to {where}{tries}. Check that the server runs and that the base URL is right."
         )
+    if isinstance(exc, sdk.APIStatusError) and exc.status_code < 400:  # an error event in a 200 stream
+        return stream_error(exc.body, where, hints, request.model)
     if isinstance(exc, sdk.APIStatusError):
         request_id = getattr(exc, "request_id", None)
         hint = hints.get(exc.status_code, "").format(model=request.model)
@@ -175,6 +322,6 @@ def map_sdk_error(
         return InvalidInputError(
             f"the {sdk.__name__} SDK refused the arguments ({type(exc).__name__}: {exc}); nothing was sent."
         )
-    if isinstance(exc, sdk.APIError):  # e.g. an error event inside a 200 stream
-        return ServerError(f"{where} reported an error: {exc.message}")
+    if isinstance(exc, sdk.APIError):  # e.g. an error event inside a 200 stream (openai)
+        return stream_error(exc.body if exc.body is not None else exc.message, where, hints, request.model)
     return None

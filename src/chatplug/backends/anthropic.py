@@ -4,6 +4,10 @@ Honours ``ANTHROPIC_API_KEY`` (or ``ANTHROPIC_AUTH_TOKEN``) and ``ANTHROPIC_BASE
 Messages API differs from chat completions in three ways handled here: system messages are a
 top-level ``system`` parameter, turns must alternate (consecutive same-role messages are
 merged), and ``max_tokens`` is required. The SDK is imported on first use.
+
+Thinking (``thinking`` blocks, ``thinking_delta`` events) becomes ``reasoning``, never ``content``.
+A stream reports the input tokens in ``message_start`` and the final output tokens and the stop
+reason in ``message_delta``.
 """
 
 from __future__ import annotations
@@ -11,7 +15,16 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
-from chatplug import AuthenticationError, ChatBackend, ChatRequest, ChatResult, InvalidInputError, Message, hookimpl
+from chatplug import (
+    AuthenticationError,
+    ChatBackend,
+    ChatChunk,
+    ChatRequest,
+    ChatResult,
+    InvalidInputError,
+    Message,
+    hookimpl,
+)
 from chatplug.toolkit import env_secret, env_url, import_sdk
 
 from ._stainless import Connection, StainlessBackend
@@ -70,13 +83,42 @@ class AnthropicBackend(StainlessBackend):
 
     def result(self, response: Any) -> ChatResult:
         text = "".join(block.text for block in response.content if block.type == "text")
+        thinking = "".join(block.thinking for block in response.content if block.type == "thinking")
         return ChatResult(
             content=text,
             model=response.model or "",
             prompt_tokens=response.usage.input_tokens or 0,
             completion_tokens=response.usage.output_tokens or 0,
             finish_reason=response.stop_reason,
+            reasoning=thinking,
         )
+
+    def chunk(self, event: Any) -> ChatChunk | None:
+        kind = getattr(event, "type", None)  # an event type newer than the SDK may come as a dict
+        if kind == "content_block_delta":
+            delta = event.delta
+            if delta.type == "text_delta":
+                return ChatChunk(text=delta.text or "")
+            if delta.type == "thinking_delta":
+                return ChatChunk(reasoning=delta.thinking or "")
+            return None  # input_json_delta, signature_delta, citations_delta ...
+        if kind == "message_start":
+            message = event.message
+            usage = getattr(message, "usage", None)  # always sent by Anthropic; not by every look-alike
+            return ChatChunk(model=message.model or None, prompt_tokens=_tokens(usage, "input_tokens"))
+        if kind == "message_delta":
+            usage = getattr(event, "usage", None)  # cumulative: the final counts
+            return ChatChunk(
+                prompt_tokens=_tokens(usage, "input_tokens"),
+                completion_tokens=_tokens(usage, "output_tokens"),
+                finish_reason=event.delta.stop_reason,
+            )
+        return None  # content_block_start/stop, message_stop (the SDK skips ping itself)
+
+
+def _tokens(usage: Any, name: str) -> int | None:
+    value = getattr(usage, name, None)
+    return value if isinstance(value, int) else None
 
 
 def _to_anthropic(messages: tuple[Message, ...]) -> tuple[str, list[dict[str, str]]]:

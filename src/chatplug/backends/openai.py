@@ -3,6 +3,10 @@
 ``OPENAI_BASE_URL`` points it at vLLM, llama.cpp's ``llama-server``, LM Studio, Groq,
 OpenRouter or Ollama's ``/v1``; ``OPENAI_API_KEY`` is required only by the hosted service
 (a local server gets a placeholder key). The SDK is imported on first use.
+
+The reasoning of a thinking model comes in ``reasoning_content`` (llama.cpp, vLLM, DeepSeek) or
+``reasoning`` (OpenRouter, Ollama), fields the SDK does not know but keeps: it becomes
+``reasoning``, never ``content``.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-from chatplug import AuthenticationError, ChatBackend, ChatRequest, ChatResult, hookimpl
+from chatplug import AuthenticationError, ChatBackend, ChatChunk, ChatRequest, ChatResult, hookimpl
 from chatplug.toolkit import env_secret, env_url, import_sdk, thaw
 
 from ._stainless import Connection, StainlessBackend
@@ -67,14 +71,43 @@ class OpenAIBackend(StainlessBackend):
 
     def result(self, response: Any) -> ChatResult:
         choice = response.choices[0]
-        usage = response.usage  # None from servers that do not count
+        usage = response.usage  # None from servers that do not count: usage_reported=False
         return ChatResult(
             content=choice.message.content or "",
             model=response.model or "",
-            prompt_tokens=usage.prompt_tokens if usage else 0,
-            completion_tokens=usage.completion_tokens if usage else 0,
+            prompt_tokens=usage.prompt_tokens if usage else None,
+            completion_tokens=usage.completion_tokens if usage else None,
             finish_reason=choice.finish_reason,
+            reasoning=_reasoning(choice.message),
         )
+
+    def stream_arguments(self, request: ChatRequest) -> dict[str, Any]:
+        # Usage comes in a last chunk with no choices, only if asked for; a caller's own
+        # stream_options (passed through by ``arguments``) win.
+        return {} if "stream_options" in request.options else {"stream_options": {"include_usage": True}}
+
+    def chunk(self, event: Any) -> ChatChunk | None:
+        choice = next((choice for choice in event.choices or () if getattr(choice, "index", 0) == 0), None)
+        delta = choice.delta if choice is not None else None
+        usage = event.usage  # on the last chunk (choices: []) when asked for; else None or absent
+        return ChatChunk(
+            text=(delta.content or "") if delta is not None else "",
+            reasoning=_reasoning(delta) if delta is not None else "",
+            model=event.model or None,
+            prompt_tokens=usage.prompt_tokens if usage else None,
+            completion_tokens=usage.completion_tokens if usage else None,
+            finish_reason=choice.finish_reason if choice is not None else None,
+        )
+
+
+def _reasoning(message: Any) -> str:
+    """The reasoning an OpenAI-compatible server sent alongside a message or a delta: fields the
+    SDK does not declare, kept on its model."""
+    for name in ("reasoning_content", "reasoning"):
+        value = getattr(message, name, None)
+        if isinstance(value, str) and value:
+            return value
+    return ""
 
 
 def _is_hosted(base_url: str | None) -> bool:
