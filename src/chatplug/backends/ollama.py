@@ -8,12 +8,13 @@ thread pool for async) and honours ``OLLAMA_HOST`` and ``OLLAMA_API_KEY``, both 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from chatplug import (
     BadRequestError,
     ChatBackend,
+    ChatChunk,
     ChatplugError,
     ChatRequest,
     ChatResult,
@@ -78,7 +79,7 @@ class OllamaBackend(ChatBackend):
         arguments = _chat_arguments(request)
         with self._clients.sync((host, request.timeout), host, key, request.timeout, credential=key) as client:
             try:
-                return _result(client.chat(**arguments))
+                return _result(client.chat(stream=False, **arguments))
             except Exception as exc:
                 raise self._mapped(exc, request, host) from None
 
@@ -87,9 +88,51 @@ class OllamaBackend(ChatBackend):
         arguments = _chat_arguments(request)
         with self._clients.async_((host, request.timeout), host, key, request.timeout, credential=key) as client:
             try:
-                return _result(await client.chat(**arguments))
+                return _result(await client.chat(stream=False, **arguments))
             except Exception as exc:
                 raise self._mapped(exc, request, host) from None
+
+    def stream(self, request: ChatRequest) -> Iterator[ChatChunk]:
+        """The reply as Ollama streams it: one chunk per NDJSON part, on the cached client (its
+        lease held until the stream ends). Closing this generator closes the SDK's, and with it
+        the HTTP response."""
+        host, key = _connection()
+        arguments = _chat_arguments(request)
+        with self._clients.sync((host, request.timeout), host, key, request.timeout, credential=key) as client:
+            parts: Iterator[ollama.ChatResponse] | None = None
+            try:
+                parts = client.chat(stream=True, **arguments)  # sends nothing until iterated
+                finished = False
+                for part in parts:
+                    finished = part.done is True
+                    yield _chunk(part)
+                if not finished:
+                    raise _ended_early(host)
+            except Exception as exc:
+                raise self._mapped(exc, request, host) from None
+            finally:
+                if isinstance(parts, Generator):
+                    parts.close()
+
+    async def astream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+        """The async twin of ``stream``, on the event loop's cached ``AsyncClient``."""
+        host, key = _connection()
+        arguments = _chat_arguments(request)
+        with self._clients.async_((host, request.timeout), host, key, request.timeout, credential=key) as client:
+            parts: AsyncIterator[ollama.ChatResponse] | None = None
+            try:
+                parts = await client.chat(stream=True, **arguments)
+                finished = False
+                async for part in parts:
+                    finished = part.done is True
+                    yield _chunk(part)
+                if not finished:
+                    raise _ended_early(host)
+            except Exception as exc:
+                raise self._mapped(exc, request, host) from None
+            finally:
+                if isinstance(parts, AsyncGenerator):
+                    await parts.aclose()
 
     def close(self) -> None:
         self._clients.close()
@@ -178,22 +221,43 @@ def _chat_arguments(request: ChatRequest) -> dict[str, Any]:
             options["stop"] = [value]
         else:
             options[key] = thaw(value)
-    return {
-        "model": request.model,
-        "messages": thaw(request.messages),
-        "options": options,
-        "stream": False,
-        **top_level,
-    }
+    # ``stream`` is the caller's to pass (False or True), so that the SDK's overloads type the answer.
+    return {"model": request.model, "messages": thaw(request.messages), "options": options, **top_level}
 
 
 def _result(response: ollama.ChatResponse) -> ChatResult:
+    """A whole reply; counts the server did not send stay ``None`` (``usage_reported=False``)."""
     return ChatResult(
         content=response.message.content or "",
         model=response.model or "",
-        prompt_tokens=response.prompt_eval_count or 0,
-        completion_tokens=response.eval_count or 0,
+        prompt_tokens=response.prompt_eval_count,
+        completion_tokens=response.eval_count,
         finish_reason=response.done_reason,
+        reasoning=response.message.thinking or "",
+    )
+
+
+def _chunk(part: ollama.ChatResponse) -> ChatChunk:
+    """One streamed NDJSON part; the last one (``done: true``) also says the model, the counts
+    (``None`` when not sent) and why the reply ended."""
+    text, reasoning = part.message.content or "", part.message.thinking or ""
+    if not part.done:
+        return ChatChunk(text=text, reasoning=reasoning)
+    return ChatChunk(
+        text=text,
+        reasoning=reasoning,
+        model=part.model or None,
+        prompt_tokens=part.prompt_eval_count,
+        completion_tokens=part.eval_count,
+        finish_reason=part.done_reason,
+    )
+
+
+def _ended_early(host: str) -> ServerError:
+    """A stream whose body ended cleanly but before Ollama's last part (``done: true``)."""
+    return ServerError(
+        f"Ollama at {host} ended the stream before the reply was complete (no final part). Try again; "
+        "if it persists, check the Ollama server log or any proxy in between."
     )
 
 
