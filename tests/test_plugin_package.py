@@ -676,6 +676,26 @@ def test_the_guides_logging_plugin(
     assert lines[2].startswith("- -: invalid_input in ")
 
 
+def test_the_guides_streaming_plugin_streams(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    chatplug.register_plugin(guide_module("chatplug_ticker", tmp_path, monkeypatch), "ticker")
+    try:
+        with chatplug.stream_completion_sync("one two three", backend="ticker") as stream:
+            assert [chunk.text for chunk in stream] == ["one", " two", " three"]
+        assert (stream.response.content, stream.response.tokens_used) == ("one two three", 6)
+
+        async def astream() -> list[str]:
+            async with chatplug.stream_completion_async("a b", backend="ticker") as chunks:
+                return [chunk.text async for chunk in chunks]
+
+        assert asyncio.run(astream()) == ["a", " b"]
+        with chatplug.stream_completion_sync("one two three", backend="ticker") as stopped:
+            for _chunk in stopped:
+                break
+        assert (stopped.response.content, stopped.response.finish_reason) == ("one", "cancelled")
+    finally:
+        chatplug.unregister_plugin("ticker")
+
+
 # -- the plugin guide says what chatplug does ------------------------------------------
 
 # The guide's files, each written out and run by a test: in this module, and agent.py,
@@ -685,6 +705,7 @@ GUIDE_FILES_RUN = {
     "pyproject.toml",
     "chatplug_acme.py",
     "chatplug_calllog.py",
+    "chatplug_ticker.py",
     "test_acme.py",
     "test_metrics.py",
     "test_calllog.py",
