@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 from abc import abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -63,6 +64,29 @@ STREAM_ERROR_STATUS: Mapping[str, int] = {
     "timeout_error": 504,
     "overloaded_error": 529,
 }
+
+
+#: What both backends can do beyond text (``ChatBackend.capabilities``): both providers take tool
+#: definitions and tool results, images in user turns, and a JSON schema for the reply.
+CAPABILITIES = frozenset({"tools", "images", "response_format"})
+
+
+def arguments_json(arguments: Any) -> str:
+    """A tool call's arguments (a dict) as the JSON text the providers send them back in: compact,
+    as OpenAI writes them (``{"city":"Tokyo"}``), non-ASCII kept as is."""
+    return json.dumps(arguments, separators=(",", ":"), ensure_ascii=False)
+
+
+def parts_of(content: Any) -> tuple[Mapping[str, Any], ...]:
+    """A message's content as parts: a string is one text part (none if it is empty)."""
+    if isinstance(content, str):
+        return ({"type": "text", "text": content},) if content else ()
+    return tuple(content or ())
+
+
+def text_of(content: Any) -> str:
+    """The text of a message's content: the string, or its text parts joined."""
+    return "".join(part.get("text", "") for part in parts_of(content) if part.get("type") == "text")
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,13 @@ merged), and ``max_tokens`` is required. The SDK is imported on first use.
 Thinking (``thinking`` blocks, ``thinking_delta`` events) becomes ``reasoning``, never ``content``.
 A stream reports the input tokens in ``message_start`` and the final output tokens and the stop
 reason in ``message_delta``.
+
+Tools are ``{"name", "description", "input_schema"}``; an assistant's tool calls are ``tool_use``
+blocks (after its text), and tool results ``tool_result`` blocks in a user turn (consecutive ones,
+and a user message after them, make one turn, as turns must alternate). Images are ``image``
+blocks with a base64 or URL source. Structured output is ``output_config.format``. Tool calls
+come back as ``tool_use`` blocks, or streamed as a ``content_block_start`` and ``input_json_delta``
+fragments, keyed by the block's index.
 """
 
 from __future__ import annotations
@@ -23,11 +30,14 @@ from chatplug import (
     ChatResult,
     InvalidInputError,
     Message,
+    ResponseFormat,
+    Tool,
+    ToolCallDelta,
     hookimpl,
 )
-from chatplug.toolkit import env_secret, env_url, import_sdk
+from chatplug.toolkit import env_secret, env_url, import_sdk, thaw
 
-from ._stainless import Connection, StainlessBackend
+from ._stainless import CAPABILITIES, Connection, StainlessBackend, arguments_json, parts_of, text_of
 
 PLACEHOLDER_KEY = "sk-ant-no-key-needed"
 
@@ -42,6 +52,7 @@ class AnthropicBackend(StainlessBackend):
         529: "Anthropic is overloaded: retry later.",
     }
     hosted_url = "https://api.anthropic.com"
+    capabilities = CAPABILITIES
 
     def __init__(self) -> None:
         anthropic = import_sdk("anthropic", "anthropic")
@@ -75,7 +86,38 @@ class AnthropicBackend(StainlessBackend):
             arguments["system"] = system
         if stop:
             arguments["stop_sequences"] = _stop_sequences(stop)
+        if request.tools:
+            arguments["tools"] = [_tool(tool) for tool in request.tools]
+        if request.tool_choice is not None:
+            arguments["tool_choice"] = _tool_choice(request.tool_choice)
+        if request.response_format is not None:
+            arguments["output_config"] = self._output_config(request.response_format, arguments.get("output_config"))
         return arguments
+
+    def _output_config(self, response_format: ResponseFormat, given: object) -> dict[str, Any]:
+        """``output_config`` asking for ``response_format``, with what else a caller's own
+        ``output_config=`` option says (``effort``)."""
+        if "output_config" not in self.accepted:
+            raise InvalidInputError(
+                f"response_format needs an anthropic SDK whose messages.create() takes output_config "
+                f"({self._not_accepted}): pip install -U anthropic."
+            )
+        # Anthropic takes a subset of JSON Schema (every object closed with additionalProperties
+        # false; constraints such as minimum moved into the description): the SDK's own
+        # transform_schema, which its messages.parse() applies, makes a pydantic schema fit it. The
+        # dispatcher validates the reply against the caller's full schema.
+        schema = response_format.json_schema()
+        transform = getattr(self.sdk, "transform_schema", None)
+        if transform is not None:
+            try:
+                schema = transform(schema)
+            except (ValueError, TypeError) as exc:
+                raise InvalidInputError(
+                    f"response_format {response_format.name!r}: Anthropic cannot take this schema ({exc})."
+                ) from None
+        config = dict(given) if isinstance(given, Mapping) else {}
+        config["format"] = {"type": "json_schema", "schema": schema}
+        return config
 
     @staticmethod
     def create(client: Any) -> Callable[..., Any]:
@@ -91,6 +133,10 @@ class AnthropicBackend(StainlessBackend):
             completion_tokens=response.usage.output_tokens or 0,
             finish_reason=response.stop_reason,
             reasoning=thinking,
+            tool_calls=tuple(
+                ToolCallDelta(i, block.id, block.name, arguments_json(block.input))
+                for i, block in enumerate(block for block in response.content if block.type == "tool_use")
+            ),
         )
 
     def chunk(self, event: Any) -> ChatChunk | None:
@@ -101,7 +147,14 @@ class AnthropicBackend(StainlessBackend):
                 return ChatChunk(text=delta.text or "")
             if delta.type == "thinking_delta":
                 return ChatChunk(reasoning=delta.thinking or "")
-            return None  # input_json_delta, signature_delta, citations_delta ...
+            if delta.type == "input_json_delta":  # a fragment of the arguments of the block's tool call
+                return ChatChunk(tool_calls=(ToolCallDelta(event.index, arguments=delta.partial_json or ""),))
+            return None  # signature_delta, citations_delta ...
+        if kind == "content_block_start":
+            block = event.content_block
+            if getattr(block, "type", None) == "tool_use":  # its input ({}) comes in the deltas
+                return ChatChunk(tool_calls=(ToolCallDelta(event.index, block.id, block.name),))
+            return None
         if kind == "message_start":
             message = event.message
             usage = getattr(message, "usage", None)  # always sent by Anthropic; not by every look-alike
@@ -113,7 +166,7 @@ class AnthropicBackend(StainlessBackend):
                 completion_tokens=_tokens(usage, "output_tokens"),
                 finish_reason=event.delta.stop_reason,
             )
-        return None  # content_block_start/stop, message_stop (the SDK skips ping itself)
+        return None  # content_block_stop, message_stop (the SDK skips ping itself)
 
 
 def _tokens(usage: Any, name: str) -> int | None:
@@ -121,20 +174,87 @@ def _tokens(usage: Any, name: str) -> int | None:
     return value if isinstance(value, int) else None
 
 
-def _to_anthropic(messages: tuple[Message, ...]) -> tuple[str, list[dict[str, str]]]:
-    """System messages joined into one ``system`` text; consecutive same-role turns merged."""
-    system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
-    turns: list[dict[str, str]] = []
+def _to_anthropic(messages: tuple[Message, ...]) -> tuple[str, list[dict[str, Any]]]:
+    """System messages joined into one ``system`` text; the others as turns, consecutive
+    same-role ones merged (tool results are user turns): texts joined, blocks put together."""
+    system = "\n\n".join(text_of(m["content"]) for m in messages if m["role"] == "system")
+    turns: list[dict[str, Any]] = []
     for message in messages:
         if message["role"] == "system":
             continue
-        if turns and turns[-1]["role"] == message["role"]:
-            turns[-1] = {"role": message["role"], "content": turns[-1]["content"] + "\n\n" + message["content"]}
+        role, content = _turn(message)
+        if turns and turns[-1]["role"] == role:
+            turns[-1] = {"role": role, "content": _merged(turns[-1]["content"], content)}
         else:
-            turns.append({"role": message["role"], "content": message["content"]})
+            turns.append({"role": role, "content": content})
     if not turns:
         raise InvalidInputError("Anthropic needs at least one user message besides the system messages.")
     return system, turns
+
+
+def _turn(message: Message) -> tuple[str, str | list[dict[str, Any]]]:
+    """A message's role and content on the wire: plain text as it is, else content blocks."""
+    role, content = message["role"], message.get("content")
+    if role == "tool":
+        result: dict[str, Any] = {"type": "tool_result", "tool_use_id": message["tool_call_id"]}
+        blocks = _blocks(content)
+        if blocks:  # an empty text block is refused; an empty result has no content
+            result["content"] = blocks
+        return "user", [result]
+    calls = message.get("tool_calls")
+    if isinstance(content, str) and not calls:
+        return role, content
+    uses = [
+        {"type": "tool_use", "id": call["id"], "name": call["name"], "input": thaw(call["arguments"])}
+        for call in calls or ()
+    ]
+    return role, _blocks(content) + uses
+
+
+def _blocks(content: Any) -> list[dict[str, Any]]:
+    """Content as Anthropic's blocks: text (empty text left out: it is refused) and images."""
+    return [_block(part) for part in parts_of(content) if part.get("type") != "text" or part.get("text")]
+
+
+def _block(part: Mapping[str, Any]) -> dict[str, Any]:
+    if part["type"] == "text":
+        return {"type": "text", "text": part["text"]}
+    url = part.get("url")
+    if url is None:
+        return {"type": "image", "source": {"type": "base64", "media_type": part["media_type"], "data": part["data"]}}
+    if url.startswith("data:"):  # a data: URL is no URL source for Anthropic: its base64 data is
+        header, _, data = url[len("data:") :].partition(",")
+        media_type, *params = header.split(";")
+        if "base64" not in params or not media_type:
+            raise InvalidInputError("Anthropic takes a data: URL image only base64-encoded (data:image/png;base64,..).")
+        return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
+    return {"type": "image", "source": {"type": "url", "url": url}}
+
+
+def _merged(first: str | list[dict[str, Any]], then: str | list[dict[str, Any]]) -> str | list[dict[str, Any]]:
+    """Two same-role turns' content as one: texts joined by a blank line, as they always were;
+    with blocks on either side, the blocks of both in order."""
+    if isinstance(first, str) and isinstance(then, str):
+        return first + "\n\n" + then
+    return (_blocks(first) if isinstance(first, str) else first) + (_blocks(then) if isinstance(then, str) else then)
+
+
+def _tool(tool: Tool) -> dict[str, Any]:
+    wire: dict[str, Any] = {"name": tool.name}
+    if tool.description:
+        wire["description"] = tool.description
+    wire["input_schema"] = tool.schema()
+    return wire
+
+
+#: chatplug's tool choices in Anthropic's words; any other choice is a tool's name.
+TOOL_CHOICES: Mapping[str, str] = {"auto": "auto", "required": "any", "none": "none"}
+
+
+def _tool_choice(choice: str) -> dict[str, str]:
+    if choice in TOOL_CHOICES:
+        return {"type": TOOL_CHOICES[choice]}
+    return {"type": "tool", "name": choice}
 
 
 def _stop_sequences(stop: object) -> list[str]:

@@ -7,18 +7,37 @@ OpenRouter or Ollama's ``/v1``; ``OPENAI_API_KEY`` is required only by the hoste
 The reasoning of a thinking model comes in ``reasoning_content`` (llama.cpp, vLLM, DeepSeek) or
 ``reasoning`` (OpenRouter, Ollama), fields the SDK does not know but keeps: it becomes
 ``reasoning``, never ``content``.
+
+Tools, tool results, images and structured output go in chat completions' own shapes: ``tools``
+of ``{"type": "function", "function": {...}}``, assistant ``tool_calls`` with their arguments as
+JSON text, ``tool`` messages, ``image_url`` parts (a URL or a ``data:`` URL) and a ``json_schema``
+``response_format``. Tool calls come back whole (``message.tool_calls``) or in pieces keyed by
+their ``index`` (``delta.tool_calls``); the dispatcher parses and assembles them.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-from chatplug import AuthenticationError, ChatBackend, ChatChunk, ChatRequest, ChatResult, hookimpl
+from chatplug import (
+    AuthenticationError,
+    ChatBackend,
+    ChatChunk,
+    ChatRequest,
+    ChatResult,
+    InvalidInputError,
+    Message,
+    ResponseFormat,
+    Tool,
+    ToolCallDelta,
+    hookimpl,
+)
 from chatplug.toolkit import env_secret, env_url, import_sdk, thaw
 
-from ._stainless import Connection, StainlessBackend
+from ._stainless import CAPABILITIES, Connection, StainlessBackend, arguments_json, parts_of, text_of
 
 HOSTED = "https://api.openai.com/v1"
 
@@ -35,6 +54,7 @@ class OpenAIBackend(StainlessBackend):
         429: "Wait and retry, or check the account's rate limits and quota.",
     }
     hosted_url = HOSTED
+    capabilities = CAPABILITIES
 
     def __init__(self) -> None:
         openai = import_sdk("openai", "openai")
@@ -57,13 +77,20 @@ class OpenAIBackend(StainlessBackend):
         # OpenAI's own API replaced max_tokens with max_completion_tokens (reasoning models
         # refuse the old name); compatible servers widely know only max_tokens.
         limit = "max_completion_tokens" if _is_hosted(conn.base_url) else "max_tokens"
-        return {
+        arguments = {
             **self.pass_through(request),
             "model": request.model,
-            "messages": thaw(request.messages),
+            "messages": [_message(message) for message in request.messages],
             "temperature": request.temperature,
             limit: request.max_tokens,
         }
+        if request.tools:
+            arguments["tools"] = [_tool(tool) for tool in request.tools]
+        if request.tool_choice is not None:
+            arguments["tool_choice"] = _tool_choice(request.tool_choice)
+        if request.response_format is not None:
+            arguments["response_format"] = _response_format(request.response_format)
+        return arguments
 
     @staticmethod
     def create(client: Any) -> Callable[..., Any]:
@@ -79,6 +106,9 @@ class OpenAIBackend(StainlessBackend):
             completion_tokens=usage.completion_tokens if usage else None,
             finish_reason=choice.finish_reason,
             reasoning=_reasoning(choice.message),
+            tool_calls=tuple(
+                _tool_call(i, call) for i, call in enumerate(choice.message.tool_calls or ()) if _is_function(call)
+            ),
         )
 
     def stream_arguments(self, request: ChatRequest) -> dict[str, Any]:
@@ -89,6 +119,7 @@ class OpenAIBackend(StainlessBackend):
     def chunk(self, event: Any) -> ChatChunk | None:
         choice = next((choice for choice in event.choices or () if getattr(choice, "index", 0) == 0), None)
         delta = choice.delta if choice is not None else None
+        pieces = getattr(delta, "tool_calls", None) or ()
         usage = event.usage  # on the last chunk (choices: []) when asked for; else None or absent
         return ChatChunk(
             text=(delta.content or "") if delta is not None else "",
@@ -97,7 +128,102 @@ class OpenAIBackend(StainlessBackend):
             prompt_tokens=usage.prompt_tokens if usage else None,
             completion_tokens=usage.completion_tokens if usage else None,
             finish_reason=choice.finish_reason if choice is not None else None,
+            tool_calls=tuple(_tool_call(i, call) for i, call in enumerate(pieces) if _is_function(call)),
         )
+
+
+def _message(message: Message) -> dict[str, Any]:
+    """A chatplug message in chat completions' shape. Plain text messages go as they are."""
+    role, content = message["role"], message.get("content")
+    if isinstance(content, str) and len(message) == 2:
+        return thaw(message)  # type: ignore[no-any-return]
+    if role == "tool":  # chatplug's "name" is not part of OpenAI's tool message
+        if any(part.get("type") != "text" for part in parts_of(content)):
+            raise InvalidInputError(
+                "OpenAI takes only text in a tool result: send the image in a user message after it."
+            )
+        return {"role": "tool", "tool_call_id": message["tool_call_id"], "content": text_of(content)}
+    wire: dict[str, Any] = {"role": role}
+    if role == "user" and isinstance(content, tuple):
+        wire["content"] = [_part(part) for part in content]
+    else:  # system and assistant text parts (no images there) joined, for servers taking only strings
+        wire["content"] = text_of(content)
+    calls = message.get("tool_calls")
+    if calls:
+        # An empty content goes as null, as OpenAI sends it back. (OpenAI also takes the key left
+        # out, as its recordings show, but llama.cpp's server refuses a message without it.)
+        wire["content"] = wire["content"] or None
+        wire["tool_calls"] = [
+            {
+                "id": call["id"],
+                "type": "function",
+                "function": {"name": call["name"], "arguments": arguments_json(thaw(call["arguments"]))},
+            }
+            for call in calls
+        ]
+    return wire
+
+
+def _part(part: Mapping[str, Any]) -> dict[str, Any]:
+    if part["type"] == "text":
+        return {"type": "text", "text": part["text"]}
+    url = part.get("url") or f"data:{part['media_type']};base64,{part['data']}"
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+def _tool(tool: Tool) -> dict[str, Any]:
+    # Not strict: strict function calling takes only OpenAI's strict-schema subset (every property
+    # required, additionalProperties false everywhere), which a function with a default value or a
+    # pydantic model with an optional field does not meet. The arguments are parsed and reported
+    # by the dispatcher either way. The key is sent, as OpenAI's own clients do.
+    function: dict[str, Any] = {"name": tool.name}
+    if tool.description:
+        function["description"] = tool.description
+    function["parameters"] = tool.schema()
+    function["strict"] = False
+    return {"type": "function", "function": function}
+
+
+def _tool_choice(choice: str) -> str | dict[str, Any]:
+    if choice in ("auto", "required", "none"):
+        return choice
+    return {"type": "function", "function": {"name": choice}}
+
+
+def _response_format(response_format: ResponseFormat) -> dict[str, Any]:
+    # Not strict, for the same reason as tools: pydantic's schemas (defaults, optional fields, no
+    # additionalProperties) are outside the strict subset, and a strict request with one is refused
+    # with HTTP 400. The model is still asked for that schema, and the dispatcher validates the
+    # reply against it (invalid_output when it does not fit).
+    return {
+        "type": "json_schema",
+        "json_schema": {"name": _schema_name(response_format.name), "schema": response_format.json_schema(),
+                        "strict": False},
+    }  # fmt: skip
+
+
+def _schema_name(name: str) -> str:
+    """A schema's name as OpenAI takes it: 1 to 64 letters, digits, ``_`` or ``-``."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", name)[:64] or "response"
+
+
+def _is_function(call: Any) -> bool:
+    """A function tool call, or a piece of one (whose type is said only once), not a custom
+    tool's call (chatplug defines none)."""
+    return getattr(call, "type", None) in (None, "function")
+
+
+def _tool_call(position: int, call: Any) -> ToolCallDelta:
+    """A tool call of a reply, or a piece of one in a stream (keyed by its ``index``; servers that
+    send none get its position)."""
+    index = getattr(call, "index", None)
+    function = getattr(call, "function", None)
+    return ToolCallDelta(
+        index if isinstance(index, int) else position,
+        getattr(call, "id", None) or None,
+        getattr(function, "name", None) or None,
+        getattr(function, "arguments", None) or "",
+    )
 
 
 def _reasoning(message: Any) -> str:
