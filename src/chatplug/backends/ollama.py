@@ -4,11 +4,21 @@ Uses the native ``/api/chat`` endpoint with ``ollama.Client`` / ``ollama.AsyncCl
 thread pool for async) and honours ``OLLAMA_HOST`` and ``OLLAMA_API_KEY``, both read here
 (stripped, validated) and passed to the SDK, which would otherwise read them raw. Built on
 ``chatplug.toolkit`` alone; the SDK is imported on first use, not when the backend is registered.
+
+Tools go out as Ollama's ``tools``; an assistant message's calls as ``tool_calls`` with their
+arguments as a JSON object; a tool result as a ``tool`` message with ``tool_name``. Images go
+in a message's ``images`` as base64 data (Ollama fetches no URLs). Structured output is the
+top-level ``format`` field, set to the JSON schema. Ollama has no ``tool_choice``: ``"auto"``
+is its behaviour and ``"none"`` sends no tools; the others cannot be said and are refused.
+The SDK's models keep no tool-call ids (neither in replies nor in the messages sent), so the
+calls of a reply are numbered ``call_0``, ``call_1`` ... and results are matched by tool name.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator
+import json
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from chatplug import (
@@ -20,8 +30,11 @@ from chatplug import (
     ChatResult,
     ConfigError,
     InvalidInputError,
+    Message,
     NotFoundError,
     ServerError,
+    Tool,
+    ToolCallDelta,
     hookimpl,
 )
 from chatplug.toolkit import (
@@ -38,6 +51,8 @@ from chatplug.toolkit import (
 if TYPE_CHECKING:
     import ollama
     import pydantic
+
+logger = logging.getLogger("chatplug")
 
 DEFAULT_HOST = "http://127.0.0.1:11434"
 
@@ -62,6 +77,7 @@ C = TypeVar("C", "ollama.Client", "ollama.AsyncClient")
 
 class OllamaBackend(ChatBackend):
     default_model = "llama3.2"
+    capabilities = frozenset({"tools", "images", "response_format"})
 
     def __init__(self) -> None:
         try:
@@ -102,10 +118,12 @@ class OllamaBackend(ChatBackend):
             parts: Iterator[ollama.ChatResponse] | None = None
             try:
                 parts = client.chat(stream=True, **arguments)  # sends nothing until iterated
-                finished = False
+                finished, calls = False, 0
                 for part in parts:
                     finished = part.done is True
-                    yield _chunk(part)
+                    chunk = _chunk(part, calls)
+                    calls += len(chunk.tool_calls)
+                    yield chunk
                 if not finished:
                     raise _ended_early(host)
             except Exception as exc:
@@ -122,10 +140,12 @@ class OllamaBackend(ChatBackend):
             parts: AsyncIterator[ollama.ChatResponse] | None = None
             try:
                 parts = await client.chat(stream=True, **arguments)
-                finished = False
+                finished, calls = False, 0
                 async for part in parts:
                     finished = part.done is True
-                    yield _chunk(part)
+                    chunk = _chunk(part, calls)
+                    calls += len(chunk.tool_calls)
+                    yield chunk
                 if not finished:
                     raise _ended_early(host)
             except Exception as exc:
@@ -212,6 +232,8 @@ def _refused(exc: pydantic.ValidationError) -> InvalidInputError:
 
 
 def _chat_arguments(request: ChatRequest) -> dict[str, Any]:
+    """The SDK's ``chat`` arguments for ``request``; ``InvalidInputError`` for what Ollama cannot
+    be asked, raised before anything is sent. A plain text request is what it always was."""
     options: dict[str, Any] = {**DEFAULT_OPTIONS, "temperature": request.temperature, "num_predict": request.max_tokens}
     top_level: dict[str, Any] = {}
     for key, value in request.options.items():
@@ -221,8 +243,109 @@ def _chat_arguments(request: ChatRequest) -> dict[str, Any]:
             options["stop"] = [value]
         else:
             options[key] = thaw(value)
+    features: dict[str, Any] = {}
+    if request.tools and request.tool_choice not in (None, "auto", "none"):
+        raise InvalidInputError(
+            f"the ollama backend cannot honour tool_choice={request.tool_choice!r}: Ollama has no tool_choice "
+            "(the model decides). Use tool_choice='auto' (or leave it out), or 'none' to send no tools; nothing "
+            "was sent."
+        )
+    if request.tools and request.tool_choice != "none":
+        features["tools"] = [_tool(tool) for tool in request.tools]
+    if request.response_format is not None:
+        if "format" in top_level:
+            raise InvalidInputError(
+                "the ollama backend was given both response_format= and format=: both set Ollama's format "
+                "field; pass one of them. Nothing was sent."
+            )
+        top_level["format"] = request.response_format.json_schema()
+    messages = [_message(message, i) for i, message in enumerate(request.messages)]
     # ``stream`` is the caller's to pass (False or True), so that the SDK's overloads type the answer.
-    return {"model": request.model, "messages": thaw(request.messages), "options": options, **top_level}
+    return {"model": request.model, "messages": messages, **features, "options": options, **top_level}
+
+
+#: What the SDK's ``Tool`` model (ollama 0.6) keeps of a parameters schema, and of each property's:
+#: any other keyword (``default``, ``anyOf``, ``$ref``, nested ``properties`` ...) it drops unsent.
+SCHEMA_KEPT = frozenset({"type", "$defs", "items", "required", "properties"})
+PROPERTY_KEPT = frozenset({"type", "items", "description", "enum"})
+
+
+def _tool(tool: Tool) -> dict[str, Any]:
+    parameters = tool.schema()
+    dropped = set(parameters) - SCHEMA_KEPT
+    for prop in (parameters.get("properties") or {}).values():
+        if isinstance(prop, Mapping):
+            dropped |= set(prop) - PROPERTY_KEPT
+    if dropped:
+        logger.debug(
+            "ollama: tool %r: the SDK sends no %s of its parameters schema", tool.name, ", ".join(sorted(dropped))
+        )
+    return {
+        "type": "function",
+        "function": {"name": tool.name, "description": tool.description, "parameters": parameters},
+    }
+
+
+def _message(message: Message, i: int) -> dict[str, Any]:
+    """One message in Ollama's shape: text parts joined into ``content``, images (base64) in
+    ``images``, an assistant's calls in ``tool_calls``, a tool result's tool in ``tool_name``.
+    Ids go along for when the SDK keeps them (ollama 0.6 drops them)."""
+    content = message.get("content")
+    if isinstance(content, str) and len(message) == 2:  # plain text: as it always was
+        return {"role": message["role"], "content": content}
+    sent: dict[str, Any] = {"role": message["role"]}
+    if isinstance(content, str):
+        sent["content"] = content
+    else:
+        sent["content"] = "".join(part["text"] for part in content or () if part["type"] == "text")
+        images = [_image(part, f"messages[{i}].content[{j}]") for j, part in enumerate(content or ())]
+        if any(image is not None for image in images):
+            sent["images"] = [image for image in images if image is not None]
+    if message.get("tool_calls"):
+        sent["tool_calls"] = [
+            {"id": call["id"], "function": {"name": call["name"], "arguments": thaw(call["arguments"])}}
+            for call in message["tool_calls"]
+        ]
+    if message["role"] == "tool":
+        if message.get("name"):
+            sent["tool_name"] = message["name"]
+        sent["tool_call_id"] = message["tool_call_id"]
+    return sent
+
+
+def _image(part: Mapping[str, Any], at: str) -> str | None:
+    """An image part's base64 data (``None`` for a text part). Ollama takes no URL: a ``data:``
+    URL's base64 data is used, any other URL refused."""
+    if part["type"] != "image":
+        return None
+    if "data" in part:
+        return str(part["data"])
+    url = str(part["url"])
+    header, _, data = url.partition(",")
+    if header.startswith("data:") and header.endswith(";base64") and data:
+        return data
+    raise InvalidInputError(
+        f"{at}: the ollama backend cannot take an image by URL ({url[:80]!r}): Ollama takes image data only. "
+        "Pass the image as {'type': 'image', 'path': ...} or {'type': 'image', 'data': ..., 'media_type': ...}; "
+        "nothing was sent."
+    )
+
+
+def _tool_calls(calls: Sequence[ollama.Message.ToolCall] | None, start: int) -> tuple[ToolCallDelta, ...]:
+    """A reply's tool calls, numbered on from ``start`` (calls before them in the same reply): the
+    SDK keeps no ids, so each gets ``call_<index>``."""
+    deltas = []
+    for index, call in enumerate(calls or (), start):
+        call_id = getattr(call, "id", None)  # in case an SDK keeps the server's id
+        deltas.append(
+            ToolCallDelta(
+                index=index,
+                id=call_id if isinstance(call_id, str) and call_id else f"call_{index}",
+                name=call.function.name,
+                arguments=json.dumps(dict(call.function.arguments or {})),
+            )
+        )
+    return tuple(deltas)
 
 
 def _result(response: ollama.ChatResponse) -> ChatResult:
@@ -234,15 +357,18 @@ def _result(response: ollama.ChatResponse) -> ChatResult:
         completion_tokens=response.eval_count,
         finish_reason=response.done_reason,
         reasoning=response.message.thinking or "",
+        tool_calls=_tool_calls(response.message.tool_calls, 0),
     )
 
 
-def _chunk(part: ollama.ChatResponse) -> ChatChunk:
+def _chunk(part: ollama.ChatResponse, calls: int = 0) -> ChatChunk:
     """One streamed NDJSON part; the last one (``done: true``) also says the model, the counts
-    (``None`` when not sent) and why the reply ended."""
+    (``None`` when not sent) and why the reply ended. Tool calls come whole, in any part (a
+    ``done: false`` one, as a rule); ``calls`` is how many came before in this reply."""
     text, reasoning = part.message.content or "", part.message.thinking or ""
+    tool_calls = _tool_calls(part.message.tool_calls, calls)
     if not part.done:
-        return ChatChunk(text=text, reasoning=reasoning)
+        return ChatChunk(text=text, reasoning=reasoning, tool_calls=tool_calls)
     return ChatChunk(
         text=text,
         reasoning=reasoning,
@@ -250,6 +376,7 @@ def _chunk(part: ollama.ChatResponse) -> ChatChunk:
         prompt_tokens=part.prompt_eval_count,
         completion_tokens=part.eval_count,
         finish_reason=part.done_reason,
+        tool_calls=tool_calls,
     )
 
 
