@@ -13,6 +13,8 @@ per event loop. ``CHATPLUG_LOCAL_THREADS``, ``CHATPLUG_LOCAL_CTX`` and
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib
 import logging
 import os
 import subprocess
@@ -124,10 +126,9 @@ def fetch(target: Path) -> None:
 
 def _xllamacpp() -> Any:
     try:
-        import xllamacpp
+        return importlib.import_module("xllamacpp")  # untyped: no py.typed
     except ImportError:
         raise ConfigError(f"the local backend needs xllamacpp: {INSTALL}") from None
-    return xllamacpp
 
 
 class LocalModel:
@@ -171,7 +172,8 @@ def result(reply: Any, name: str, status: int = 200) -> ChatResult:
     if not isinstance(reply, dict):
         raise InvalidResponseError(f"llama.cpp sent a reply chatplug could not read: {reply!r:.200}")
     if "error" in reply or status >= 400:
-        error = reply.get("error") if isinstance(reply.get("error"), dict) else {}
+        error = reply.get("error")
+        error = error if isinstance(error, dict) else {}
         raise _error(int(error.get("code") or status), str(error.get("message") or reply), str(error.get("type")))
     try:
         choice, usage = reply["choices"][0], reply.get("usage") or {}
@@ -228,7 +230,9 @@ class LocalBackend(ChatBackend):
     async def acomplete(self, request: ChatRequest) -> ChatResult:
         import httpx
 
-        model = self._models.get(request.model) or await asyncio.to_thread(self.model, request.model)
+        model = self._models.get(request.model)
+        if model is None:  # loading (or fetching) would block the loop
+            model = await asyncio.to_thread(self.model, request.model)
         try:
             response = await self._client().post(f"{model.url}/v1/chat/completions", json=request_body(request),
                                                  timeout=request.timeout)
@@ -273,10 +277,8 @@ def serve(model: str | None = None, port: int = 0, host: str = "127.0.0.1") -> N
     """``chatplug serve``: load a model and serve the OpenAI HTTP API until Ctrl-C."""
     loaded = LocalModel(model_file(model or DEFAULT_MODEL), port=port, host=host)
     print(f"chatplug: serving {loaded.name} at {loaded.url}/v1 (model {loaded.name!r}); Ctrl-C stops it", flush=True)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         threading.Event().wait()
-    except KeyboardInterrupt:
-        pass
 
 
 @hookimpl

@@ -118,7 +118,7 @@ class OllamaBackend(ChatBackend):
         if isinstance(exc, (ConnectionError, httpx.ConnectError)):
             return APIConnectionError(
                 f"could not connect to {where}. Start it with `ollama serve`, or set OLLAMA_HOST "
-                "to the address where it runs."
+                "to the address where it runs; for an answer with no server: --backend local / LLM_BACKEND=local."
             )
         if isinstance(exc, httpx.TransportError):
             return APIConnectionError(f"the connection to {where} failed: {type(exc).__name__}: {exc}")
