@@ -216,7 +216,7 @@ class LocalBackend(ChatBackend):
             with self._lock:
                 loaded = self._models.get(name)
                 if loaded is None:
-                    path = model_file(name).resolve()
+                    path = model_file(name).absolute()
                     loaded = next((m for m in self._models.values() if m.path == path), None)
                     if loaded is None:
                         loaded = LocalModel(path)
