@@ -151,6 +151,9 @@ class LocalModel:
             self.server = xllamacpp.Server(params)
         except Exception as exc:
             raise ServerError(f"llama.cpp could not load {path} ({exc}). Is it a GGUF model file?") from None
+        # One token at once (~30 ms): xllamacpp 2026.10's Server hangs in its destructor, and so at
+        # close(), if it never handled a request.
+        self.server.handle_completions({"prompt": "a", "max_tokens": 1})
         self.path = path
         self.url: str = self.server.listening_address
 
