@@ -228,7 +228,13 @@ class LocalBackend(ChatBackend):
 
     def complete(self, request: ChatRequest) -> ChatResult:
         model = self.model(request.model)
-        return result(model.server.handle_chat_completions(request_body(request)), model.name)
+        try:
+            reply = model.server.handle_chat_completions(request_body(request))
+        except Exception as exc:  # xllamacpp raises plain Python errors for what it cannot take
+            error = ServerError(f"llama.cpp failed: {type(exc).__name__}: {exc}")
+        else:
+            return result(reply, model.name)
+        raise error
 
     async def acomplete(self, request: ChatRequest) -> ChatResult:
         import httpx
