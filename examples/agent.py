@@ -4,6 +4,8 @@ chatplug is stateless: the agent owns the conversation, sends all of it each tur
 what to do on failure using ``error_kind`` rather than parsing strings.
 
     python examples/agent.py "Plan a picnic" "Make it vegetarian"
+
+It exits with status 1 if a turn could not be answered.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ class Agent:
         self.model_name = model_name
         self.max_history = max_history
         self.tokens_used = 0
+        self.failures = 0
 
     async def ask(self, text: str, retries: int = 2) -> str:
         self.history.append({"role": "user", "content": text})
@@ -37,19 +40,21 @@ class Agent:
         assert response is not None
         if not response.success:
             self.history.pop()  # keep the history consistent for the next turn
+            self.failures += 1
             return f"[agent could not answer: {response.error}]"
         self.tokens_used += response.tokens_used
         self.history.append({"role": "assistant", "content": response.content})
         return response.content
 
 
-async def main(turns: list[str]) -> None:
+async def main(turns: list[str]) -> int:
     agent = Agent("You are a concise, helpful planning assistant.")
     for turn in turns:
         print(f"> {turn}")
         print(await agent.ask(turn))
     print(f"({len(agent.history)} messages in history, {agent.tokens_used} tokens used)")
+    return 1 if agent.failures else 0
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1:] or ["Plan a picnic for four people.", "Make it vegetarian."]))
+    sys.exit(asyncio.run(main(sys.argv[1:] or ["Plan a picnic for four people.", "Make it vegetarian."])))

@@ -86,3 +86,33 @@ def test_the_word_backends_can_still_be_asked(ollama: FakeServer) -> None:
 def test_a_usage_error_exits_2() -> None:
     proc = chatplug("--temperature", "hot", "Hi")
     assert proc.returncode == 2 and "invalid float value" in proc.stderr
+
+
+def test_version() -> None:
+    proc = chatplug("--version")
+    assert proc.returncode == 0 and proc.stdout.startswith("chatplug ") and proc.stdout.strip()[-1].isdigit()
+
+
+def test_bad_numbers_are_usage_errors() -> None:
+    for args in (("--temperature", "abc"), ("--max-tokens", "-3"), ("--max-tokens", "x")):
+        proc = chatplug(*args, "Hi")
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert "usage:" in proc.stderr
+
+
+def test_library_warnings_reach_stderr_prefixed_once() -> None:
+    proc = chatplug("--backend", "testing", "Hi", CHATPLUG_PLUGINS="nope")
+    assert proc.returncode == 0, proc.stderr
+    assert "CHATPLUG_PLUGINS=nope" in proc.stderr
+    assert "chatplug: chatplug" not in proc.stderr
+
+
+def test_a_failure_is_reported_once_with_one_prefix(closed_port: int) -> None:
+    proc = chatplug("Hi", OLLAMA_HOST=f"127.0.0.1:{closed_port}")
+    assert proc.returncode == 1
+    assert proc.stderr.count("could not connect") == 1 and "chatplug: chatplug" not in proc.stderr
+    assert "--backend local" in proc.stderr
+
+
+def test_backends_json_ends_with_a_newline() -> None:
+    assert chatplug("backends", "--json").stdout.endswith("]\n")

@@ -35,3 +35,13 @@ def test_agent_keeps_its_history(ollama: FakeServer) -> None:
     second = ollama.requests[1].json()["messages"]
     assert [m["role"] for m in second] == ["system", "user", "assistant", "user"]
     assert second[1]["content"] == "first question" and second[3]["content"] == "second question"
+
+
+def test_the_examples_exit_non_zero_when_their_calls_fail(closed_port: int) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_")}
+    env["OLLAMA_HOST"] = f"127.0.0.1:{closed_port}"
+    for name in ("quickstart.py", "agent.py"):
+        proc = subprocess.run([sys.executable, str(EXAMPLES / name), *(["hi"] if name == "agent.py" else [])],
+                              capture_output=True, text=True, env=env, timeout=60)
+        assert proc.returncode == 1, (name, proc.stdout, proc.stderr)
+        assert "ollama serve" in proc.stdout + proc.stderr

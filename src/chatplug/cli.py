@@ -1,29 +1,56 @@
-"""``chatplug "prompt"`` and ``chatplug backends``: the command line, on the same public API."""
+"""``chatplug "prompt"``, ``chatplug backends`` and ``chatplug serve``: the command line, on the public API."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import math
 import sys
 from collections.abc import Sequence
 
 from ._api import generate_completion_with_messages_sync
 from ._dispatch import plugins
+from ._exceptions import ChatplugError
 from ._types import Message
 
 
+def _temperature(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number from 0 to 2, not {text!r}")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(
         prog="chatplug",
         description="Ask a language model for a chat completion. `chatplug backends` lists the "
-        "installed backends. Unset options come from LLM_* environment variables.",
+        "installed backends; `chatplug serve` serves the local model over the OpenAI HTTP API. "
+        "Unset options come from LLM_* environment variables.",
     )
+    parser.add_argument("--version", action="version", version=f"chatplug {__version__}")
     parser.add_argument("prompt", help="the user message to send")
     parser.add_argument("--backend", "-b", help="backend name (default: LLM_BACKEND or ollama)")
     parser.add_argument("--model", "-m", help="model name, optionally as backend:model")
     parser.add_argument("--system", "-s", help="a system message sent before the prompt")
-    parser.add_argument("--temperature", "-t", type=float, help="sampling temperature, 0 to 2")
-    parser.add_argument("--max-tokens", type=int, help="most tokens to generate")
+    parser.add_argument("--temperature", "-t", type=_temperature, help="sampling temperature, 0 to 2")
+    parser.add_argument("--max-tokens", type=_positive, help="most tokens to generate")
     parser.add_argument("--json", action="store_true", help="print the whole LLMResponse as JSON")
     return parser
 
@@ -36,7 +63,8 @@ def list_backends(argv: Sequence[str]) -> int:
     manager.load()
     entries = list(manager.backends)
     if as_json:
-        print(json.dumps([{"name": e.name, "plugin": e.plugin, "distribution": e.distribution} for e in entries]))
+        print(json.dumps([{"name": e.name, "plugin": e.plugin, "distribution": e.distribution} for e in entries]),
+              flush=True)
         return 0 if entries else 1
     if not entries:
         print("No backends installed.", file=sys.stderr)
@@ -47,10 +75,61 @@ def list_backends(argv: Sequence[str]) -> int:
     return 0
 
 
+def serve(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="chatplug serve",
+        description="Load a local GGUF model and serve the OpenAI HTTP API on 127.0.0.1 until Ctrl-C "
+        "(use it with LLM_BACKEND=openai OPENAI_BASE_URL=<the printed URL>).",
+    )
+    parser.add_argument("--model", "-m", help="SmolLM2-135M-Instruct (the default) or the path of a .gguf file")
+    parser.add_argument("--port", "-p", type=int, default=0, help="port to listen on (default: a free one)")
+    args = parser.parse_args(argv)
+    from .backends import local
+
+    try:
+        local.serve(args.model, args.port)
+    except ChatplugError as exc:
+        _say(str(exc))
+        return 1
+    return 0
+
+
+def _prefixed(message: str) -> str:
+    return message if message.startswith("chatplug") else f"chatplug: {message}"
+
+
+def _say(message: str) -> None:
+    print(_prefixed(message), file=sys.stderr)
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The library's warnings on the CLI's stderr, prefixed once; a failed call's own warning is
+    left out (main() prints that error itself)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return _prefixed(super().format(record))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("chat completion failed")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
+    handler = _StderrHandler(sys.stderr)
+    handler.setLevel(logging.WARNING)
+    logger = logging.getLogger("chatplug")
+    logger.addHandler(handler)
+    try:
+        return _main(args_list)
+    finally:
+        logger.removeHandler(handler)
+
+
+def _main(args_list: list[str]) -> int:
     if args_list[:1] == ["backends"]:  # to send the word itself as a prompt: chatplug -- backends
         return list_backends(args_list[1:])
+    if args_list[:1] == ["serve"]:
+        return serve(args_list[1:])
     args = _parser().parse_args(args_list)
     messages: list[Message] = []
     if args.system:
@@ -64,6 +143,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif response.success:
         print(response.content)
     if not response.success:
-        print(f"chatplug: {response.error}", file=sys.stderr)
+        _say(str(response.error))
         return 1
     return 0
