@@ -116,3 +116,54 @@ def test_a_failure_is_reported_once_with_one_prefix(closed_port: int) -> None:
 
 def test_backends_json_ends_with_a_newline() -> None:
     assert chatplug("backends", "--json").stdout.endswith("]\n")
+
+
+def _thinking_stream() -> bytes:
+    def line(content: str, thinking: str = "", done: bool = False) -> bytes:
+        message = {"role": "assistant", "content": content, **({"thinking": thinking} if thinking else {})}
+        body = {"model": "qwen3", "created_at": "2026-11-29T00:00:00Z", "message": message, "done": done}
+        if done:
+            body |= {"done_reason": "stop", "prompt_eval_count": 5, "eval_count": 4}
+        return json.dumps(body).encode() + b"\n"
+
+    return line("", "The user asks. ") + line("", "Answer briefly.") + line("Par") + line("is.") + line("", done=True)
+
+
+def test_the_reply_streams_with_reasoning_on_stderr(ollama: FakeServer) -> None:
+    from .fakeserver import Reply
+
+    stream = Reply(200, _thinking_stream(), {"Content-Type": "application/x-ndjson"}, chunked=True)
+    whole = {"model": "qwen3", "created_at": "2026-11-29T00:00:00Z", "done": True, "done_reason": "stop",
+             "message": {"role": "assistant", "content": "Paris.", "thinking": "The user asks. Answer briefly."},
+             "prompt_eval_count": 5, "eval_count": 4}  # fmt: skip
+    reply = Reply(200, json.dumps(whole).encode(), {"Content-Type": "application/json; charset=utf-8"})
+    ollama.route("POST", "/api/chat", stream, reply, reply)
+    streamed = chatplug("Capital of France?", OLLAMA_HOST=ollama.url)
+    assert streamed.returncode == 0, streamed.stderr
+    assert streamed.stdout == "Paris.\n"
+    assert streamed.stderr == "The user asks. Answer briefly."  # reasoning apart, undimmed when not a terminal
+    assert ollama.requests[0].json()["stream"] is True
+    waited = chatplug("Capital of France?", "--no-stream", OLLAMA_HOST=ollama.url)
+    assert (waited.stdout, waited.stderr) == ("Paris.\n", "The user asks. Answer briefly.\n")
+    as_json = json.loads(chatplug("Capital of France?", "--json", OLLAMA_HOST=ollama.url).stdout)
+    assert (as_json["content"], as_json["reasoning"], as_json["tokens_used"]) == (
+        "Paris.",
+        "The user asks. Answer briefly.",
+        9,
+    )
+
+
+def test_a_stream_that_fails_midway_keeps_what_was_printed(ollama: FakeServer) -> None:
+    from .fakeserver import Reply, fixture
+
+    ollama.route(
+        "POST",
+        "/api/chat",
+        Reply(
+            200, fixture("ollama/error_midstream_200.ndjson"), {"Content-Type": "application/x-ndjson"}, chunked=True
+        ),
+    )
+    proc = chatplug("Hi", OLLAMA_HOST=ollama.url)
+    assert proc.returncode == 1
+    assert proc.stdout.strip() and proc.stdout.endswith("\n")  # the text that came, on its own line
+    assert proc.stderr.startswith("chatplug: ollama:") and proc.stderr.count("\n") == 1

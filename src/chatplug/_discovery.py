@@ -30,9 +30,10 @@ class Found:
     broken: dict[str, str] = field(default_factory=dict)  # distribution -> why it could not be read
 
 
-def discover(allowed: set[str] | None) -> Found:
-    """The ``chatplug`` entry points to load: all, or only third-party ones named in ``allowed``
-    (chatplug's own always load)."""
+def discover(setting: str | None) -> Found:
+    """The ``chatplug`` entry points to load: all when ``setting`` (``CHATPLUG_PLUGINS``) is
+    ``None``, else only the third-party ones it names (chatplug's own always load)."""
+    allowed = None if setting is None else {name.strip() for name in setting.split(",") if name.strip()}
     found = Found()
     seen: set[str] = set()
     candidates: list[tuple[str, EntryPoint]] = []
@@ -66,8 +67,9 @@ def discover(allowed: set[str] | None) -> Found:
     if unknown:  # usually a distribution's name (chatplug-echo) given for its plugin's (echo)
         third_party = sorted({f"{ep.name} (from {d})" for d, ep in candidates if key(d) != OWN_DISTRIBUTION})
         logger.warning(
-            "chatplug: CHATPLUG_PLUGINS names %s, but no installed plugin has that entry-point name. It takes plugin "
-            "names, not distribution names; the installed ones: %s.",
+            "chatplug: CHATPLUG_PLUGINS=%s names %s, but no installed plugin has that entry-point name. It takes "
+            "plugin names, not distribution names; the installed ones: %s.",
+            setting,
             ", ".join(map(repr, unknown)),
             ", ".join(third_party) or "none",
         )

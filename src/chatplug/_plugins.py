@@ -62,8 +62,7 @@ class Plugins:
         # Unset loads every plugin; set, only those listed, so an empty value loads none but
         # chatplug's own (as simonw/llm's LLM_LOAD_PLUGINS='' does).
         setting = env("CHATPLUG_PLUGINS")
-        allowed = None if setting is None else {name.strip() for name in setting.split(",") if name.strip()}
-        found = discover(allowed)
+        found = discover(setting)
         why = self.backends.unavailable
         why.setting, why.excluded = setting or "", found.excluded
         for dist, problem in found.broken.items():

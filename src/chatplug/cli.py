@@ -9,10 +9,11 @@ import math
 import sys
 from collections.abc import Sequence
 
-from ._api import generate_completion_with_messages_sync
+from ._api import generate_completion_with_messages_sync, stream_completion_with_messages_sync
 from ._dispatch import plugins
 from ._exceptions import ChatplugError
-from ._types import Message
+from ._streaming import Stream
+from ._types import LLMResponse, Message
 
 
 def _temperature(text: str) -> float:
@@ -51,7 +52,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--system", "-s", help="a system message sent before the prompt")
     parser.add_argument("--temperature", "-t", type=_temperature, help="sampling temperature, 0 to 2")
     parser.add_argument("--max-tokens", type=_positive, help="most tokens to generate")
-    parser.add_argument("--json", action="store_true", help="print the whole LLMResponse as JSON")
+    parser.add_argument("--json", action="store_true", help="print the whole LLMResponse as JSON (when done)")
+    parser.add_argument(
+        "--no-stream", action="store_true", help="wait for the whole reply instead of printing it as it comes"
+    )
     return parser
 
 
@@ -135,14 +139,41 @@ def _main(args_list: list[str]) -> int:
     if args.system:
         messages.append({"role": "system", "content": args.system})
     messages.append({"role": "user", "content": args.prompt})
-    response = generate_completion_with_messages_sync(
-        messages, args.model, args.temperature, args.max_tokens, backend=args.backend
-    )
-    if args.json:
-        print(json.dumps(response.to_dict(), indent=2))
-    elif response.success:
-        print(response.content)
+    call = (messages, args.model, args.temperature, args.max_tokens)
+    if args.json or args.no_stream:
+        response = generate_completion_with_messages_sync(*call, backend=args.backend)
+        if args.json:
+            print(json.dumps(response.to_dict(), indent=2))
+        elif response.success:
+            _show_reasoning(response.reasoning)
+            print(response.content)
+    else:
+        response = _stream(stream_completion_with_messages_sync(*call, backend=args.backend))
     if not response.success:
         _say(str(response.error))
         return 1
     return 0
+
+
+def _stream(stream: Stream) -> LLMResponse:
+    """Print the reply as it comes: text on stdout, reasoning on stderr (dimmed on a terminal)."""
+    ended_line = True
+    with stream:
+        for chunk in stream:
+            _show_reasoning(chunk.reasoning, end="")
+            if chunk.text:
+                sys.stdout.write(chunk.text)
+                sys.stdout.flush()
+                ended_line = chunk.text.endswith("\n")
+    response = stream.response
+    if not ended_line or (response.success and not response.content):
+        print()
+    return response
+
+
+def _show_reasoning(text: str, end: str = "\n") -> None:
+    if not text:
+        return
+    dim, normal = ("\x1b[2m", "\x1b[0m") if sys.stderr.isatty() else ("", "")
+    sys.stderr.write(f"{dim}{text}{normal}{end}")
+    sys.stderr.flush()
