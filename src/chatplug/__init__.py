@@ -46,24 +46,27 @@ from ._exceptions import (
     UnknownBackendError,
 )
 from ._streaming import AsyncStream, Stream
-from ._toolrun import ToolRun, run_tools_async, run_tools_sync
-from ._types import (
-    ChatChunk,
-    ChatRequest,
-    ChatResult,
-    LLMResponse,
-    Message,
-    ResponseFormat,
-    Tool,
-    ToolCall,
-    ToolCallDelta,
-)
+from ._types import ChatChunk, ChatRequest, ChatResult, LLMResponse, Message
 
 if TYPE_CHECKING:
     import pluggy
 
+    from ._toolrun import ToolRun, run_tools_async, run_tools_sync
+    from ._tools import ResponseFormat, Tool, ToolCall, ToolCallDelta
+
     hookimpl: pluggy.HookimplMarker
     __version__: str
+
+# Imported on first use: tools are not needed to import chatplug, and they cost it ~30%.
+_LAZY = {
+    "ToolRun": "._toolrun",
+    "run_tools_async": "._toolrun",
+    "run_tools_sync": "._toolrun",
+    "ResponseFormat": "._tools",
+    "Tool": "._tools",
+    "ToolCall": "._tools",
+    "ToolCallDelta": "._tools",
+}
 
 # A library logs, the application decides where it goes (Python logging HOWTO).
 logging.getLogger("chatplug").addHandler(logging.NullHandler())
@@ -80,6 +83,12 @@ def __getattr__(name: str) -> Any:
         from importlib.metadata import version
 
         return version("chatplug")
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value  # once: later lookups find it without this function
+        return value
     raise AttributeError(f"module 'chatplug' has no attribute {name!r}")
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from ._exceptions import ChatplugError, InvalidOutputError, PluginError
 from ._secrets import redact
-from ._types import ChatRequest, ChatResult, LLMResponse, ToolCall, ToolCallDelta
+from ._types import ChatRequest, ChatResult, LLMResponse
 
 logger = logging.getLogger("chatplug")
 
@@ -109,10 +109,13 @@ def malformed(result: object) -> str | None:
             return f"a ChatResult whose {name} is {value!r}, not a str."
     if not isinstance(result.reasoning, str):
         return f"a ChatResult whose reasoning is {result.reasoning!r}, not a str."
-    if not isinstance(result.tool_calls, (tuple, list)) or not all(
-        isinstance(call, (ToolCall, ToolCallDelta)) for call in result.tool_calls
-    ):
-        return f"a ChatResult whose tool_calls is {result.tool_calls!r}, not ToolCalls."
+    if result.tool_calls:
+        from ._tools import ToolCall, ToolCallDelta
+
+        if not isinstance(result.tool_calls, (tuple, list)) or not all(
+            isinstance(call, (ToolCall, ToolCallDelta)) for call in result.tool_calls
+        ):
+            return f"a ChatResult whose tool_calls is {result.tool_calls!r}, not ToolCalls."
     return None
 
 

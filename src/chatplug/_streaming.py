@@ -20,11 +20,12 @@ from typing import TYPE_CHECKING
 
 from ._exceptions import PluginError
 from ._response import as_chatplug_error, failed, succeeded
-from ._types import ChatChunk, ChatRequest, ChatResult, LLMResponse, ToolCallDelta
+from ._types import ChatChunk, ChatRequest, ChatResult, LLMResponse
 
 if TYPE_CHECKING:
     from ._backend import ChatBackend
     from ._plugins import Plugins
+    from ._tools import ToolCallDelta
 
 #: The finish reason of a stream its caller stopped.
 CANCELLED = "cancelled"

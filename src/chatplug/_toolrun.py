@@ -12,12 +12,15 @@ import inspect
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._api import generate_completion_with_messages_async, generate_completion_with_messages_sync
 from ._exceptions import InvalidInputError
 from ._response import failed
-from ._types import LLMResponse, ToolCall
+from ._types import LLMResponse
+
+if TYPE_CHECKING:
+    from ._tools import ToolCall
 
 DEFAULT_MAX_STEPS = 8
 

@@ -12,11 +12,65 @@ from __future__ import annotations
 import inspect
 import json
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from ._config import _shown
 from ._exceptions import InvalidInputError, InvalidOutputError
-from ._types import ResponseFormat, Tool, ToolCall, ToolCallDelta, freeze
+from ._types import freeze, thaw
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A tool call the model asked for: ``arguments`` parsed from the provider's JSON.
+    ``raw_arguments`` is the text as it came (kept when it does not parse)."""
+
+    id: str
+    name: str
+    arguments: dict[str, Any]
+    raw_arguments: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "arguments": thaw(self.arguments)}
+
+
+@dataclass(frozen=True)
+class ToolCallDelta:
+    """A piece of a streamed tool call: pieces with the same ``index`` make one call; ``id`` and
+    ``name`` come once, ``arguments`` is a fragment of the JSON text, added up."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A tool the model may call, as backends receive it: its name, description and the JSON
+    schema of its arguments. The caller's functions, pydantic models and dicts become these."""
+
+    name: str
+    description: str
+    parameters: Mapping[str, Any]
+
+    def schema(self) -> dict[str, Any]:
+        """The parameters schema as plain data."""
+        return thaw(self.parameters)  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class ResponseFormat:
+    """The structured output asked for: a JSON schema, and its name. ``model`` is the pydantic
+    class the caller passed (``None`` for a dict); the dispatcher validates with it."""
+
+    name: str
+    schema: Mapping[str, Any]
+    model: Any = field(default=None, compare=False, repr=False)
+
+    def json_schema(self) -> dict[str, Any]:
+        return thaw(self.schema)  # type: ignore[no-any-return]
+
 
 CHOICES = ("auto", "required", "none")
 
