@@ -67,8 +67,10 @@ def list_backends(argv: Sequence[str]) -> int:
     manager.load()
     entries = list(manager.backends)
     if as_json:
-        print(json.dumps([{"name": e.name, "plugin": e.plugin, "distribution": e.distribution} for e in entries]),
-              flush=True)
+        print(
+            json.dumps([{"name": e.name, "plugin": e.plugin, "distribution": e.distribution} for e in entries]),
+            flush=True,
+        )
         return 0 if entries else 1
     if not entries:
         print("No backends installed.", file=sys.stderr)
