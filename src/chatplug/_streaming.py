@@ -11,7 +11,6 @@ cancelled task) closes the HTTP response at once and gets ``finish_reason="cance
 
 from __future__ import annotations
 
-import io
 import time
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Generator, Iterator
@@ -34,14 +33,34 @@ Begin = Callable[["Plugins"], "tuple[ChatBackend, ChatRequest]"]
 AsyncBegin = Callable[["Plugins"], "Awaitable[tuple[ChatBackend, ChatRequest]]"]
 
 
+class _Text:
+    """Text written piece by piece, kept in a few large strings: a list of every piece (or a
+    ``StringIO``, which keeps one too) would cost ~50 bytes per chunk on top of the text."""
+
+    __slots__ = ("_done", "_pieces")
+
+    def __init__(self) -> None:
+        self._pieces: list[str] = []
+        self._done: list[str] = []
+
+    def write(self, piece: str) -> None:
+        self._pieces.append(piece)
+        if len(self._pieces) == 256:
+            self._done.append("".join(self._pieces))
+            self._pieces.clear()
+
+    def getvalue(self) -> str:
+        return "".join(self._done) + "".join(self._pieces)
+
+
 class _Collected:
     """The chunks of one stream, added up."""
 
     def __init__(self, start: float) -> None:
         self.start = start
-        # Written to buffers, not kept as a list of chunks: a 100,000-chunk stream costs its text.
-        self.text = io.StringIO()
-        self.reasoning = io.StringIO()
+        # A 100,000-chunk stream costs its text, not a list of its chunks.
+        self.text = _Text()
+        self.reasoning = _Text()
         self.model: str | None = None
         self.prompt_tokens: int | None = None
         self.completion_tokens: int | None = None
@@ -50,25 +69,31 @@ class _Collected:
         self.tool_calls: list[ToolCallDelta] = []
 
     def add(self, chunk: object, describe: str) -> bool:
-        """Take ``chunk`` in; whether it carries text or reasoning for the caller."""
-        if not isinstance(chunk, ChatChunk):
+        """Take ``chunk`` in; whether it carries text or reasoning for the caller. Called once
+        per chunk: kept to plain attribute reads."""
+        if type(chunk) is not ChatChunk and not isinstance(chunk, ChatChunk):
             raise PluginError(f"{describe} streamed a {type(chunk).__name__}, not a chatplug.ChatChunk.")
-        if not isinstance(chunk.text, str) or not isinstance(chunk.reasoning, str):
+        text, reasoning = chunk.text, chunk.reasoning
+        if type(text) is not str or type(reasoning) is not str:
             raise PluginError(f"{describe} streamed a ChatChunk whose text or reasoning is not a str.")
-        for name in ("model", "prompt_tokens", "completion_tokens", "finish_reason"):
-            value = getattr(chunk, name)
-            if value is not None:
-                setattr(self, name, value)
+        if chunk.model is not None:
+            self.model = chunk.model
+        if chunk.prompt_tokens is not None:
+            self.prompt_tokens = chunk.prompt_tokens
+        if chunk.completion_tokens is not None:
+            self.completion_tokens = chunk.completion_tokens
+        if chunk.finish_reason is not None:
+            self.finish_reason = chunk.finish_reason
         if chunk.tool_calls:
             self.tool_calls.extend(chunk.tool_calls)
-        if not (chunk.text or chunk.reasoning):
+        if not (text or reasoning):
             return False
         if self.first_token is None:
             self.first_token = time.perf_counter() - self.start
-        if chunk.text:
-            self.text.write(chunk.text)
-        if chunk.reasoning:
-            self.reasoning.write(chunk.reasoning)
+        if text:
+            self.text.write(text)
+        if reasoning:
+            self.reasoning.write(reasoning)
         return True
 
     def result(self, request: ChatRequest, finish_reason: str | None = None) -> ChatResult:

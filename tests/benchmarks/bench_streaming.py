@@ -96,12 +96,26 @@ def start_server(chunks: int) -> tuple[subprocess.Popen[str], str]:
     return server, server.stdout.readline().strip()
 
 
+def has_text(item: object) -> bool:
+    """Whether a raw SDK stream item or a chatplug chunk carries text: the first chunk that
+    counts is the first with text, on both sides (an SDK's first event may carry none)."""
+    text = getattr(item, "text", None)  # chatplug's chunks, Anthropic's text deltas (under .delta)
+    if text is None:
+        delta = getattr(item, "delta", None)
+        text = getattr(delta, "text", None) if delta is not None else None
+    if text is None and getattr(item, "message", None) is not None:  # Ollama's parts
+        text = item.message.content  # type: ignore[attr-defined]
+    if text is None and getattr(item, "choices", None):  # OpenAI's chunks
+        text = item.choices[0].delta.content  # type: ignore[attr-defined]
+    return bool(text)
+
+
 def timed(stream: Callable[[], Iterable[object]]) -> tuple[float, float]:
-    """(seconds to the first chunk, seconds for the whole stream)."""
+    """(seconds to the first chunk with text, seconds for the whole stream)."""
     t0 = time.perf_counter()
     first = None
-    for _ in stream():
-        if first is None:
+    for item in stream():
+        if first is None and has_text(item):
             first = time.perf_counter() - t0
     return first or 0.0, time.perf_counter() - t0
 
