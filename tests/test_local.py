@@ -10,28 +10,46 @@ temperature 0 and, where robust, that an answer is on topic, never exact wording
 from __future__ import annotations
 
 import asyncio
+import gc
+import json
 import logging
 import os
 import re
 import signal
+import socket
+import stat
 import subprocess
 import sys
+import threading
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
+import httpx
+import pydantic
 import pytest
 
 import chatplug
 from chatplug import (
+    ChatChunk,
+    LLMResponse,
     generate_completion_async,
     generate_completion_sync,
     generate_completion_with_messages_async,
     generate_completion_with_messages_sync,
+    stream_completion_async,
+    stream_completion_sync,
 )
+from chatplug._dispatch import plugins
 from chatplug.backends import local
 
 PROMPT = "Why is the sky blue?"
 NAME = "SmolLM2-135M-Instruct"
+#: SmolLM2's end tokens (<|endoftext|>, <|im_end|>) banned: the reply runs to max_tokens, so a
+#: stream stopped early is known to have been cut short (1,000 tokens take 10 s or more here).
+NO_END = [[0, False], [2, False]]
 
 
 @pytest.fixture(scope="session")
@@ -239,3 +257,234 @@ def test_the_logger_sees_nothing_from_llama_cpp(caplog: pytest.LogCaptureFixture
     caplog.set_level(logging.DEBUG)
     assert generate_completion_sync(PROMPT, max_tokens=2).success
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+# -- streaming ------------------------------------------------------------------------------
+
+
+def backend() -> local.LocalBackend:
+    chosen = plugins().backends.get("local")
+    assert isinstance(chosen, local.LocalBackend)
+    return chosen
+
+
+def model_url() -> str:
+    return backend().model(NAME).url
+
+
+def open_fds(port: int) -> int:
+    """How many file descriptors this process has open, leaving out the server side of the
+    model's loopback sockets (llama.cpp runs in this process, and closes its end on its own
+    threads, after the client has gone)."""
+    count = 0
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if stat.S_ISSOCK(os.fstat(int(name)).st_mode):
+                with socket.socket(fileno=os.dup(int(name))) as sock:
+                    if sock.family == socket.AF_INET and sock.getsockname()[1] == port:
+                        continue
+        except OSError:  # closed meanwhile (the listing's own descriptor among them)
+            continue
+        count += 1
+    return count
+
+
+def generating(url: str) -> list[bool]:
+    """Which of the model's slots are generating (llama.cpp's /slots, queued behind any cancel)."""
+    with httpx.Client(trust_env=False) as client:
+        return [bool(slot.get("is_processing")) for slot in client.get(f"{url}/slots").json()]
+
+
+def idle_within(url: str, seconds: float) -> bool:
+    done = threading.Event()
+    timer = threading.Timer(seconds, done.set)
+    timer.start()
+    try:
+        while any(generating(url)):
+            if done.is_set():
+                return False
+        return True
+    finally:
+        timer.cancel()
+
+
+def check_stream(chunks: list[ChatChunk], response: LLMResponse, tokens: int) -> None:
+    assert response.success, response.error
+    assert (response.backend, response.model_used) == ("local", NAME)
+    assert len(chunks) > 1 and all(chunk.model == NAME for chunk in chunks)
+    assert "".join(chunk.text for chunk in chunks) == response.content != ""
+    assert response.reasoning == ""
+    assert response.usage_reported and response.prompt_tokens > 0
+    assert (response.completion_tokens, response.finish_reason) == (tokens, "length")
+    assert response.time_to_first_token is not None
+    assert 0 < response.time_to_first_token <= response.response_time
+
+
+def test_a_sync_stream_yields_the_reply_as_it_comes() -> None:
+    whole = generate_completion_sync(PROMPT, max_tokens=24)
+    with stream_completion_sync(PROMPT, max_tokens=24) as stream:
+        chunks = list(stream)
+    check_stream(chunks, stream.response, 24)
+    assert stream.response.content == whole.content
+    assert stream.response.prompt_tokens == whole.prompt_tokens
+
+
+def test_an_async_stream_yields_the_reply_as_it_comes() -> None:
+    async def run() -> tuple[list[ChatChunk], LLMResponse]:
+        async with stream_completion_async(PROMPT, max_tokens=24) as stream:
+            chunks = [chunk async for chunk in stream]
+        return chunks, stream.response
+
+    whole = generate_completion_sync(PROMPT, max_tokens=24)
+    chunks, response = asyncio.run(run())
+    check_stream(chunks, response, 24)
+    assert response.content == whole.content
+
+
+def test_a_sync_stream_left_early_stops_the_generation() -> None:
+    assert generate_completion_sync(PROMPT, max_tokens=1).success  # the model loaded
+    url = model_url()
+    port = urlsplit(url).port or 0
+    fds = open_fds(port)
+    texts: list[str] = []
+    with stream_completion_sync(PROMPT, max_tokens=1000, logit_bias=NO_END) as stream:
+        for chunk in stream:
+            texts.append(chunk.text)
+            if len(texts) == 3:
+                break
+    response = stream.response
+    assert response.success and response.finish_reason == "cancelled", response.error
+    assert response.content == "".join(texts) != ""
+    assert response.time_to_first_token is not None
+    # The callback returned True at the next token: llama.cpp returned, and its slot is free (the
+    # whole reply would take 10 s or more).
+    workers = [thread for thread in threading.enumerate() if thread.name == "chatplug-local-stream"]
+    for worker in workers:
+        worker.join(5)
+    assert not any(worker.is_alive() for worker in workers)
+    assert not any(generating(url))
+    assert open_fds(port) == fds
+    chatplug.close()
+    assert open_fds(port) <= fds
+
+
+def test_an_async_stream_left_early_closes_its_response_and_stops_the_generation() -> None:
+    assert generate_completion_sync(PROMPT, max_tokens=1).success  # the model loaded
+    url = model_url()
+    port = urlsplit(url).port or 0
+    fds = open_fds(port)
+    texts: list[str] = []
+
+    async def run() -> LLMResponse:
+        async with stream_completion_async(PROMPT, max_tokens=1000, logit_bias=NO_END) as stream:
+            async for chunk in stream:
+                texts.append(chunk.text)
+                if len(texts) == 3:
+                    break
+        return stream.response
+
+    response = asyncio.run(run())
+    assert response.success and response.finish_reason == "cancelled", response.error
+    assert response.content == "".join(texts) != ""
+    assert idle_within(url, 5)  # llama.cpp saw the connection close and cancelled the generation
+    assert open_fds(port) == fds
+    chatplug.close()
+    assert open_fds(port) <= fds
+
+
+def test_the_async_client_is_reused_on_a_loop_and_a_finished_loop_is_freed(monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[httpx.AsyncClient] = []
+
+    class Counted(httpx.AsyncClient):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(httpx, "AsyncClient", Counted)
+    loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+
+    async def calls() -> None:
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+        for _ in range(2):
+            assert (await generate_completion_async(PROMPT, max_tokens=2)).success
+        async with stream_completion_async(PROMPT, max_tokens=2) as stream:
+            assert [chunk async for chunk in stream]
+        assert stream.response.success, stream.response.error
+
+    assert generate_completion_sync(PROMPT, max_tokens=1).success  # the model loaded
+    for _ in range(3):
+        asyncio.run(calls())
+    assert len(made) == 3  # one per loop, shared by its calls and streams
+    assert all(client.is_closed for client in made)  # closed as their loop shut down
+    gc.collect()
+    assert sum(ref() is not None for ref in loops) == 0
+
+
+def test_usage_is_none_when_llama_cpp_sends_none() -> None:
+    model = backend().model(NAME)
+    reply = {"choices": [{"message": {"content": "Hi"}, "finish_reason": "stop"}]}
+    assert (local.result(reply, model).prompt_tokens, local.result(reply, model).completion_tokens) == (None, None)
+    piece = local.chunk({"choices": [{"index": 0, "delta": {"content": "Hi", "reasoning_content": "hm"}}]}, model)
+    assert (piece.text, piece.reasoning, piece.prompt_tokens, piece.finish_reason) == ("Hi", "hm", None, None)
+
+
+def test_a_stream_over_the_context_is_a_context_length_error() -> None:
+    with stream_completion_sync("blue sky " * 2000, max_tokens=4) as stream:
+        assert list(stream) == []
+    assert stream.response.error_kind == "context_length", stream.response.error
+
+    async def run() -> LLMResponse:
+        async with stream_completion_async("blue sky " * 2000, max_tokens=4) as stream:
+            assert [chunk async for chunk in stream] == []
+        return stream.response
+
+    assert asyncio.run(run()).error_kind == "context_length"
+
+
+# -- structured output and tools ---------------------------------------------------------------
+
+
+class Capital(pydantic.BaseModel):
+    capital: str
+
+
+class Colours(pydantic.BaseModel):
+    colours: list[str] = pydantic.Field(min_length=3, max_length=3)
+
+
+def test_a_response_format_is_enforced_by_grammar() -> None:
+    question = "What is the capital of France?"
+    responses = [
+        generate_completion_sync(question, max_tokens=60, response_format=Capital),
+        asyncio.run(generate_completion_async(question, max_tokens=60, response_format=Capital)),
+    ]
+    with stream_completion_sync(question, max_tokens=60, response_format=Capital) as stream:
+        list(stream)
+    for response in [*responses, stream.response]:
+        assert response.success, response.error
+        assert isinstance(response.parsed, Capital), response.content
+        assert "paris" in response.parsed.capital.lower()
+        assert json.loads(response.content) == {"capital": response.parsed.capital}
+    # A shape the model would not write on its own: exactly three strings, in an object.
+    colours = generate_completion_sync("Name three colours.", max_tokens=80, response_format=Colours)
+    assert colours.success, colours.error
+    assert isinstance(colours.parsed, Colours) and len(colours.parsed.colours) == 3, colours.content
+
+
+def get_weather(city: str) -> str:
+    """The weather in a city."""
+    return "sunny"
+
+
+def test_tools_are_refused_before_anything_is_sent(monkeypatch: pytest.MonkeyPatch) -> None:
+    sent: list[object] = []
+    for method in ("complete", "acomplete", "stream", "astream"):
+        monkeypatch.setattr(local.LocalBackend, method, lambda *args: sent.append(args))
+    assert "tools" not in local.LocalBackend.capabilities
+    response = generate_completion_sync("What is the weather in Paris?", tools=[get_weather])
+    assert response.error_kind == "invalid_input" and "tools" in (response.error or ""), response.error
+    with stream_completion_sync("What is the weather in Paris?", tools=[get_weather]) as stream:
+        assert list(stream) == []
+    assert stream.response.error_kind == "invalid_input"
+    assert asyncio.run(generate_completion_async("Weather?", tools=[get_weather])).error_kind == "invalid_input"
+    assert sent == []

