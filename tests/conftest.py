@@ -30,6 +30,8 @@ def clean_config(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         "LLM_MAX_TOKENS",
         "LLM_TIMEOUT",
         "LLM_MAX_RETRIES",
+        "LLM_FALLBACKS",
+        "LLM_FALLBACK_ON",
         "OLLAMA_HOST",
         "OLLAMA_API_KEY",
         "CHATPLUG_PLUGINS",
@@ -40,8 +42,10 @@ def clean_config(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         "ANTHROPIC_AUTH_TOKEN",
     ):
         monkeypatch.delenv(var, raising=False)
-    for name in ("backend", "model_name", "temperature", "max_tokens", "timeout", "max_retries"):
-        setattr(settings, name, None)
+    settings.reset()
+    # A failure stays one failure, at once: the retry policy (2 retries with backoff by default)
+    # has tests of its own, which set max_retries themselves.
+    settings.max_retries = 0
     yield
     chatplug.close()
 

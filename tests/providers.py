@@ -383,15 +383,23 @@ class StainlessContract:
             with pytest.raises(chatplug.InvalidResponseError):
                 response.raise_for_error()
 
-    def test_sdk_retries_are_kept_by_default(self, server: FakeServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_the_dispatcher_retries_and_the_sdk_does_not(
+        self, server: FakeServer, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """One retry policy for every backend: the dispatcher's (LLM_MAX_RETRIES, default 2), with
+        the SDK's own retries off so that they do not stack (each request is the SDK's first)."""
+        settings.max_retries = None  # the default, as users have it (conftest sets 0)
         failure = self.PROVIDER.error(500, "api_error", "Internal server error", {"retry-after-ms": "1"})
         self.PROVIDER.route(server, failure)
-        assert_failed(both("Hi"), ErrorKind.SERVER, "HTTP 500")  # after the SDK's 2 retries, each
-        assert [headers_of(r)["x-stainless-retry-count"] for r in server.requests] == ["0", "1", "2"] * 2
+        responses = both("Hi")
+        assert_failed(responses, ErrorKind.SERVER, "HTTP 500", "(3 attempts)")
+        assert [r.attempts for r in responses] == [3, 3] and len(responses[0].attempt_errors) == 2
+        assert [headers_of(r)["x-stainless-retry-count"] for r in server.requests] == ["0"] * 6
 
         server.requests.clear()
         self.PROVIDER.route(server, failure, self.PROVIDER.reply(self.PROVIDER.success))
-        assert generate_completion_sync("Hi").success  # what a user sees: the retry succeeded
+        response = generate_completion_sync("Hi")
+        assert response.success and response.attempts == 2  # what a user sees: the retry succeeded
         assert len(server.requests) == 2
 
         server.requests.clear()

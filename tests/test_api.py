@@ -193,7 +193,7 @@ def test_boundary_values_are_accepted(ollama: FakeServer) -> None:
 # -- options, numbers and names the caller may get wrong ---------------------------------
 
 
-@pytest.mark.parametrize("option", ["model", "messages", "stream", "timeout", "options"])
+@pytest.mark.parametrize("option", ["model", "messages", "stream", "options"])
 def test_options_chatplug_decides_are_refused_for_every_backend(ollama: FakeServer, option: str) -> None:
     response = generate_completion_sync("Hi", **{option: "x"})
     assert response.error_kind is ErrorKind.INVALID_INPUT

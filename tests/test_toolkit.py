@@ -197,7 +197,8 @@ def test_chat_request_builds_by_hand_with_the_settings_defaults() -> None:
 
 @pytest.mark.parametrize("value", ["", "   ", "\n"])
 def test_a_blank_variable_is_unset_for_every_setting(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
-    for var in ("LLM_BACKEND", "LLM_MODEL_NAME", "LLM_TEMPERATURE", "LLM_MAX_TOKENS", "LLM_TIMEOUT", "LLM_MAX_RETRIES"):
+    for var in ("LLM_BACKEND", "LLM_MODEL_NAME", "LLM_TEMPERATURE", "LLM_MAX_TOKENS", "LLM_TIMEOUT", "LLM_MAX_RETRIES",
+                "LLM_FALLBACKS"):
         monkeypatch.setenv(var, value)
     assert (settings.backend, settings.model_name, settings.temperature, settings.max_tokens) == (
         "ollama",
@@ -205,7 +206,8 @@ def test_a_blank_variable_is_unset_for_every_setting(monkeypatch: pytest.MonkeyP
         0.7,
         500,
     )
-    assert (settings.timeout, settings.max_retries) == (120.0, 2)
+    settings.max_retries = None  # the default (conftest sets 0 for the suite)
+    assert (settings.timeout, settings.max_retries, settings.fallbacks) == (120.0, 2, ())
 
 
 @pytest.mark.parametrize(

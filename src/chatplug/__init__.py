@@ -93,8 +93,12 @@ def __getattr__(name: str) -> Any:
 
 
 def close() -> None:
-    """Close every backend's pooled clients and loaded models (they are made again on the next call)."""
+    """Close every backend's pooled clients and loaded models (they are made again on the next
+    call), and forget which fallback targets were cooling down."""
+    from ._retry import reset_cooldowns
+
     _manager().close()
+    reset_cooldowns()
 
 
 def register_plugin(plugin: object, name: str | None = None) -> str:

@@ -5,7 +5,6 @@ for all backends."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from functools import partial
 from typing import Any
 
 from ._dispatch import begin_async, begin_sync, call_async, call_sync
@@ -80,9 +79,8 @@ def stream_completion_sync(
     """Stream the completion of ``prompt``: ``with stream_completion_sync(...) as stream:
     for chunk in stream: print(chunk.text, end="")``, then ``stream.response``. Never raises
     for provider or transport failures, before or during the stream."""
-    begin = partial(begin_sync, to_messages=prompt_messages, payload=prompt, model_name=model_name,
-                    temperature=temperature, max_tokens=max_tokens, backend=backend, options=options)  # fmt: skip
-    return Stream(begin, model_name)
+    arguments = (prompt_messages, prompt, model_name, temperature, max_tokens, backend, options)
+    return Stream(lambda manager: begin_sync(manager, *arguments), model_name)
 
 
 def stream_completion_with_messages_sync(
@@ -95,9 +93,8 @@ def stream_completion_with_messages_sync(
     **options: Any,
 ) -> Stream:
     """Stream the next assistant message after ``messages``; see ``stream_completion_sync``."""
-    begin = partial(begin_sync, to_messages=checked_messages, payload=messages, model_name=model_name,
-                    temperature=temperature, max_tokens=max_tokens, backend=backend, options=options)  # fmt: skip
-    return Stream(begin, model_name)
+    arguments = (checked_messages, messages, model_name, temperature, max_tokens, backend, options)
+    return Stream(lambda manager: begin_sync(manager, *arguments), model_name)
 
 
 def stream_completion_async(
@@ -111,9 +108,8 @@ def stream_completion_async(
 ) -> AsyncStream:
     """Async twin of ``stream_completion_sync`` (not a coroutine): ``async with
     stream_completion_async(...) as stream: async for chunk in stream: ...``."""
-    begin = partial(begin_async, to_messages=prompt_messages, payload=prompt, model_name=model_name,
-                    temperature=temperature, max_tokens=max_tokens, backend=backend, options=options)  # fmt: skip
-    return AsyncStream(begin, model_name)
+    arguments = (prompt_messages, prompt, model_name, temperature, max_tokens, backend, options)
+    return AsyncStream(lambda manager: begin_async(manager, *arguments), model_name)
 
 
 def stream_completion_with_messages_async(
@@ -126,6 +122,5 @@ def stream_completion_with_messages_async(
     **options: Any,
 ) -> AsyncStream:
     """Async twin of ``stream_completion_with_messages_sync``."""
-    begin = partial(begin_async, to_messages=checked_messages, payload=messages, model_name=model_name,
-                    temperature=temperature, max_tokens=max_tokens, backend=backend, options=options)  # fmt: skip
-    return AsyncStream(begin, model_name)
+    arguments = (checked_messages, messages, model_name, temperature, max_tokens, backend, options)
+    return AsyncStream(lambda manager: begin_async(manager, *arguments), model_name)

@@ -117,11 +117,20 @@ def _name(value: object) -> str | None:
     return value.strip() or None if isinstance(value, str) else None
 
 
+def _names(value: object) -> tuple[str, ...] | None:
+    """A comma-separated list (or a list) of non-empty names."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(item, str) and item.strip() for item in items):
+        return None
+    return tuple(item.strip() for item in items)
+
+
 TEMPERATURE = Rule("a number from 0 to 2", _in_range(0.0, 2.0), float)
 MAX_TOKENS = Rule(f"a whole number from 1 to {MAX_TOKENS_LIMIT}", _whole_from(1), int)
 TIMEOUT = Rule("a positive, finite number of seconds", _positive, float)
 MAX_RETRIES = Rule("a whole number of at least 0", _whole_from(0), int)
 NAME = Rule("a non-empty name", _name, str)
+NAMES = Rule("a comma-separated list of names", _names, str)
 
 
 def _shown(value: object, limit: int = 200) -> str:
@@ -177,8 +186,12 @@ class Settings:
     max_tokens: Setting[int] = Setting("LLM_MAX_TOKENS", DEFAULT_MAX_TOKENS, MAX_TOKENS)
     timeout: Setting[float] = Setting("LLM_TIMEOUT", DEFAULT_TIMEOUT, TIMEOUT)
     max_retries: Setting[int] = Setting("LLM_MAX_RETRIES", DEFAULT_MAX_RETRIES, MAX_RETRIES)
+    #: ``backend:model`` targets tried in order when the chosen one keeps failing.
+    fallbacks: Setting[tuple[str, ...]] = Setting("LLM_FALLBACKS", (), NAMES)
+    #: Error kinds besides the transient ones that move a call on to its next fallback.
+    fallback_on: Setting[tuple[str, ...]] = Setting("LLM_FALLBACK_ON", (), NAMES)
 
-    NAMES = ("backend", "model_name", "temperature", "max_tokens", "timeout", "max_retries")
+    NAMES = ("backend", "model_name", "temperature", "max_tokens", "timeout", "max_retries", "fallbacks", "fallback_on")
 
     def __init__(self) -> None:
         self._overrides: dict[str, Any] = {}

@@ -1,21 +1,25 @@
 """A call's way through chatplug: check, choose the backend, build the request, call the
-backend, and observe. The sync and async twins differ only in how they call the backend (and
-the async one makes a backend's first use off the event loop).
+backend (again, or another one, as the retry and fallback plan says), and observe. The sync and
+async twins differ only in how they call the backend and wait (and the async one makes a
+backend's first use off the event loop, and bounds each attempt by the deadline on the loop).
 
 Steps each live in their own module: ``_resolve`` (arguments, backend and model, the request),
-``_validate`` (messages and options), ``_response`` (results, failures, logging) and
-``_plugins`` (the backends and the observers).
+``_validate`` (messages and options), ``_retry`` (the attempts: retries, fallbacks, deadline),
+``_response`` (results, failures, logging) and ``_plugins`` (the backends and the observers).
 """
 
 from __future__ import annotations
 
+import sys
 import time
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._exceptions import InvalidInputError
+from ._config import MAX_RETRIES, NAMES, TIMEOUT, settings
+from ._exceptions import APITimeoutError, ErrorKind, InvalidInputError
 from ._resolve import build_request, check_arguments, choose, split_features
 from ._response import as_chatplug_error, failed, succeeded
+from ._retry import OPT_IN, TRANSIENT, Plan, Target
 from ._types import ChatRequest, LLMResponse, Message
 from ._validate import check_options
 
@@ -24,6 +28,7 @@ if TYPE_CHECKING:
     from ._plugins import Plugins
 
 ToMessages = Callable[[Any], "tuple[Message, ...]"]
+T = TypeVar("T")
 
 _plugins: Plugins | None = None
 
@@ -38,14 +43,15 @@ def plugins() -> Plugins:
     return _plugins
 
 
-class _Call:
-    """A call's arguments, checked, and the backend and model chosen for it."""
-
-    __slots__ = ("features", "limit", "model", "name", "options", "temperature")
+class Call:
+    """A call's arguments, checked; the targets chosen for it (the backend and model, then the
+    fallbacks); and its ``Plan`` of attempts (see ``_retry``)."""
 
     def __init__(
         self,
         manager: Plugins,
+        to_messages: ToMessages,
+        payload: object,
         model_name: object,
         temperature: object,
         max_tokens: object,
@@ -55,107 +61,186 @@ class _Call:
         model, self.temperature, self.limit, backend_name = check_arguments(
             model_name, temperature, max_tokens, backend
         )
-        self.name, self.model = choose(backend_name, model, manager.backends.entries.__contains__)
+        is_backend = manager.backends.entries.__contains__
+        name, model = choose(backend_name, model, is_backend)
+        self.to_messages, self.payload = to_messages, payload
+        self.messages: tuple[Message, ...] | None = None
         try:
+            options = dict(options)
+            timeout = TIMEOUT.argument("timeout", options.pop("timeout")) if "timeout" in options else None
+            retries = options.pop("max_retries", None)
+            retries = settings.max_retries if retries is None else MAX_RETRIES.argument("max_retries", retries)
+            targets = [Target(name, model), *fallback_targets(options.pop("fallbacks", None), is_backend)]
+            fallback_on = error_kinds(options.pop("fallback_on", None))
             self.features, self.options = split_features(options)
             check_options(self.options)
         except InvalidInputError as exc:
-            exc.backend = self.name  # the error names the backend the call was for, like every other
+            exc.backend = name  # the error names the backend the call was for, like every other
             raise
+        self.timeout = settings.timeout if timeout is None else timeout
+        self.plan = Plan(targets, retries, self.timeout, fallback_on)
 
-    def request(self, chosen: ChatBackend, messages: tuple[Message, ...]) -> ChatRequest:
+    def request(self, chosen: ChatBackend) -> ChatRequest:
+        """The request for the plan's current target (``APITimeoutError`` past the deadline)."""
+        self.plan.remaining()
+        if self.messages is None:
+            self.messages = self.to_messages(self.payload)
+        target = self.plan.target
         return build_request(
-            chosen, self.name, self.model, messages, self.temperature, self.limit, self.options, self.features
-        )
+            chosen, target.backend, target.model, self.messages, self.temperature, self.limit, self.options,
+            self.features, self.timeout, self.plan.deadline,
+        )  # fmt: skip
+
+    def failed(self, error: Exception, manager: Plugins, request: ChatRequest) -> float:
+        """The seconds to wait before the next attempt; raises the error when there is none."""
+        mapped = as_chatplug_error(error, where(manager, request))
+        if mapped.backend is None:
+            mapped.backend = request.backend
+        wait = self.plan.failed(mapped)
+        if wait is None:
+            raise self.plan.report(mapped)
+        return wait
+
+    def finish(self, response: LLMResponse) -> LLMResponse:
+        response.attempts = self.plan.attempts
+        response.attempt_errors = self.plan.earlier_errors()
+        return response
 
 
-def begin_sync(
-    manager: Plugins,
-    to_messages: ToMessages,
-    payload: object,
-    model_name: object,
-    temperature: object,
-    max_tokens: object,
-    backend: object,
-    options: Mapping[str, Any],
-) -> tuple[ChatBackend, ChatRequest]:
-    """Everything before the backend is called: the backend and the request, or an error."""
+def begin_sync(manager: Plugins, *arguments: Any) -> tuple[Call, ChatBackend, ChatRequest]:
+    """The call checked, and its first attempt's backend and request; or an error."""
     manager.load()
-    call = _Call(manager, model_name, temperature, max_tokens, backend, options)
-    chosen = manager.backends.get(call.name)
-    return chosen, call.request(chosen, to_messages(payload))
+    call = Call(manager, *arguments)
+    chosen, request = next_sync(manager, call)
+    return call, chosen, request
 
 
-async def begin_async(
-    manager: Plugins,
-    to_messages: ToMessages,
-    payload: object,
-    model_name: object,
-    temperature: object,
-    max_tokens: object,
-    backend: object,
-    options: Mapping[str, Any],
-) -> tuple[ChatBackend, ChatRequest]:
+def next_sync(manager: Plugins, call: Call) -> tuple[ChatBackend, ChatRequest]:
+    """The backend and request of the plan's next attempt."""
+    chosen = manager.backends.get(call.plan.target.backend)
+    request = call.request(chosen)
+    manager.on_request(request)
+    call.plan.started()
+    return chosen, request
+
+
+async def begin_async(manager: Plugins, *arguments: Any) -> tuple[Call, ChatBackend, ChatRequest]:
     """``begin_sync`` without blocking the loop: first uses are made in a worker thread."""
     if not manager.loaded:  # the first call reads entry points and imports plugins: off the loop
         await _off_loop(manager.load)
-    call = _Call(manager, model_name, temperature, max_tokens, backend, options)
+    call = Call(manager, *arguments)
+    chosen, request = await next_async(manager, call)
+    return call, chosen, request
+
+
+async def next_async(manager: Plugins, call: Call) -> tuple[ChatBackend, ChatRequest]:
     # A backend's first use imports its SDK (~0.4 s) and may build clients: off the loop.
-    backends = manager.backends
-    chosen = backends.get(call.name) if backends.ready(call.name) else await _off_loop(backends.get, call.name)
-    return chosen, call.request(chosen, to_messages(payload))
+    backends, name = manager.backends, call.plan.target.backend
+    chosen = backends.get(name) if backends.ready(name) else await _off_loop(backends.get, name)
+    request = call.request(chosen)
+    manager.on_request(request)
+    call.plan.started()
+    return chosen, request
 
 
-def call_sync(
-    to_messages: ToMessages,
-    payload: object,
-    model_name: object,
-    temperature: object,
-    max_tokens: object,
-    backend: object,
-    options: Mapping[str, Any],
-) -> LLMResponse:
+def call_sync(*arguments: Any) -> LLMResponse:
+    """A whole call: attempts until one succeeds or the plan gives up."""
     start = time.perf_counter()
     manager = plugins()
+    call: Call | None = None
     request: ChatRequest | None = None
     try:
-        chosen, request = begin_sync(
-            manager, to_messages, payload, model_name, temperature, max_tokens, backend, options
-        )
-        manager.on_request(request)
-        result = chosen.complete(request)
+        call, chosen, request = begin_sync(manager, *arguments)
+        while True:
+            try:
+                result = chosen.complete(request)
+                break
+            except Exception as exc:
+                wait = call.failed(exc, manager, request)
+            if wait:
+                time.sleep(wait)  # a backoff or a Retry-After, within the deadline
+            chosen, request = next_sync(manager, call)
+        call.plan.succeeded()
     except Exception as exc:
-        response = failed(as_chatplug_error(exc, where(manager, request)), request, start, model_name)
+        response = failed(as_chatplug_error(exc, where(manager, request)), request, start, arguments[2])
     else:
         response = succeeded(result, request, start, manager.backends.describe)
+    if call is not None:
+        call.finish(response)
     manager.on_response(request, response)
     return response
 
 
-async def call_async(
-    to_messages: ToMessages,
-    payload: object,
-    model_name: object,
-    temperature: object,
-    max_tokens: object,
-    backend: object,
-    options: Mapping[str, Any],
-) -> LLMResponse:
+async def call_async(*arguments: Any) -> LLMResponse:
+    """The async twin of ``call_sync``: each attempt bounded by the deadline, on the loop."""
+    import asyncio
+
     start = time.perf_counter()
     manager = plugins()
+    call: Call | None = None
     request: ChatRequest | None = None
     try:
-        chosen, request = await begin_async(
-            manager, to_messages, payload, model_name, temperature, max_tokens, backend, options
-        )
-        manager.on_request(request)
-        result = await chosen.acomplete(request)
+        call, chosen, request = await begin_async(manager, *arguments)
+        while True:
+            try:
+                result = await within(chosen.acomplete(request), call.plan.remaining(), request)
+                break
+            except Exception as exc:
+                wait = call.failed(exc, manager, request)
+            if wait:
+                await asyncio.sleep(wait)
+            chosen, request = await next_async(manager, call)
+        call.plan.succeeded()
     except Exception as exc:
-        response = failed(as_chatplug_error(exc, where(manager, request)), request, start, model_name)
+        response = failed(as_chatplug_error(exc, where(manager, request)), request, start, arguments[2])
     else:
         response = succeeded(result, request, start, manager.backends.describe)
+    if call is not None:
+        call.finish(response)
     manager.on_response(request, response)
     return response
+
+
+async def within(awaitable: Awaitable[T], seconds: float, request: ChatRequest) -> T:
+    """``awaitable``, cancelled when ``seconds`` pass: the hard deadline of an async attempt."""
+    import asyncio
+
+    try:
+        if sys.version_info >= (3, 11):
+            async with asyncio.timeout(seconds):  # no task of its own, unlike wait_for
+                return await awaitable
+        return await asyncio.wait_for(awaitable, seconds)
+    except TimeoutError:
+        raise APITimeoutError(
+            f"{request.backend} did not answer within {request.timeout:g} s (the call's deadline). Raise "
+            "LLM_TIMEOUT or pass timeout=, or lower max_tokens."
+        ) from None
+
+
+def fallback_targets(value: object, is_backend: Callable[[str], bool]) -> list[Target]:
+    """The fallback targets of a call: ``fallbacks=`` or ``LLM_FALLBACKS``, each ``backend:model``
+    or a backend alone (its default model)."""
+    names = settings.fallbacks if value is None else NAMES.argument("fallbacks", value)
+    targets = []
+    for name in names:
+        backend, _, model = name.partition(":")
+        if not is_backend(backend):
+            raise InvalidInputError(f"fallback {name!r} names no installed backend: use 'backend:model'.")
+        targets.append(Target(backend, model.strip() or None))
+    return targets
+
+
+def error_kinds(value: object) -> frozenset[ErrorKind]:
+    """The kinds of ``fallback_on=`` (or ``LLM_FALLBACK_ON``): ``not_found`` and ``auth`` may be
+    added to the transient ones."""
+    names = settings.fallback_on if value is None else NAMES.argument("fallback_on", value)
+    kinds = frozenset(ErrorKind(name) for name in names if name in ErrorKind._value2member_map_)
+    if len(kinds) != len(set(names)) or not kinds <= OPT_IN | TRANSIENT:
+        raise InvalidInputError(
+            f"fallback_on takes {', '.join(sorted(k.value for k in OPT_IN))} (the transient kinds always fall "
+            f"back), got {names!r}."
+        )
+    return kinds
 
 
 async def _off_loop(function: Callable[..., Any], *args: Any) -> Any:

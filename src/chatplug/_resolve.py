@@ -103,8 +103,11 @@ def build_request(
     max_tokens: int | None,
     options: Mapping[str, Any],
     features: Mapping[str, Any] | None = None,
+    timeout: float | None = None,
+    deadline: float | None = None,
 ) -> ChatRequest:
-    """The request for ``chosen``, with what the call left open filled from configuration."""
+    """The request for ``chosen``, with what the call left open filled from configuration. The
+    SDK may not retry (``max_retries=0``): the dispatcher does, for every backend alike."""
     model = model or chosen.default_model
     if not model:
         raise InvalidInputError(
@@ -117,9 +120,10 @@ def build_request(
         model=model,
         temperature=settings.temperature if temperature is None else temperature,
         max_tokens=settings.max_tokens if max_tokens is None else max_tokens,
-        timeout=settings.timeout,
+        timeout=settings.timeout if timeout is None else timeout,
         options=options,
         backend=name,
-        max_retries=settings.max_retries,
+        max_retries=0,
+        deadline=deadline,
         **(features or {}),
     )

@@ -23,14 +23,15 @@ from ._types import ChatChunk, ChatRequest, ChatResult, LLMResponse
 
 if TYPE_CHECKING:
     from ._backend import ChatBackend
+    from ._dispatch import Call
     from ._plugins import Plugins
     from ._tools import ToolCallDelta
 
 #: The finish reason of a stream its caller stopped.
 CANCELLED = "cancelled"
 
-Begin = Callable[["Plugins"], "tuple[ChatBackend, ChatRequest]"]
-AsyncBegin = Callable[["Plugins"], "Awaitable[tuple[ChatBackend, ChatRequest]]"]
+Begin = Callable[["Plugins"], "tuple[Call, ChatBackend, ChatRequest]"]
+AsyncBegin = Callable[["Plugins"], "Awaitable[tuple[Call, ChatBackend, ChatRequest]]"]
 
 
 class _Text:
@@ -67,6 +68,7 @@ class _Collected:
         self.finish_reason: str | None = None
         self.first_token: float | None = None
         self.tool_calls: list[ToolCallDelta] = []
+        self.started = False  # whether anything reached the caller: no retry after that
 
     def add(self, chunk: object, describe: str) -> bool:
         """Take ``chunk`` in; whether it carries text or reasoning for the caller. Called once
@@ -88,6 +90,7 @@ class _Collected:
             self.tool_calls.extend(chunk.tool_calls)
         if not (text or reasoning):
             return False
+        self.started = True
         if self.first_token is None:
             self.first_token = time.perf_counter() - self.start
         if text:
@@ -171,24 +174,34 @@ class Stream(_StreamBase):
         return iter(())  # a stream is iterated once
 
     def _run(self) -> Generator[ChatChunk, None, None]:
-        from ._dispatch import plugins
+        from ._dispatch import next_sync, plugins
 
         manager = plugins()
         collected = _Collected(time.perf_counter())
+        call: Call | None = None
         request: ChatRequest | None = None
         error: Exception | None = None
         stopped = False
         try:
-            chosen, request = self._begin(manager)
-            manager.on_request(request)
-            source = chosen.stream(request)
-            describe = manager.backends.describe(request.backend)
-            try:
-                for chunk in source:
-                    if collected.add(chunk, describe):
-                        yield chunk
-            finally:
-                source.close()  # type: ignore[attr-defined]  # a generator: closes the HTTP response
+            call, chosen, request = self._begin(manager)
+            while True:  # attempts: retried (or moved to a fallback) only before the first chunk
+                source = chosen.stream(request)
+                describe = manager.backends.describe(request.backend)
+                try:
+                    for chunk in source:
+                        if collected.add(chunk, describe):
+                            yield chunk
+                    break
+                except Exception as exc:
+                    if collected.started:
+                        raise
+                    wait = call.failed(exc, manager, request)
+                finally:
+                    source.close()  # type: ignore[attr-defined]  # a generator: closes the HTTP response
+                if wait:
+                    time.sleep(wait)
+                chosen, request = next_sync(manager, call)
+            call.plan.succeeded()
         except (GeneratorExit, KeyboardInterrupt):
             stopped = True
             raise
@@ -196,6 +209,8 @@ class Stream(_StreamBase):
             error = exc
         finally:
             self._response = collected.response(manager, request, error, stopped, self._model_name)
+            if call is not None:
+                call.finish(self._response)
             manager.on_response(request, self._response)
 
     def close(self) -> None:
@@ -230,24 +245,36 @@ class AsyncStream(_StreamBase):
         return _empty()
 
     async def _run(self) -> AsyncGenerator[ChatChunk, None]:
-        from ._dispatch import plugins
+        import asyncio
+
+        from ._dispatch import next_async, plugins
 
         manager = plugins()
         collected = _Collected(time.perf_counter())
+        call: Call | None = None
         request: ChatRequest | None = None
         error: Exception | None = None
         stopped = False
         try:
-            chosen, request = await self._begin(manager)
-            manager.on_request(request)
-            source = chosen.astream(request)
-            describe = manager.backends.describe(request.backend)
-            try:
-                async for chunk in source:
-                    if collected.add(chunk, describe):
-                        yield chunk
-            finally:
-                await source.aclose()  # type: ignore[attr-defined]  # an async generator: closes the response
+            call, chosen, request = await self._begin(manager)
+            while True:  # attempts: retried (or moved to a fallback) only before the first chunk
+                source = chosen.astream(request)
+                describe = manager.backends.describe(request.backend)
+                try:
+                    async for chunk in source:
+                        if collected.add(chunk, describe):
+                            yield chunk
+                    break
+                except Exception as exc:
+                    if collected.started:
+                        raise
+                    wait = call.failed(exc, manager, request)
+                finally:
+                    await source.aclose()  # type: ignore[attr-defined]  # an async generator: closes the response
+                if wait:
+                    await asyncio.sleep(wait)
+                chosen, request = await next_async(manager, call)
+            call.plan.succeeded()
         except (GeneratorExit, KeyboardInterrupt):
             stopped = True
             raise
@@ -258,6 +285,8 @@ class AsyncStream(_StreamBase):
             raise
         finally:
             self._response = collected.response(manager, request, error, stopped, self._model_name)
+            if call is not None:
+                call.finish(self._response)
             manager.on_response(request, self._response)
 
     async def aclose(self) -> None:

@@ -113,6 +113,9 @@ class ChatRequest:
     tool_choice: str | None = None
     #: The structured output asked for, or ``None``.
     response_format: ResponseFormat | None = None
+    #: When the whole call must be over, on ``time.monotonic()``'s clock (``None``: no deadline).
+    #: ``timeout`` is what one wait may take; a backend that can bound a whole request uses this.
+    deadline: float | None = None
 
     def __post_init__(self) -> None:
         # Frozen copies, so that a caller (or a test) passing its own lists and dicts gets
@@ -197,6 +200,10 @@ class LLMResponse:
     tool_calls: list[ToolCall] = field(default_factory=list)
     #: The structured output asked for with ``response_format=``: the pydantic instance or the dict.
     parsed: Any = None
+    #: How many requests were made: retries and fallbacks included (0: none was sent).
+    attempts: int = 0
+    #: The errors of the attempts that failed before the last one (``"backend: message"``).
+    attempt_errors: list[str] = field(default_factory=list)
     exception: ChatplugError | None = field(default=None, repr=False, compare=False)
 
     @property

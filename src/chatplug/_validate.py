@@ -21,12 +21,11 @@ RESERVED = {
     "model": "use model_name= or a 'backend:model' prefix",
     "messages": "pass them as the first argument",
     "stream": "use stream_completion_sync() / stream_completion_async() to stream",
-    "timeout": "set LLM_TIMEOUT or settings.timeout",
     "options": "pass provider options as keyword arguments, e.g. num_ctx=4096",
 }
 
 #: chatplug's own keyword names: an option a letter or two from one is a typo, not an option.
-KEYWORDS = ("model_name", "temperature", "max_tokens", "backend")
+KEYWORDS = ("model_name", "temperature", "max_tokens", "backend", "timeout", "max_retries", "fallbacks")
 
 
 def prompt_messages(prompt: object) -> tuple[Message, ...]:

@@ -206,21 +206,26 @@ def current() -> FakeLLM:
 
 
 @contextmanager
-def scripted(*replies: Reply, default: Reply = echo) -> Iterator[FakeLLM]:
+def scripted(*replies: Reply, default: Reply = echo, retries: int = 0) -> Iterator[FakeLLM]:
     """Answer chatplug calls from ``replies`` for the duration of the block.
 
-    Sets ``chatplug.settings.backend = "testing"`` and puts back the previous setting on exit
-    (an override set in code, or none, so the environment applies again). Blocks may nest.
+    Sets ``chatplug.settings.backend = "testing"`` and ``chatplug.settings.max_retries = retries``
+    (0: a scripted failure reaches the code under test at once, not after chatplug's own retries)
+    and puts back the previous settings on exit (overrides set in code, or none, so the
+    environment applies again). Blocks may nest.
     """
     fake = FakeLLM(*replies, default=default)
-    saved: str | None = settings._overrides.get("backend")  # the override, not the environment's value
+    # The overrides, not the values the environment gives.
+    saved = {name: settings._overrides.get(name) for name in ("backend", "max_retries")}
     with _active_lock:
         _active.append(fake)
     settings.backend = NAME
+    settings.max_retries = retries
     try:
         yield fake
     finally:
-        settings.backend = saved
+        for name, value in saved.items():
+            setattr(settings, name, value)
         with _active_lock:
             _active.remove(fake)
 

@@ -1,0 +1,154 @@
+"""One retry and fallback policy for every backend and every plugin, in the dispatcher.
+
+A call has a deadline (``LLM_TIMEOUT`` or ``timeout=``) that bounds all of it: every attempt,
+every backoff wait, every ``Retry-After``. A failed attempt of a transient kind (connection,
+timeout, rate limit, overloaded, server) is retried with exponential backoff and jitter, or after
+the ``Retry-After`` the provider asked for when that fits in the deadline; when it does not, the
+call fails at once with ``retry_after`` set. Once a target's retries are spent (or at once, for a
+kind the caller opted into, e.g. ``not_found``), the next fallback target is tried, within the
+same deadline. A target that keeps failing is skipped for a while (a cooldown, as LiteLLM's
+router does), as long as another target is left to try.
+
+``Plan`` decides; the sync and async drivers in ``_dispatch`` and ``_streaming`` only wait
+(``time.sleep`` / ``asyncio.sleep``) and run the attempts it hands them.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ._exceptions import APITimeoutError, ChatplugError, ErrorKind
+
+#: Failures worth another attempt: the same request may well succeed a moment later.
+TRANSIENT = frozenset(
+    {ErrorKind.CONNECTION, ErrorKind.TIMEOUT, ErrorKind.RATE_LIMIT, ErrorKind.OVERLOADED, ErrorKind.SERVER}
+)
+#: Failures a caller may opt into falling back on (``fallback_on=``): another target may have the
+#: model, or a key that works.
+OPT_IN = frozenset({ErrorKind.NOT_FOUND, ErrorKind.AUTH})
+
+BACKOFF_BASE, BACKOFF_CAP = 0.5, 8.0  # seconds: 0.5, 1, 2, 4, 8, 8 ... each with jitter
+COOLDOWN_AFTER, COOLDOWN_SECONDS = 3, 30.0  # consecutive failures, then skipped this long
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where an attempt goes: a backend, and a model (``None``: the backend's default)."""
+
+    backend: str
+    model: str | None
+
+    def __str__(self) -> str:
+        return f"{self.backend}:{self.model}" if self.model else self.backend
+
+
+def backoff(retry: int) -> float:
+    """Seconds before retry number ``retry`` (0 first): exponential, capped, with jitter so that
+    many clients failing together do not come back together."""
+    return float(min(BACKOFF_BASE * 2.0**retry, BACKOFF_CAP)) * (0.5 + random.random() / 2)
+
+
+class Plan:
+    """The attempts of one call."""
+
+    def __init__(
+        self,
+        targets: Sequence[Target],
+        max_retries: int,
+        timeout: float,
+        fallback_on: frozenset[ErrorKind] = frozenset(),
+    ) -> None:
+        self.deadline = time.monotonic() + timeout
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.fallback_on = TRANSIENT | fallback_on
+        # A target cooling down is skipped while another is left to try.
+        self.targets = [t for t in targets if not _cooling(t)] or list(targets[:1])
+        self.index = 0
+        self.retries = 0  # of the current target
+        self.attempts = 0
+        self.errors: list[ChatplugError] = []
+
+    @property
+    def target(self) -> Target:
+        return self.targets[self.index]
+
+    def remaining(self) -> float:
+        """Seconds left before the deadline; ``APITimeoutError`` when none are."""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise APITimeoutError(
+                f"no answer within the call's deadline of {self.timeout:g} s ({self.attempts} attempts). Raise "
+                "LLM_TIMEOUT or pass timeout=, or lower max_tokens."
+            )
+        return left
+
+    def started(self) -> None:
+        self.attempts += 1
+
+    def succeeded(self) -> None:
+        _record(self.target, failed=False)
+
+    def failed(self, error: ChatplugError) -> float | None:
+        """Record a failed attempt: the seconds to wait before the next one, or ``None`` to give
+        up (``error`` is then the call's)."""
+        self.errors.append(error)
+        _record(self.target, failed=error.kind in self.fallback_on)
+        if error.kind in TRANSIENT and self.retries < self.max_retries:
+            wait = error.retry_after if error.retry_after is not None else backoff(self.retries)
+            if time.monotonic() + wait < self.deadline:
+                self.retries += 1
+                return wait
+        if error.kind in self.fallback_on and self.index + 1 < len(self.targets):
+            self.index += 1
+            self.retries = 0
+            return 0.0
+        return None
+
+    def report(self, error: ChatplugError) -> ChatplugError:
+        """``error``, saying how many attempts were made when there were more than one."""
+        if self.attempts > 1 and "attempts" not in error.message:
+            targets = len({str(e.backend) for e in self.errors})
+            over = f" over {targets} targets" if targets > 1 else ""
+            error.message = f"{error.message} ({self.attempts} attempts{over})"
+        return error
+
+    def earlier_errors(self) -> list[str]:
+        """The errors of the attempts before the last one, as ``backend: message``."""
+        return [str(error) for error in self.errors[:-1]] if self.errors else []
+
+
+# -- cooldown: shared by every call in the process ---------------------------------------
+
+_lock = threading.Lock()
+_failures: dict[Target, int] = {}
+_cooled_until: dict[Target, float] = {}
+
+
+def _record(target: Target, *, failed: bool) -> None:
+    with _lock:
+        if not failed:
+            _failures.pop(target, None)
+            _cooled_until.pop(target, None)
+            return
+        count = _failures.get(target, 0) + 1
+        _failures[target] = count
+        if count >= COOLDOWN_AFTER:
+            _cooled_until[target] = time.monotonic() + COOLDOWN_SECONDS
+            _failures[target] = 0
+
+
+def _cooling(target: Target) -> bool:
+    until = _cooled_until.get(target)
+    return until is not None and time.monotonic() < until
+
+
+def reset_cooldowns() -> None:
+    """Forget every target's failures (``chatplug.close()`` does, and tests)."""
+    with _lock:
+        _failures.clear()
+        _cooled_until.clear()
