@@ -103,7 +103,7 @@ class Call:
 
     def finish(self, response: LLMResponse) -> LLMResponse:
         response.attempts = self.plan.attempts
-        response.attempt_errors = self.plan.earlier_errors()
+        response.attempt_errors = self.plan.earlier_errors(response.success)
         return response
 
 

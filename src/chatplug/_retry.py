@@ -117,9 +117,10 @@ class Plan:
             error.message = f"{error.message} ({self.attempts} attempts{over})"
         return error
 
-    def earlier_errors(self) -> list[str]:
-        """The errors of the attempts before the last one, as ``backend: message``."""
-        return [str(error) for error in self.errors[:-1]] if self.errors else []
+    def earlier_errors(self, succeeded: bool) -> list[str]:
+        """The errors of the failed attempts but the call's own (the last, when it failed), as
+        ``backend: message``."""
+        return [str(error) for error in (self.errors if succeeded else self.errors[:-1])]
 
 
 # -- cooldown: shared by every call in the process ---------------------------------------
