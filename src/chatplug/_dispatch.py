@@ -221,6 +221,8 @@ def fallback_targets(value: object, is_backend: Callable[[str], bool]) -> list[T
     """The fallback targets of a call: ``fallbacks=`` or ``LLM_FALLBACKS``, each ``backend:model``
     or a backend alone (its default model)."""
     names = settings.fallbacks if value is None else NAMES.argument("fallbacks", value)
+    if not names:
+        return []
     targets = []
     for name in names:
         backend, _, model = name.partition(":")
@@ -230,10 +232,15 @@ def fallback_targets(value: object, is_backend: Callable[[str], bool]) -> list[T
     return targets
 
 
+NO_KINDS: frozenset[ErrorKind] = frozenset()
+
+
 def error_kinds(value: object) -> frozenset[ErrorKind]:
     """The kinds of ``fallback_on=`` (or ``LLM_FALLBACK_ON``): ``not_found`` and ``auth`` may be
     added to the transient ones."""
     names = settings.fallback_on if value is None else NAMES.argument("fallback_on", value)
+    if not names:
+        return NO_KINDS
     kinds = frozenset(ErrorKind(name) for name in names if name in ErrorKind._value2member_map_)
     if len(kinds) != len(set(names)) or not kinds <= OPT_IN | TRANSIENT:
         raise InvalidInputError(

@@ -19,7 +19,7 @@ import random
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ._exceptions import APITimeoutError, ChatplugError, ErrorKind
 
@@ -35,9 +35,9 @@ BACKOFF_BASE, BACKOFF_CAP = 0.5, 8.0  # seconds: 0.5, 1, 2, 4, 8, 8 ... each wit
 COOLDOWN_AFTER, COOLDOWN_SECONDS = 3, 30.0  # consecutive failures, then skipped this long
 
 
-@dataclass(frozen=True)
-class Target:
-    """Where an attempt goes: a backend, and a model (``None``: the backend's default)."""
+class Target(NamedTuple):
+    """Where an attempt goes: a backend, and a model (``None``: the backend's default). A tuple:
+    every call makes one, and a frozen dataclass costs several times more to build."""
 
     backend: str
     model: str | None
@@ -67,7 +67,7 @@ class Plan:
         self.max_retries = max_retries
         self.fallback_on = TRANSIENT | fallback_on
         # A target cooling down is skipped while another is left to try.
-        self.targets = [t for t in targets if not _cooling(t)] or list(targets[:1])
+        self.targets = list(targets) if len(targets) == 1 else [t for t in targets if not _cooling(t)] or [targets[0]]
         self.index = 0
         self.retries = 0  # of the current target
         self.attempts = 0
