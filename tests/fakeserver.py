@@ -39,6 +39,13 @@ class Reply:
     hold: bool = False
     #: After the body, reset the connection (RST) without ending the chunked body.
     reset: bool = False
+    #: Send the status line and headers, then the body one byte at a time, this many seconds apart
+    #: (a server that keeps every read alive); it stops when the client goes or the server closes.
+    drip: float = 0.0
+    #: With ``drip``: drip the status line and headers too.
+    drip_headers: bool = False
+    #: Send only this many bytes of the body (``Content-Length`` says all of them), then close.
+    truncate: int | None = None
 
 
 @dataclass
@@ -116,6 +123,9 @@ def _handler(server: FakeServer) -> type[BaseHTTPRequestHandler]:
                 server._release.wait()
                 self.close_connection = True
                 return
+            if reply.drip:
+                self._drip(reply)
+                return
             self.send_response(reply.status)
             for name, value in {**server.default_headers, **reply.headers}.items():
                 self.send_header(name, value)
@@ -141,7 +151,30 @@ def _handler(server: FakeServer) -> type[BaseHTTPRequestHandler]:
             else:
                 self.send_header("Content-Length", str(len(reply.body)))
                 self.end_headers()
+                if reply.truncate is not None:
+                    self.wfile.write(reply.body[: reply.truncate])
+                    self.close_connection = True
+                    return
                 self.wfile.write(reply.body)
+
+        def _drip(self, reply: Reply) -> None:
+            """The reply's head (all at once, or dripped too), then its body one byte per ``drip`` s."""
+            headers = {**server.default_headers, **reply.headers, "Content-Length": str(len(reply.body))}
+            head = f"HTTP/1.1 {reply.status} Dripping\r\n".encode()
+            head += b"".join(f"{name}: {value}\r\n".encode() for name, value in headers.items()) + b"\r\n"
+            self.close_connection = True
+            try:
+                if not reply.drip_headers:
+                    self.connection.sendall(head)
+                    head = b""
+                for byte in [head[i : i + 1] for i in range(len(head))] + [
+                    reply.body[i : i + 1] for i in range(len(reply.body))
+                ]:
+                    if server._release.wait(reply.drip):
+                        return
+                    self.connection.sendall(byte)
+            except OSError:  # the client gave up
+                server.disconnected.set()
 
         def _wait_for_close(self) -> None:
             """Block until the client closes the connection (or the server closes)."""

@@ -3,7 +3,9 @@
 A client per call costs tens of times a reused one (building an httpx client sets up SSL and a
 connection pool). Sync clients are shared by all threads; async clients are bound to the event
 loop that made them, so each running loop gets its own, closed when the loop shuts down, which
-keeps repeated ``asyncio.run()`` working and leaves no socket open.
+keeps repeated ``asyncio.run()`` working and leaves no socket open; a loop made and closed by
+hand (``new_event_loop()`` ... ``close()``, which shuts down no async generators) closes them in its
+``close()``.
 
 A client is borrowed for one request with ``with cache.sync(key, ...) as client``. When a
 credential changes (a rotated key), the next borrower gets a new client; the old one is closed
@@ -16,7 +18,7 @@ import asyncio
 import contextlib
 import threading
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Hashable
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
@@ -129,6 +131,7 @@ class ClientCache(Generic[S, A]):
             except AttributeError:
                 self._loops[loop] = clients
             clients.closer = _close_at_shutdown(self, clients)
+            _close_with(loop, clients)
             self._every_loop.add(clients)  # weakly: for close()
         return clients
 
@@ -210,3 +213,42 @@ def _close_at_shutdown(cache: ClientCache[Any, Any], clients: _LoopClients) -> o
     with contextlib.suppress(StopIteration):
         step.send(None)  # type: ignore[attr-defined]  # runs the body to the yield
     return generator
+
+
+def _close_with(loop: asyncio.AbstractEventLoop, clients: _LoopClients) -> None:
+    """Close ``clients`` in ``loop.close()`` too, for a loop closed without ``shutdown_asyncgens()``
+    (``new_event_loop()``, ``run_until_complete()``, ``close()``): its sockets would otherwise stay
+    open until collected, each with an "unclosed transport" warning. Nothing else changes:
+    ``asyncio.run()`` has closed them by then, and a loop that takes no attributes (uvloop's) is
+    left as it is. The wrapper holds the loop weakly, so the loop is still freed with its last user.
+    """
+    if "close" in getattr(loop, "__dict__", {"close": None}):  # no instance dict, or patched already
+        return
+    close = type(loop).close
+    ref = weakref.ref(loop)
+
+    def close_clients_first() -> None:
+        owner = ref()
+        if owner is None:
+            return
+        if clients.slots or clients.retired:
+            _close_before(owner, clients)
+        close(owner)
+
+    loop.close = close_clients_first  # type: ignore[method-assign]
+
+
+def _close_before(loop: asyncio.AbstractEventLoop, clients: _LoopClients) -> None:
+    """Run the loop once more, to close ``clients`` on it, if it can run: not running, not closed,
+    and no other loop running in this thread (then they are left to be collected, as before)."""
+    if loop.is_running() or loop.is_closed():
+        return
+    try:
+        asyncio.get_running_loop()
+        return  # a loop runs in this thread: this one cannot run here
+    except RuntimeError:
+        pass
+    closer = clients.closer
+    with contextlib.suppress(Exception):
+        if isinstance(closer, AsyncGenerator):
+            loop.run_until_complete(closer.aclose())  # its ``finally`` closes every client

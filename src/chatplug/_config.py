@@ -114,7 +114,18 @@ def _positive(value: object) -> float | None:
 
 
 def _name(value: object) -> str | None:
-    return value.strip() or None if isinstance(value, str) else None
+    if not isinstance(value, str) or (not value.isascii() and not _encodable(value)):
+        return None
+    return value.strip() or None
+
+
+def _encodable(text: str) -> bool:
+    """Whether ``text`` can go on a wire: no lone surrogate."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _names(value: object) -> tuple[str, ...] | None:
@@ -135,7 +146,10 @@ NAMES = Rule("a comma-separated list of names", _names, str)
 
 def _shown(value: object, limit: int = 200) -> str:
     """``repr(value)``, cut to ``limit`` characters: a 1 MB bad argument is not echoed whole."""
-    text = repr(value)
+    try:
+        text = repr(value)
+    except (RecursionError, ValueError):  # nested too deep to print, or an int too long to
+        return f"a {type(value).__name__} too deeply nested to show"
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._config import MAX_RETRIES, NAMES, TIMEOUT, settings
+from ._deadline import DEADLINE
 from ._exceptions import APITimeoutError, ErrorKind, InvalidInputError
 from ._resolve import build_request, check_arguments, choose, split_features
 from ._response import as_chatplug_error, failed, succeeded
@@ -117,7 +118,11 @@ def begin_sync(manager: Plugins, *arguments: Any) -> tuple[Call, ChatBackend, Ch
 
 def next_sync(manager: Plugins, call: Call) -> tuple[ChatBackend, ChatRequest]:
     """The backend and request of the plan's next attempt."""
-    chosen = manager.backends.get(call.plan.target.backend)
+    backends, name = manager.backends, call.plan.target.backend
+    ready = backends.ready(name)
+    chosen = backends.get(name)
+    if not ready:
+        call.plan.restart()  # making the backend (importing its SDK) is not the server's time
     request = call.request(chosen)
     manager.on_request(request)
     call.plan.started()
@@ -136,7 +141,11 @@ async def begin_async(manager: Plugins, *arguments: Any) -> tuple[Call, ChatBack
 async def next_async(manager: Plugins, call: Call) -> tuple[ChatBackend, ChatRequest]:
     # A backend's first use imports its SDK (~0.4 s) and may build clients: off the loop.
     backends, name = manager.backends, call.plan.target.backend
-    chosen = backends.get(name) if backends.ready(name) else await _off_loop(backends.get, name)
+    if backends.ready(name):
+        chosen = backends.get(name)
+    else:
+        chosen = await _off_loop(backends.get, name)
+        call.plan.restart()  # making the backend (importing its SDK) is not the server's time
     request = call.request(chosen)
     manager.on_request(request)
     call.plan.started()
@@ -152,11 +161,16 @@ def call_sync(*arguments: Any) -> LLMResponse:
     try:
         call, chosen, request = begin_sync(manager, *arguments)
         while True:
+            # The attempt's deadline, for the HTTP clients wrapped by toolkit.deadline_client:
+            # their sockets give up when it passes (a contextvar: each thread has its own).
+            token = DEADLINE.set(request.deadline)
             try:
                 result = chosen.complete(request)
                 break
             except Exception as exc:
                 wait = call.failed(exc, manager, request)
+            finally:
+                DEADLINE.reset(token)
             if wait:
                 time.sleep(wait)  # a backoff or a Retry-After, within the deadline
             chosen, request = next_sync(manager, call)

@@ -26,6 +26,7 @@ from ._exceptions import (
     ChatplugError,
     ConfigError,
     ContextLengthExceededError,
+    InvalidInputError,
     InvalidResponseError,
     NotFoundError,
     OverloadedError,
@@ -226,8 +227,17 @@ def _dns_failure(exc: BaseException) -> bool:
     return False
 
 
-def invalid_response(where: str, exc: BaseException) -> InvalidResponseError:
-    """The error for a reply that could not be read as one of the provider's."""
+def invalid_response(where: str, exc: BaseException) -> ChatplugError:
+    """The error for a reply that could not be read as one of the provider's.
+
+    A ``UnicodeEncodeError`` is no reply's fault (reading one decodes): it is a request that could
+    not be encoded as UTF-8 (a lone surrogate in a model or tool name ...), refused before it was
+    sent, and so the caller's ``InvalidInputError``."""
+    if isinstance(exc, UnicodeEncodeError):
+        return InvalidInputError(
+            f"the request to {where} could not be encoded as UTF-8 ({_cut(str(exc))}): a text in it holds a lone "
+            "surrogate, which is not valid Unicode. Nothing was sent."
+        )
     return InvalidResponseError(
         f"{where} sent a reply chatplug could not read ({type(exc).__name__}: {_cut(str(exc))}). "
         "Check that the address points at a server of this API."

@@ -73,6 +73,11 @@ class Plan:
         self.attempts = 0
         self.errors: list[ChatplugError] = []
 
+    def restart(self) -> None:
+        """Start the deadline's clock again: the first attempt waited for its backend to load (an
+        SDK import that nothing can interrupt), which is no time the server took."""
+        self.deadline = time.monotonic() + self.timeout
+
     @property
     def target(self) -> Target:
         return self.targets[self.index]

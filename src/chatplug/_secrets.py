@@ -4,11 +4,13 @@ A key read through ``chatplug.toolkit.env_secret`` (or given to ``register_secre
 registered here; the dispatcher masks every registered secret in each error message, log line
 and ``repr`` it produces, whichever backend raised it, so a plugin that echoes a 401 body does
 not leak its key. Secrets shorter than ``MIN_LENGTH`` are not registered: they would mask
-ordinary words.
+ordinary words. The password of any URL (``http://user:password@host``) is masked too, registered
+or not: a base URL's userinfo reaches messages in the SDKs' own words.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 
 MIN_LENGTH = 4
@@ -17,6 +19,9 @@ MASK = "***"
 _secrets: set[str] = set()
 _ordered: tuple[str, ...] = ()  # longest first, so a secret containing another is masked whole
 _lock = threading.Lock()
+
+#: A URL's ``user:password@``: the password runs to the last ``@`` before the host's end.
+_USERINFO = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/\s?#@:]*):[^/\s?#]*@")
 
 
 def register_secret(value: str | None) -> None:
@@ -34,4 +39,6 @@ def redact(text: str) -> str:
     for value in _ordered:
         if value in text:
             text = text.replace(value, MASK)
+    if "@" in text and "://" in text:
+        text = _USERINFO.sub(rf"\g<head>:{MASK}@", text)
     return text

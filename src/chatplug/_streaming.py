@@ -15,7 +15,7 @@ import time
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Generator, Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ._exceptions import PluginError
 from ._response import as_chatplug_error, failed, succeeded
@@ -247,7 +247,7 @@ class AsyncStream(_StreamBase):
     async def _run(self) -> AsyncGenerator[ChatChunk, None]:
         import asyncio
 
-        from ._dispatch import next_async, plugins
+        from ._dispatch import next_async, plugins, within
 
         manager = plugins()
         collected = _Collected(time.perf_counter())
@@ -261,9 +261,17 @@ class AsyncStream(_StreamBase):
                 source = chosen.astream(request)
                 describe = manager.backends.describe(request.backend)
                 try:
-                    async for chunk in source:
+                    # The wait for the first chunk is bounded by the call's deadline, on the loop.
+                    pending = source.__aiter__()
+                    waiting: Any = within(pending.__anext__(), call.plan.remaining(), request)
+                    while True:
+                        try:
+                            chunk = await waiting
+                        except StopAsyncIteration:
+                            break
                         if collected.add(chunk, describe):
                             yield chunk
+                        waiting = pending.__anext__()
                     break
                 except Exception as exc:
                     if collected.started:

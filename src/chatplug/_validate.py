@@ -9,7 +9,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from ._config import _shown
+from ._config import _shown as _repr_cut
 from ._exceptions import InvalidInputError
 from ._types import Message
 
@@ -28,13 +28,38 @@ RESERVED = {
 KEYWORDS = ("model_name", "temperature", "max_tokens", "backend", "timeout", "max_retries", "fallbacks")
 
 
+def _shown(value: object) -> str:
+    """``repr(value)`` cut short; a value nested too deeply for ``repr`` is named, not shown."""
+    try:
+        return _repr_cut(value)
+    except RecursionError:
+        return f"a {type(value).__name__} nested too deeply to show"
+
+
 def prompt_messages(prompt: object) -> tuple[Message, ...]:
     """``prompt`` as the one user message it stands for."""
     if not isinstance(prompt, str):
         raise InvalidInputError(f"prompt must be a string, got {type(prompt).__name__}.")
     if not prompt.strip():
         raise InvalidInputError("prompt is empty: pass the text to send to the model.")
-    return ({"role": "user", "content": prompt},)
+    return ({"role": "user", "content": sendable(prompt, "prompt")},)
+
+
+def sendable(text: str, where: str) -> str:
+    """``text`` if it can be sent: every provider's API takes UTF-8, which a lone surrogate
+    (``"\\ud800"``, from bytes decoded with ``errors="surrogateescape"`` or a broken emoji) cannot be
+    encoded in. Cheap: ASCII text (the common case) is known so without looking at it."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInputError(
+            f"{where} holds a lone surrogate ({text[exc.start]!r} at position {exc.start}): that is not valid "
+            "Unicode text and cannot be sent as UTF-8. Decode the text with errors='replace' (or remove it); "
+            "nothing was sent."
+        ) from None
+    return text
 
 
 def checked_messages(messages: object) -> tuple[Message, ...]:
@@ -53,7 +78,9 @@ def checked_messages(messages: object) -> tuple[Message, ...]:
             raise InvalidInputError(
                 f"messages[{i}] must be a dict with 'role' and 'content', got {type(message).__name__}."
             )
-        if len(message) == 2 and type(message.get("content")) is str and message.get("role") in TEXT_ROLES:
+        content = message.get("content")
+        if len(message) == 2 and type(content) is str and message.get("role") in TEXT_ROLES:
+            sendable(content, f"messages[{i}] content")
             checked.append(message)  # type: ignore[arg-type]  # the common case: plain text, as it is
             continue
         checked.append(_message(message, i, names))
@@ -89,16 +116,16 @@ def _message(message: Mapping[str, Any], i: int, names: dict[str, str]) -> Messa
         call_id = message.get("tool_call_id")
         if not isinstance(call_id, str) or not call_id:
             raise InvalidInputError(f"{where} is a tool result without a 'tool_call_id': say which call it answers.")
-        result["tool_call_id"] = call_id
+        result["tool_call_id"] = sendable(call_id, f"{where} tool_call_id")
         name = message.get("name", names.get(call_id))
         if name is not None:
-            result["name"] = str(name)
+            result["name"] = sendable(str(name), f"{where} name")
     return result  # type: ignore[return-value]
 
 
 def _content(content: object, where: str, role: str) -> object:
     if isinstance(content, str):
-        return content
+        return sendable(content, f"{where} content")
     if not isinstance(content, (list, tuple)):
         raise InvalidInputError(f"{where} content must be a string or a list of parts, got {type(content).__name__}.")
     parts = []
@@ -106,7 +133,7 @@ def _content(content: object, where: str, role: str) -> object:
         at = f"{where}.content[{j}]"
         kind = part.get("type") if isinstance(part, Mapping) else None
         if kind == "text" and isinstance(part.get("text"), str):
-            parts.append({"type": "text", "text": part["text"]})
+            parts.append({"type": "text", "text": sendable(part["text"], at)})
         elif kind == "image":
             if role not in ("user", "tool"):
                 raise InvalidInputError(f"{at}: images go in user messages, not {role} ones.")
@@ -186,6 +213,10 @@ def _calls(calls: object, where: str, names: dict[str, str]) -> tuple[dict[str, 
                 f"{where}.tool_calls[{j}] must have 'id', 'name' and 'arguments' (a dict), as "
                 f"LLMResponse.tool_calls gives them; got {_shown(call)}."
             )
+        at = f"{where}.tool_calls[{j}]"
+        sendable(data["id"], f"{at} id")
+        sendable(data["name"], f"{at} name")
+        _json(arguments, f"{at} arguments")
         names[data["id"]] = data["name"]
         checked.append({"id": data["id"], "name": data["name"], "arguments": dict(arguments)})
     return tuple(checked)
@@ -196,17 +227,25 @@ def check_options(options: Mapping[str, Any]) -> None:
     for key, value in options.items():
         if key in RESERVED:
             raise InvalidInputError(f"option {key!r} is chatplug's own: {RESERVED[key]}.")
-        try:  # every provider takes options as JSON: catch what cannot be sent before sending
-            json.dumps(value, allow_nan=False)
-        except (TypeError, ValueError, RecursionError):
-            raise InvalidInputError(
-                f"option {key!r} must be JSON data (str, number, bool, None, list, dict), got {_shown(value)}."
-            ) from None
+        sendable(key, f"option name {_shown(key)}")
+        _json(value, f"option {_shown(key)}")
         typo = _near_keyword(key)
         if typo:
             raise InvalidInputError(
                 f"option {key!r} looks like a misspelt {typo!r}: pass {typo}=..., or check the option's name."
             )
+
+
+def _json(value: object, where: str) -> None:
+    """``value`` must be JSON data that can be sent as UTF-8: every provider takes options and
+    tool arguments as JSON, so what cannot be sent is caught before sending."""
+    try:
+        text = json.dumps(value, allow_nan=False, ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError):
+        raise InvalidInputError(
+            f"{where} must be JSON data (str, number, bool, None, list, dict), got {_shown(value)}."
+        ) from None
+    sendable(text, where)
 
 
 @functools.lru_cache(maxsize=256)

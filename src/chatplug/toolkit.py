@@ -10,6 +10,16 @@ Clients
         with self.clients.sync((url, request.timeout), url, request.timeout, credential=key) as client:
             ...
 
+Deadlines
+    ``deadline_client(httpx_client)``: a sync ``httpx.Client`` (or ``httpx2.Client``, e.g. an SDK's
+    ``DefaultHttpxClient``) whose every connect, read and write ends at the call's deadline,
+    whatever the server does (per-read timeouts do not stop a server that drips one byte a
+    second). The dispatcher sets the deadline around each sync ``complete()``; a sync ``stream()``
+    waits for its first chunk with ``first_within(chunks, request.deadline)`` (the rest is bounded
+    per read by ``request.timeout``). ``deadline_transport(transport)`` wraps one transport;
+    ``deadline_scope(deadline)`` sets the deadline for a block. Async calls need none of this: the
+    dispatcher cancels them at the deadline.
+
 Errors
     ``status_error(status, body, where=..., headers=...)``: the chatplug exception for an HTTP
     error (the status table, the provider's message found in its body, ``Retry-After`` parsed,
@@ -22,8 +32,8 @@ Environment and secrets
     ``env_setting``, ``env_secret`` and ``env_url`` read a provider's variables: stripped,
     checked, a malformed one a ``ConfigError`` naming the variable (never a secret's value).
     Every secret read with ``env_secret`` (or given to ``register_secret``), and the password
-    of a URL read with ``env_url``, is masked in every error, log line and ``repr`` chatplug
-    produces, whichever backend raised it.
+    of an address read with ``env_url`` or ``env_setting``, is masked in every error, log line
+    and ``repr`` chatplug produces, whichever backend raised it; so is any URL's password.
 
 Requests
     ``supported_options(request, accepted)``: the options a provider takes, the rest left out
@@ -43,6 +53,7 @@ from urllib.parse import urlsplit
 
 from ._clients import ClientCache, Lease
 from ._config import env
+from ._deadline import deadline_client, deadline_scope, deadline_transport, first_within
 from ._errors import (
     CONTEXT_MARKERS,
     error_detail,
@@ -61,10 +72,14 @@ __all__ = [
     "CONTEXT_MARKERS",
     "ClientCache",
     "Lease",
+    "deadline_client",
+    "deadline_scope",
+    "deadline_transport",
     "env_secret",
     "env_setting",
     "env_url",
     "error_detail",
+    "first_within",
     "freeze",
     "import_sdk",
     "invalid_response",
@@ -83,8 +98,21 @@ logger = logging.getLogger("chatplug")
 
 
 def env_setting(name: str) -> str | None:
-    """Environment variable ``name`` stripped of surrounding whitespace; ``None`` if unset or blank."""
-    return env(name) or None
+    """Environment variable ``name`` stripped of surrounding whitespace; ``None`` if unset or blank.
+    A password in it, if it holds an address with one (``alice:pw@host:11434``, with a scheme or
+    without), is registered as a secret, as ``env_url`` does."""
+    value = env(name) or None
+    if value is not None and "@" in value:
+        register_secret(_password(value))
+    return value
+
+
+def _password(value: str) -> str | None:
+    """The password in the userinfo of ``value`` read as an address, if any."""
+    try:
+        return urlsplit(value if "://" in value else f"//{value}").password
+    except ValueError:
+        return None
 
 
 def env_secret(name: str) -> str | None:
@@ -115,13 +143,12 @@ def env_url(name: str, example: str, *, schemes: Collection[str] = ("http", "htt
     value = env(name)
     if not value:
         return None
+    register_secret(_password(value))
     try:
         parts = urlsplit(value)
-        password = parts.password
         parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
     except ValueError:
-        parts, password = None, None
-    register_secret(password)
+        parts = None
     if parts is None or parts.scheme not in schemes or not parts.hostname or _malformed(value):
         raise ConfigError(f"{name}={redact(value)!r} is not valid: expected a URL like {example}.")
     return value

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import time
 from abc import abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -37,7 +38,10 @@ from chatplug import (
 from chatplug.toolkit import (
     CONTEXT_MARKERS,
     ClientCache,
+    deadline_client,
+    deadline_scope,
     error_detail,
+    first_within,
     invalid_response,
     status_class,
     status_error,
@@ -120,7 +124,11 @@ class StainlessBackend(ChatBackend):
         self.accepted = frozenset(inspect.signature(create).parameters) - {"self"}
         self._not_accepted = f"not a parameter of {sdk.__name__} {sdk.__version__}"
         self._clients: ClientCache[Any, Any] = ClientCache(
-            lambda conn, request: sync_client(**self.client_arguments(conn, request)),
+            # Sync: the SDK's own HTTP client, every socket of it bounded by the call's deadline.
+            lambda conn, request: sync_client(
+                **self.client_arguments(conn, request),
+                http_client=deadline_client(sdk.DefaultHttpxClient(timeout=request.timeout)),
+            ),
             lambda conn, request: async_client(**self.client_arguments(conn, request)),
         )
 
@@ -162,6 +170,8 @@ class StainlessBackend(ChatBackend):
     def complete(self, request: ChatRequest) -> ChatResult:
         conn = self.connection()
         kwargs = self.arguments(request, conn)
+        if request.deadline is not None:  # the time left, as the SDK's timeout (and its read-timeout header)
+            kwargs["timeout"] = max(request.deadline - time.monotonic(), 0.001)
         with self._clients.sync(_client_key(conn, request), conn, request, credential=_credential(conn)) as client:
             try:
                 return self._read(self.create(client)(**kwargs), conn)
@@ -187,9 +197,10 @@ class StainlessBackend(ChatBackend):
         with self._clients.sync(_client_key(conn, request), conn, request, credential=_credential(conn)) as client:
             events: Any = None
             try:
-                events = self.create(client)(**kwargs)
+                with deadline_scope(request.deadline):  # the SDK reads the headers here
+                    events = self.create(client)(**kwargs)
                 finished = False
-                for event in events:
+                for event in first_within(events, request.deadline):  # the first event within the deadline
                     chunk = self._chunk(event, conn)
                     if chunk is not None:
                         finished = finished or chunk.finish_reason is not None
@@ -326,6 +337,8 @@ def map_sdk_error(
         mapped = transport_error(cause, where=where, timeout=request.timeout) if cause is not None else None
         if isinstance(mapped, APIConnectionError):
             mapped.message = mapped.message.replace(f" {where}", f" {where}{tries}", 1) if tries else mapped.message
+            return mapped
+        if mapped is not None:  # not a connection failure at all: a redirect loop, a bad URL
             return mapped
         return APIConnectionError(
             f"could not connect to {where}{tries}. Check that the server runs and that the base URL is right."

@@ -39,8 +39,10 @@ from chatplug import (
 )
 from chatplug.toolkit import (
     ClientCache,
+    deadline_client,
     env_secret,
     env_setting,
+    first_within,
     import_sdk,
     invalid_response,
     status_error,
@@ -86,7 +88,8 @@ class OllamaBackend(ChatBackend):
             raise ConfigError(f"OLLAMA_HOST is not valid ({exc}): {_HOST_FORMS}.") from None
         self._sdk = sdk
         self._clients: ClientCache[ollama.Client, ollama.AsyncClient] = ClientCache(
-            lambda host, key, timeout: _client(sdk.Client, host, key, timeout),
+            # Sync: every socket of the client gives up at the call's deadline (see deadline_client).
+            lambda host, key, timeout: _bounded(_client(sdk.Client, host, key, timeout)),
             lambda host, key, timeout: _client(sdk.AsyncClient, host, key, timeout),
         )
 
@@ -119,7 +122,7 @@ class OllamaBackend(ChatBackend):
             try:
                 parts = client.chat(stream=True, **arguments)  # sends nothing until iterated
                 finished, calls = False, 0
-                for part in parts:
+                for part in first_within(parts, request.deadline):  # the first part within the deadline
                     finished = part.done is True
                     chunk = _chunk(part, calls)
                     calls += len(chunk.tool_calls)
@@ -217,6 +220,12 @@ def _client(cls: type[C], host: str, key: str | None, timeout: float) -> C:
         return cls(host=host, timeout=timeout, headers=headers)
     except Exception as exc:  # the SDK parses the host here (ValueError, httpx.InvalidURL)
         raise ConfigError(f"OLLAMA_HOST={host!r} is not valid ({exc}): {_HOST_FORMS}.") from None
+
+
+def _bounded(client: ollama.Client) -> ollama.Client:
+    """``client`` with its httpx client's sockets bounded by the call's deadline."""
+    deadline_client(client._client)
+    return client
 
 
 def _refused(exc: pydantic.ValidationError) -> InvalidInputError:

@@ -1,0 +1,208 @@
+"""A hard deadline for sync HTTP calls: no sync attempt outlives its call's deadline, whatever the
+server does (public through ``chatplug.toolkit``).
+
+httpx's timeouts are per operation: a server that sends one byte every half second keeps a
+``read=1`` request alive for as long as it likes, and so does one that drips its headers. Async
+attempts are cancelled on the loop (``asyncio.timeout``); a sync one cannot be cancelled, so its
+I/O is bounded where it blocks instead. ``deadline_client(client)`` wraps the transports of an
+``httpx.Client`` or ``httpx2.Client`` (its default one and its proxy mounts, so the client's
+limits, TLS, proxies and socket options all stay its own): every socket the client opens is
+wrapped so that each connect, TLS handshake, read and write waits at most until the deadline of
+the calling thread, and past it fails at once with the HTTP stack's own ``ConnectTimeout``,
+``ReadTimeout`` or ``WriteTimeout``; the wait for a pooled connection is bounded too. The SDK on
+top maps that timeout as it maps any other (chatplug: ``error_kind="timeout"``).
+
+The deadline is a ``contextvars.ContextVar`` (each thread has its own value, so concurrent calls
+never mix): the dispatcher sets it to ``request.deadline`` around each sync ``complete()``, and a
+backend's sync ``stream()`` around the wait for its first chunk (``first_within``). Outside such a
+scope a wrapped client behaves exactly as before. Cost: one ``ContextVar.get()`` and one
+``time.monotonic()`` per socket operation, and a dict copy per request (~1 us a call in all).
+
+A wrapped socket's operations are bounded, so no thread and no signal is needed. What this does
+not bound: the system's DNS resolver (``getaddrinfo`` takes no timeout), and work done between
+socket operations (parsing a reply, which is bounded by its size).
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from collections.abc import Iterable, Iterator
+from contextvars import ContextVar
+from types import TracebackType
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+#: When the current sync call must be over, on ``time.monotonic()``'s clock (``None``: no deadline).
+DEADLINE: ContextVar[float | None] = ContextVar("chatplug_deadline", default=None)
+
+
+class deadline_scope:
+    """``with deadline_scope(request.deadline):`` bounds every request that a ``deadline_client``
+    makes in this thread inside the block by ``deadline`` (``None``: no bound)."""
+
+    __slots__ = ("_token", "deadline")
+
+    def __init__(self, deadline: float | None) -> None:
+        self.deadline = deadline
+
+    def __enter__(self) -> deadline_scope:
+        self._token = DEADLINE.set(self.deadline)
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        DEADLINE.reset(self._token)
+
+
+def first_within(iterator: Iterable[T], deadline: float | None) -> Iterator[T]:
+    """``iterator``'s items, the first one waited for inside ``deadline_scope(deadline)``: a sync
+    stream's deadline bounds the wait for its first chunk (connecting, sending, the headers and
+    the first piece of body); the rest is bounded per read by the client's own timeout (the
+    request's ``timeout``), as an async stream's is. The scope never spans a ``yield``, so the
+    caller's code between chunks runs outside it."""
+    items = iter(iterator)
+    with deadline_scope(deadline):
+        try:
+            first = next(items)
+        except StopIteration:
+            return
+    yield first
+    yield from items
+
+
+def _left(timeout: float | None, expired: type[Exception]) -> float | None:
+    """``timeout`` cut to the time left before the thread's deadline; ``expired`` raised when none is."""
+    deadline = DEADLINE.get()
+    if deadline is None:
+        return timeout
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise expired("the call's deadline passed")
+    return left if timeout is None or left < timeout else timeout
+
+
+class _Errors:
+    """The timeout exceptions of one HTTP core library (``httpcore`` or ``httpcore2``)."""
+
+    __slots__ = ("connect", "read", "write")
+
+    def __init__(self, core: Any) -> None:
+        self.connect: type[Exception] = core.ConnectTimeout
+        self.read: type[Exception] = core.ReadTimeout
+        self.write: type[Exception] = core.WriteTimeout
+
+
+class _Stream:
+    """A network stream whose every wait ends at the thread's deadline."""
+
+    __slots__ = ("_errors", "_inner")
+
+    def __init__(self, inner: Any, errors: _Errors) -> None:
+        self._inner, self._errors = inner, errors
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, _left(timeout, self._errors.read))  # type: ignore[no-any-return]
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, _left(timeout, self._errors.write))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None) -> _Stream:
+        inner = self._inner.start_tls(ssl_context, server_hostname, _left(timeout, self._errors.connect))
+        return _Stream(inner, self._errors)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _Backend:
+    """A network backend whose connections are ``_Stream``s, and whose connects end at the deadline."""
+
+    __slots__ = ("_errors", "_inner")
+
+    def __init__(self, inner: Any, errors: _Errors) -> None:
+        self._inner, self._errors = inner, errors
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> _Stream:
+        timeout = _left(timeout, self._errors.connect)
+        return _Stream(self._inner.connect_tcp(host, port, timeout, local_address, socket_options), self._errors)
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> _Stream:
+        timeout = _left(timeout, self._errors.connect)
+        return _Stream(self._inner.connect_unix_socket(path, timeout, socket_options), self._errors)
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+class DeadlineTransport:
+    """An httpx (or httpx2) sync transport whose requests end at the calling thread's deadline.
+
+    Wraps ``inner``, an ``HTTPTransport`` (direct or through a proxy): the sockets of its
+    connection pool are bounded as the module says, and each request's wait for a pooled
+    connection too. Another transport (a mock, a custom one) only gets the pool bound.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        pool = getattr(inner, "_pool", None)
+        backend = getattr(pool, "_network_backend", None)
+        if backend is not None and not isinstance(backend, _Backend):
+            core = importlib.import_module(type(backend).__module__.partition(".")[0])
+            pool._network_backend = _Backend(backend, _Errors(core))  # type: ignore[union-attr]
+
+    def handle_request(self, request: Any) -> Any:
+        deadline = DEADLINE.get()
+        if deadline is not None:
+            timeouts = request.extensions.get("timeout")
+            if timeouts is not None:
+                pool = timeouts.get("pool")
+                left = max(deadline - time.monotonic(), 0.0)
+                if pool is None or left < pool:
+                    request.extensions["timeout"] = {**timeouts, "pool": left}
+        return self.inner.handle_request(request)
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def __enter__(self) -> DeadlineTransport:
+        self.inner.__enter__()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.inner.__exit__(kind, exc, tb)
+
+
+def deadline_transport(inner: T) -> T:
+    """``inner`` (an ``httpx.HTTPTransport`` or ``httpx2.HTTPTransport``) bounded by the calling
+    thread's deadline: pass it as ``httpx.Client(transport=...)``. ``deadline_client`` is the
+    simpler way when the client makes its own transports."""
+    return inner if isinstance(inner, DeadlineTransport) else DeadlineTransport(inner)  # type: ignore[return-value]
+
+
+def deadline_client(client: T) -> T:
+    """``client`` (an ``httpx.Client`` or ``httpx2.Client``, e.g. an SDK's ``DefaultHttpxClient``),
+    its transports (the default one and each proxy's) wrapped in place by ``deadline_transport``:
+    everything else about it (limits, TLS, proxies from the environment, socket options) stays as
+    the client made it. Returns ``client``."""
+    transport = getattr(client, "_transport", None)
+    mounts = getattr(client, "_mounts", None)
+    if transport is None or not isinstance(mounts, dict):
+        raise TypeError(f"deadline_client takes an httpx or httpx2 sync Client, not a {type(client).__name__}")
+    client._transport = deadline_transport(transport)  # type: ignore[attr-defined]
+    for pattern, mounted in mounts.items():
+        if mounted is not None:
+            mounts[pattern] = deadline_transport(mounted)
+    return client

@@ -1,0 +1,307 @@
+"""The call's deadline is hard, sync and async: whatever the server does (drips its reply a byte at a
+time, never answers, asks to be retried in an hour), a call returns by its deadline plus a small
+slack. Real SDKs over sockets against the fake server; elapsed times are asserted only as upper
+bounds (these tests check a bound, not a speed)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+import chatplug
+from chatplug import ErrorKind, LLMResponse, settings
+from chatplug._dispatch import plugins
+from chatplug.toolkit import deadline_client, deadline_scope, deadline_transport, first_within
+
+from .fakeserver import FakeServer, Reply, fixture
+from .providers import ANTHROPIC, OPENAI
+
+BACKENDS = ("ollama", "openai", "anthropic")
+MODES = ("sync", "async", "stream", "astream")
+SLACK = 0.5  # seconds a call may take past its deadline
+JSON = {"Content-Type": "application/json"}
+
+
+@dataclass
+class Site:
+    """A backend's fake server: where its SDK posts, and the bodies it answers with."""
+
+    backend: str
+    server: FakeServer
+    endpoint: str
+
+    def route(self, *replies: Reply) -> None:
+        self.server.route("POST", self.endpoint, *replies)
+
+    @property
+    def success(self) -> bytes:
+        return fixture(SUCCESS[self.backend])
+
+    def error(self, status: int, headers: dict[str, str] | None = None) -> Reply:
+        body = {
+            "ollama": b'{"error":"slow down"}',
+            "openai": OPENAI.error_json("rate_limit_exceeded", "slow down"),
+            "anthropic": ANTHROPIC.error_json("rate_limit_error", "slow down"),
+        }[self.backend]
+        return Reply(status, body, {**JSON, **(headers or {})})
+
+
+SUCCESS = {
+    "ollama": "ollama/chat_nonstream_200.json",
+    "openai": f"openai/{OPENAI.success}",
+    "anthropic": f"anthropic/{ANTHROPIC.success}",
+}
+
+
+def open_site(backend: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Site]:
+    """A fake server for ``backend``, its address in the environment, ``LLM_BACKEND`` set, and the
+    backend loaded (its SDK imported: a first use is not what these tests time)."""
+    server = FakeServer()
+    if backend == "ollama":
+        monkeypatch.setenv("OLLAMA_HOST", server.url)
+        endpoint = "/api/chat"
+    else:
+        provider = OPENAI if backend == "openai" else ANTHROPIC
+        monkeypatch.setenv(provider.base_url_env, server.url + provider.base_url_path)
+        endpoint = provider.endpoint
+    monkeypatch.setenv("LLM_BACKEND", backend)
+    manager = plugins()
+    manager.load()
+    manager.backends.get(backend)
+    try:
+        yield Site(backend, server, endpoint)
+    finally:
+        chatplug.close()
+        server.close()
+
+
+@pytest.fixture(params=BACKENDS)
+def site(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Site]:
+    yield from open_site(request.param, monkeypatch)
+
+
+def call(mode: str, **kwargs: object) -> tuple[LLMResponse, float]:
+    """One call in ``mode`` (a whole sync or async call, or a sync stream read to its end), and
+    the seconds it took."""
+    start = time.monotonic()
+    if mode == "sync":
+        response = chatplug.generate_completion_sync("hi", **kwargs)
+    elif mode == "async":
+        response = asyncio.run(chatplug.generate_completion_async("hi", **kwargs))
+    elif mode == "stream":
+        stream = chatplug.stream_completion_sync("hi", **kwargs)
+        for _ in stream:
+            pass
+        response = stream.response
+    else:
+
+        async def read() -> LLMResponse:
+            async with chatplug.stream_completion_async("hi", **kwargs) as chunks:
+                async for _ in chunks:
+                    pass
+            return chunks.response
+
+        response = asyncio.run(read())
+    return response, time.monotonic() - start
+
+
+def timeout_of(seconds: str, monkeypatch: pytest.MonkeyPatch, retries: str | None = None) -> None:
+    monkeypatch.setenv("LLM_TIMEOUT", seconds)
+    if retries is not None:
+        monkeypatch.setenv("LLM_MAX_RETRIES", retries)
+        settings.max_retries = None  # the suite's 0 gives way to the environment
+
+
+# -- servers that never finish ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dripped", ["body", "headers"])
+def test_a_drip_ends_at_the_deadline(site: Site, mode: str, dripped: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One byte every 0.3 s keeps every read alive; the call still ends at its 1 s deadline."""
+    site.route(Reply(200, site.success, dict(JSON), drip=0.3, drip_headers=dripped == "headers"))
+    timeout_of("1", monkeypatch)
+    response, elapsed = call(mode)
+    assert response.error_kind is ErrorKind.TIMEOUT, response.error
+    assert "1 s" in (response.error or "")
+    assert elapsed < 1 + SLACK
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_server_that_never_answers_fails_at_the_deadline(
+    site: Site, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site.route(Reply(hang=True))
+    timeout_of("1", monkeypatch)
+    response, elapsed = call(mode)
+    assert response.error_kind is ErrorKind.TIMEOUT, response.error
+    assert elapsed < 1 + SLACK
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_retries_share_the_deadline(site: Site, mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every attempt hangs: with retries left, the call still ends at its deadline."""
+    site.route(Reply(hang=True))
+    timeout_of("1", monkeypatch, retries="3")
+    response, elapsed = call(mode)
+    assert response.error_kind is ErrorKind.TIMEOUT, response.error
+    assert elapsed < 1 + SLACK
+
+
+def test_a_per_call_timeout_is_the_deadline(site: Site) -> None:
+    site.route(Reply(200, site.success, dict(JSON), drip=0.2))
+    response, elapsed = call("sync", timeout=0.5)
+    assert response.error_kind is ErrorKind.TIMEOUT
+    assert elapsed < 0.5 + SLACK
+
+
+# -- Retry-After longer than the deadline ---------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_retry_after_past_the_deadline_fails_at_once(site: Site, mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    site.route(site.error(429, {"retry-after": "15"}))
+    timeout_of("1", monkeypatch, retries="1")
+    response, elapsed = call(mode)
+    assert response.error_kind is ErrorKind.RATE_LIMIT, response.error
+    assert response.retry_after == 15
+    assert len(site.server.requests) == 1  # no second attempt: it could not fit
+    assert elapsed < 1
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("value", ["3600", "inf", "Thu, 01 Jan 2099 00:00:00 GMT"])
+def test_a_retry_after_of_forever_fails_at_once(
+    site: Site, mode: str, value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site.route(site.error(429, {"retry-after": value}))
+    timeout_of("1", monkeypatch, retries="1")
+    response, elapsed = call(mode)
+    assert response.error_kind is ErrorKind.RATE_LIMIT, response.error
+    assert response.retry_after is None or (math.isfinite(response.retry_after) and response.retry_after >= 3000)
+    assert elapsed < 1
+
+
+# -- what the deadline leaves alone ----------------------------------------------------------
+
+
+def test_a_stream_past_its_first_chunk_is_bounded_per_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sync stream's deadline bounds the wait for its first chunk; the rest is bounded per read
+    by the timeout (as an async stream's is): a stream that goes on past the deadline, each piece
+    in time, is read to its end."""
+    for site in open_site("ollama", monkeypatch):
+        body = fixture("ollama/chat_stream_200.ndjson")
+        # The whole body takes ~1.5 s to arrive, each byte well within the 1 s timeout.
+        site.route(Reply(200, body, {"Content-Type": "application/x-ndjson"}, drip=1.5 / len(body)))
+        response, elapsed = call("stream", timeout=1)
+        assert response.success, (response.error, elapsed)
+        assert response.content
+
+
+def test_calls_that_succeed_are_unchanged(site: Site) -> None:
+    site.route(Reply(200, site.success, dict(JSON)))
+    for mode in ("sync", "async"):  # (streams: their own tests run on the same clients)
+        response, _ = call(mode, timeout=5)
+        assert response.success, (mode, response.error)
+
+
+# -- the toolkit piece, as a plugin uses it ----------------------------------------------------
+
+
+@pytest.fixture
+def dripping() -> Iterator[FakeServer]:
+    server = FakeServer()
+    server.route("GET", "/slow", Reply(200, b"x" * 1000, drip=0.1))
+    server.route("GET", "/fast", Reply(200, b"ok"))
+    yield server
+    server.close()
+
+
+def test_deadline_client_bounds_a_plain_httpx_client(dripping: FakeServer) -> None:
+    with deadline_client(httpx.Client(timeout=30)) as client:
+        start = time.monotonic()
+        with deadline_scope(time.monotonic() + 0.5), pytest.raises(httpx.ReadTimeout):
+            client.get(f"{dripping.url}/slow")
+        assert time.monotonic() - start < 0.5 + SLACK
+        assert client.get(f"{dripping.url}/fast").text == "ok"  # outside a scope: as before
+        with deadline_scope(None):
+            assert client.get(f"{dripping.url}/fast").text == "ok"
+
+
+def test_a_deadline_is_per_thread(dripping: FakeServer) -> None:
+    """Two threads share one client: the one whose deadline passes fails, the other's call,
+    under no deadline, is not cut."""
+    outcome: dict[str, object] = {}
+    client = deadline_client(httpx.Client(timeout=30))
+
+    def bounded() -> None:
+        with deadline_scope(time.monotonic() + 0.3):
+            try:
+                client.get(f"{dripping.url}/slow")
+            except httpx.TimeoutException as exc:
+                outcome["bounded"] = exc
+
+    def free() -> None:
+        dripping.route("GET", "/short", Reply(200, b"abcdefgh", drip=0.1))
+        outcome["free"] = client.get(f"{dripping.url}/short").text
+
+    threads = [threading.Thread(target=bounded), threading.Thread(target=free)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    client.close()
+    assert isinstance(outcome["bounded"], httpx.ReadTimeout)
+    assert outcome["free"] == "abcdefgh"
+
+
+def test_a_connect_past_the_deadline_fails_at_once(dripping: FakeServer) -> None:
+    with (
+        deadline_client(httpx.Client()) as client,
+        deadline_scope(time.monotonic() - 1),
+        pytest.raises(httpx.ConnectTimeout),
+    ):
+        client.get(f"{dripping.url}/fast")
+
+
+def test_deadline_client_wraps_proxy_mounts_and_refuses_other_objects() -> None:
+    client = httpx.Client(mounts={"http://example.invalid": httpx.HTTPTransport()})
+    assert deadline_client(client) is client
+    assert all(type(t).__name__ == "DeadlineTransport" for t in [client._transport, *client._mounts.values()])
+    assert deadline_transport(client._transport) is client._transport  # never wrapped twice
+    client.close()
+    with pytest.raises(TypeError):
+        deadline_client(object())
+
+
+def test_first_within_sets_the_deadline_only_for_the_first_item() -> None:
+    from chatplug._deadline import DEADLINE
+
+    seen: list[float | None] = []
+
+    def items() -> Iterator[int]:
+        for i in range(3):
+            seen.append(DEADLINE.get())
+            yield i
+
+    assert list(first_within(items(), 42.0)) == [0, 1, 2]
+    assert seen == [42.0, None, None]
+    assert list(first_within(iter(()), 1.0)) == []
+    assert DEADLINE.get() is None
+
+
+def test_the_sync_deadline_is_set_only_during_an_attempt(site: Site) -> None:
+    """The dispatcher sets the contextvar around ``complete()`` and resets it after."""
+    from chatplug._deadline import DEADLINE
+
+    site.route(Reply(200, site.success, dict(JSON)))
+    response, _ = call("sync", timeout=5)
+    assert response.success
+    assert DEADLINE.get() is None
