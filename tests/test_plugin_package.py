@@ -268,38 +268,6 @@ def metrics_from_source(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     return module
 
 
-def test_metrics_plugin_counts_concurrent_calls_exactly_in_process(monkeypatch: pytest.MonkeyPatch) -> None:
-    """In-process, as the guide registers an observer: under a name of its own, so that it
-    works whether or not the example plugins are pip-installed into this environment (an
-    installed chatplug-metrics holds the name "metrics")."""
-    metrics = metrics_from_source(monkeypatch)
-    name = chatplug.register_plugin(metrics, "metrics-from-source")
-
-    def reply(request: ChatRequest) -> str | chatplug.ChatplugError:
-        n = int(request.messages[-1]["content"].split()[1])
-        return chatplug.RateLimitError("busy") if n % 10 == 0 else "two words"
-
-    try:
-        with chatplug.testing.scripted(default=reply), ThreadPoolExecutor(8) as pool:
-            list(pool.map(lambda i: chatplug.generate_completion_sync(f"call {i}"), range(200)))
-        chatplug.generate_completion_sync("x", backend="nope")
-    finally:
-        chatplug.unregister_plugin(name)
-    chatplug.generate_completion_sync("not counted", backend="testing")
-
-    snap = metrics.snapshot()
-    testing = snap["testing"]
-    assert (testing["requests"], testing["responses"], testing["successes"]) == (200, 200, 180)
-    assert testing["failures"] == {"rate_limit": 20}
-    assert (testing["prompt_tokens"], testing["completion_tokens"]) == (360, 360)
-    assert 0 < testing["latency_max_s"] <= testing["latency_total_s"]
-    assert snap["-"]["failures"] == {"config": 1} and snap["-"]["requests"] == 0
-    snap["testing"]["requests"] = -1  # a copy: changing it changes nothing
-    assert metrics.snapshot()["testing"]["requests"] == 200
-    metrics.reset()
-    assert metrics.snapshot() == {}
-
-
 def test_chatplug_plugins_can_leave_a_plugin_out(installed: Venv) -> None:
     proc = installed.python(
         """
