@@ -43,6 +43,7 @@ def test_public_names_are_pinned() -> None:
             "InvalidResponseError", "LLMResponse", "Message", "NotFoundError", "OverloadedError", "PluginError",
             "RateLimitError", "ResponseFormat", "ServerError", "Settings", "Stream", "Tool", "ToolCall",
             "ToolCallDelta", "ToolRun", "UnknownBackendError", "__version__", "backend_names", "close",
+            "BatchProgress", "generate_batch_async", "generate_batch_sync", "iter_batch_async", "iter_batch_sync",
             "generate_completion_async", "generate_completion_sync", "generate_completion_with_messages_async",
             "generate_completion_with_messages_sync", "hookimpl", "register_plugin", "run_tools_async",
             "run_tools_sync", "settings",

@@ -9,6 +9,7 @@ beyond the protocol is in ``chatplug.toolkit``.
 """
 
 import logging
+import sys
 from typing import TYPE_CHECKING, Any
 
 from ._api import (
@@ -45,20 +46,30 @@ from ._exceptions import (
     ServerError,
     UnknownBackendError,
 )
-from ._streaming import AsyncStream, Stream
-from ._types import ChatChunk, ChatRequest, ChatResult, LLMResponse, Message
+from ._types import ChatRequest, ChatResult, LLMResponse, Message
 
 if TYPE_CHECKING:
     import pluggy
 
+    from ._batch import BatchProgress, generate_batch_async, generate_batch_sync, iter_batch_async, iter_batch_sync
+    from ._streaming import AsyncStream, ChatChunk, Stream
     from ._toolrun import ToolRun, run_tools_async, run_tools_sync
     from ._tools import ResponseFormat, Tool, ToolCall, ToolCallDelta
 
     hookimpl: pluggy.HookimplMarker
     __version__: str
 
-# Imported on first use: tools are not needed to import chatplug, and they cost it ~30%.
+# Imported on first use: tools are not needed to import chatplug, and they cost it ~30%; batches
+# bring asyncio and threading.
 _LAZY = {
+    "AsyncStream": "._streaming",
+    "ChatChunk": "._streaming",
+    "Stream": "._streaming",
+    "BatchProgress": "._batch",
+    "generate_batch_async": "._batch",
+    "generate_batch_sync": "._batch",
+    "iter_batch_async": "._batch",
+    "iter_batch_sync": "._batch",
     "ToolRun": "._toolrun",
     "run_tools_async": "._toolrun",
     "run_tools_sync": "._toolrun",
@@ -94,11 +105,13 @@ def __getattr__(name: str) -> Any:
 
 def close() -> None:
     """Close every backend's pooled clients and loaded models (they are made again on the next
-    call), and forget which fallback targets were cooling down."""
+    call) and the cache's connections, and forget which fallback targets were cooling down."""
     from ._retry import reset_cooldowns
 
     _manager().close()
     reset_cooldowns()
+    if "chatplug._cache" in sys.modules:  # only if a cache was used: importing it costs sqlite3
+        sys.modules["chatplug._cache"].close()
 
 
 def register_plugin(plugin: object, name: str | None = None) -> str:
@@ -127,6 +140,7 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "AsyncStream",
+    "BatchProgress",
     "BadRequestError",
     "ChatBackend",
     "ChatChunk",
@@ -157,11 +171,15 @@ __all__ = [
     "__version__",
     "backend_names",
     "close",
+    "generate_batch_async",
+    "generate_batch_sync",
     "generate_completion_async",
     "generate_completion_sync",
     "generate_completion_with_messages_async",
     "generate_completion_with_messages_sync",
     "hookimpl",
+    "iter_batch_async",
+    "iter_batch_sync",
     "register_plugin",
     "run_tools_async",
     "run_tools_sync",

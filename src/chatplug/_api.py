@@ -5,12 +5,14 @@ for all backends."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._dispatch import begin_async, begin_sync, call_async, call_sync
-from ._streaming import AsyncStream, Stream
 from ._types import LLMResponse
 from ._validate import checked_messages, prompt_messages
+
+if TYPE_CHECKING:
+    from ._streaming import AsyncStream, Stream
 
 
 def generate_completion_sync(
@@ -80,6 +82,8 @@ def stream_completion_sync(
     for chunk in stream: print(chunk.text, end="")``, then ``stream.response``. Never raises
     for provider or transport failures, before or during the stream."""
     arguments = (prompt_messages, prompt, model_name, temperature, max_tokens, backend, options)
+    from ._streaming import Stream  # on first use: a program that never streams does not pay
+
     return Stream(lambda manager: begin_sync(manager, *arguments), model_name)
 
 
@@ -94,6 +98,8 @@ def stream_completion_with_messages_sync(
 ) -> Stream:
     """Stream the next assistant message after ``messages``; see ``stream_completion_sync``."""
     arguments = (checked_messages, messages, model_name, temperature, max_tokens, backend, options)
+    from ._streaming import Stream  # on first use: a program that never streams does not pay
+
     return Stream(lambda manager: begin_sync(manager, *arguments), model_name)
 
 
@@ -109,6 +115,8 @@ def stream_completion_async(
     """Async twin of ``stream_completion_sync`` (not a coroutine): ``async with
     stream_completion_async(...) as stream: async for chunk in stream: ...``."""
     arguments = (prompt_messages, prompt, model_name, temperature, max_tokens, backend, options)
+    from ._streaming import AsyncStream  # on first use: a program that never streams does not pay
+
     return AsyncStream(lambda manager: begin_async(manager, *arguments), model_name)
 
 
@@ -123,4 +131,6 @@ def stream_completion_with_messages_async(
 ) -> AsyncStream:
     """Async twin of ``stream_completion_with_messages_sync``."""
     arguments = (checked_messages, messages, model_name, temperature, max_tokens, backend, options)
+    from ._streaming import AsyncStream  # on first use: a program that never streams does not pay
+
     return AsyncStream(lambda manager: begin_async(manager, *arguments), model_name)

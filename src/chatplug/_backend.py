@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterator
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-from ._types import ChatChunk, ChatRequest, ChatResult
+from ._types import ChatRequest, ChatResult
+
+if TYPE_CHECKING:
+    from ._streaming import ChatChunk
 
 
 class ChatBackend(ABC):
@@ -56,6 +59,8 @@ class ChatBackend(ABC):
 
 
 def _whole(result: ChatResult) -> ChatChunk:
+    from ._streaming import ChatChunk
+
     if not isinstance(result, ChatResult):  # the dispatcher names the plugin that did this
         raise TypeError(f"complete() returned {type(result).__name__}, not a chatplug.ChatResult")
     return ChatChunk(

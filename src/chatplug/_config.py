@@ -15,10 +15,8 @@ bad argument is ``invalid_input``, a bad setting ``config``, and each names wher
 from __future__ import annotations
 
 import math
-import numbers
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, overload
 
 from ._exceptions import ConfigError, InvalidInputError
@@ -41,6 +39,14 @@ def env(name: str) -> str | None:
 
 
 def _real(value: object) -> float | None:
+    if type(value) is float or type(value) is int:  # the common case, without the numbers ABCs
+        try:
+            number = float(value)
+        except OverflowError:  # an int past float's range
+            return None
+        return number if math.isfinite(number) else None
+    import numbers  # here: ~1 ms at import, and only unusual numbers need it
+
     # numbers.Real covers int, float, Fraction and numpy's floats; Decimal is a Number but no Complex.
     if isinstance(value, bool) or not (
         isinstance(value, numbers.Real)
@@ -55,17 +61,23 @@ def _real(value: object) -> float | None:
 
 
 def _whole(value: object) -> int | None:
+    if type(value) is int:
+        return value
+    import numbers
+
     return None if isinstance(value, bool) or not isinstance(value, numbers.Integral) else int(value)
 
 
-@dataclass(frozen=True)
 class Rule(Generic[T]):
     """What one setting takes. ``check`` returns the normalised value of a Python value, or
-    ``None`` when it is not valid; ``parse`` reads the environment's text into a Python value."""
+    ``None`` when it is not valid; ``parse`` reads the environment's text into a Python value.
+    (A plain class: a dataclass costs ``import chatplug`` a millisecond.)"""
 
-    expected: str  # completes "must be ...": "a number from 0 to 2"
-    check: Callable[[object], T | None]
-    parse: Callable[[str], object]
+    __slots__ = ("check", "expected", "parse")
+
+    def __init__(self, expected: str, check: Callable[[object], T | None], parse: Callable[[str], object]) -> None:
+        self.expected = expected  # completes "must be ...": "a number from 0 to 2"
+        self.check, self.parse = check, parse
 
     def argument(self, name: str, value: object) -> T:
         """``value`` passed to a call as ``name``; ``InvalidInputError`` if not valid."""
@@ -128,6 +140,11 @@ def _encodable(text: str) -> bool:
     return True
 
 
+def _transport_name(value: object) -> str | None:
+    name = value.strip().lower() if isinstance(value, str) else None
+    return name if name in ("aiohttp", "default") else None
+
+
 def _names(value: object) -> tuple[str, ...] | None:
     """A comma-separated list (or a list) of non-empty names."""
     items = value.split(",") if isinstance(value, str) else value
@@ -136,12 +153,71 @@ def _names(value: object) -> tuple[str, ...] | None:
     return tuple(item.strip() for item in items)
 
 
+def _cache_place(value: object) -> str | None:
+    """A cache's place: a ``redis://`` (``rediss://``, ``unix://``) URL or a file path."""
+    if not isinstance(value, str) or not _encodable(value) or not value.strip():
+        return None
+    return value.strip()
+
+
+def _redis_url(value: object) -> str | None:
+    place = _cache_place(value)
+    return place if place is not None and place.lower().startswith(("redis://", "rediss://", "unix://")) else None
+
+
+#: The units of a rate limit, per minute: requests and tokens.
+RATE_UNITS = ("rpm", "tpm")
+
+
+def _rate_limits(value: object) -> tuple[tuple[str, float | None, float | None], ...] | None:
+    """``LLM_RATE_LIMIT``: ``backend=LIMIT[/LIMIT],...`` with each LIMIT a positive number followed
+    by ``rpm`` or ``tpm``; ``*`` names every other backend. Parsed to ``((backend, rpm, tpm), ...)``
+    (``None``: no limit of that unit). Already parsed (from ``settings``), kept as is."""
+    if isinstance(value, tuple):
+        return value
+    if not isinstance(value, str) or not value.strip():
+        return None
+    limits: dict[str, tuple[float | None, float | None]] = {}
+    for entry in value.split(","):
+        backend, equals, spec = entry.partition("=")
+        backend = backend.strip()
+        if not equals or not backend or backend in limits or not spec.strip():
+            return None
+        rpm = tpm = None
+        for part in spec.split("/"):
+            part = part.strip().lower()
+            unit, number = part[-3:], part[:-3].strip()
+            rate = _positive(_number(number)) if unit in RATE_UNITS else None
+            if rate is None or (rpm if unit == "rpm" else tpm) is not None:
+                return None
+            rpm, tpm = (rate, tpm) if unit == "rpm" else (rpm, rate)
+        limits[backend] = (rpm, tpm)
+    return tuple((backend, rpm, tpm) for backend, (rpm, tpm) in limits.items())
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text.replace("_", "")) if text else None
+    except ValueError:
+        return None
+
+
 TEMPERATURE = Rule("a number from 0 to 2", _in_range(0.0, 2.0), float)
 MAX_TOKENS = Rule(f"a whole number from 1 to {MAX_TOKENS_LIMIT}", _whole_from(1), int)
 TIMEOUT = Rule("a positive, finite number of seconds", _positive, float)
 MAX_RETRIES = Rule("a whole number of at least 0", _whole_from(0), int)
 NAME = Rule("a non-empty name", _name, str)
 NAMES = Rule("a comma-separated list of names", _names, str)
+ASYNC_TRANSPORT = Rule("aiohttp or default", _transport_name, str)
+CACHE = Rule("a file path (SQLite) or a redis:// URL", _cache_place, str)
+CACHE_TTL = Rule("a positive, finite number of seconds", _positive, float)
+RATE_LIMIT = Rule(
+    "comma-separated backend=LIMIT[/LIMIT] entries, each LIMIT a positive number and rpm or tpm, * for every "
+    "other backend: e.g. openai=500rpm/200000tpm,*=1000rpm",
+    _rate_limits,
+    str,
+)
+URL = Rule("a redis:// (rediss://, unix://) URL", _redis_url, str)
 
 
 def _shown(value: object, limit: int = 200) -> str:
@@ -204,8 +280,22 @@ class Settings:
     fallbacks: Setting[tuple[str, ...]] = Setting("LLM_FALLBACKS", (), NAMES)
     #: Error kinds besides the transient ones that move a call on to its next fallback.
     fallback_on: Setting[tuple[str, ...]] = Setting("LLM_FALLBACK_ON", (), NAMES)
+    #: The response cache: a file path (SQLite) or a ``redis://`` URL; ``None``: off.
+    cache: Setting[str | None] = Setting("LLM_CACHE", None, CACHE)
+    #: Seconds a cached response is kept; ``None``: no expiry.
+    cache_ttl: Setting[float | None] = Setting("LLM_CACHE_TTL", None, CACHE_TTL)
+    #: Client-side rate limits per backend, ``((backend, rpm, tpm), ...)``; ``()``: none.
+    rate_limit: Setting[tuple[tuple[str, float | None, float | None], ...]] = Setting("LLM_RATE_LIMIT", (), RATE_LIMIT)
+    #: The Redis that shares the rate limits; ``None``: ``cache`` when that is a Redis URL, else none.
+    rate_limit_redis: Setting[str | None] = Setting("LLM_RATE_LIMIT_REDIS", None, URL)
 
-    NAMES = ("backend", "model_name", "temperature", "max_tokens", "timeout", "max_retries", "fallbacks", "fallback_on")
+    #: The transport of async clients: ``aiohttp`` (the default), or ``default`` for the SDK's own.
+    async_transport: Setting[str] = Setting("LLM_ASYNC_TRANSPORT", "aiohttp", ASYNC_TRANSPORT)
+
+    NAMES = (
+        "backend", "model_name", "temperature", "max_tokens", "timeout", "max_retries", "fallbacks", "fallback_on",
+        "cache", "cache_ttl", "rate_limit", "rate_limit_redis", "async_transport",
+    )  # fmt: skip
 
     def __init__(self) -> None:
         self._overrides: dict[str, Any] = {}

@@ -5,7 +5,10 @@ backend's first use off the event loop, and bounds each attempt by the deadline 
 
 Steps each live in their own module: ``_resolve`` (arguments, backend and model, the request),
 ``_validate`` (messages and options), ``_retry`` (the attempts: retries, fallbacks, deadline),
-``_response`` (results, failures, logging) and ``_plugins`` (the backends and the observers).
+``_response`` (results, failures, logging) and ``_plugins`` (the backends and the observers);
+``_cache`` (the response cache: looked up once the first request is built, before anything is
+sent; a success stored) and ``_ratelimit`` (the client-side limits: asked before each attempt).
+Both are imported only when configured: with neither, a call reads two settings and no more.
 """
 
 from __future__ import annotations
@@ -16,17 +19,18 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._config import MAX_RETRIES, NAMES, TIMEOUT, settings
-from ._deadline import DEADLINE
 from ._exceptions import APITimeoutError, ErrorKind, InvalidInputError
 from ._resolve import build_request, check_arguments, choose, split_features
 from ._response import as_chatplug_error, failed, succeeded
 from ._retry import OPT_IN, TRANSIENT, Plan, Target
-from ._types import ChatRequest, LLMResponse, Message
+from ._types import ChatRequest, ChatResult, LLMResponse, Message
 from ._validate import check_options
 
 if TYPE_CHECKING:
     from ._backend import ChatBackend
+    from ._cache import Cache
     from ._plugins import Plugins
+    from ._ratelimit import Ticket
 
 ToMessages = Callable[[Any], "tuple[Message, ...]"]
 T = TypeVar("T")
@@ -73,6 +77,9 @@ class Call:
             retries = settings.max_retries if retries is None else MAX_RETRIES.argument("max_retries", retries)
             targets = [Target(name, model), *fallback_targets(options.pop("fallbacks", None), is_backend)]
             fallback_on = error_kinds(options.pop("fallback_on", None))
+            use_cache = options.pop("cache", True)
+            if not isinstance(use_cache, bool):
+                raise InvalidInputError(f"cache must be True (the configured LLM_CACHE) or False, got {use_cache!r}.")
             self.features, self.options = split_features(options)
             check_options(self.options)
         except InvalidInputError as exc:
@@ -80,6 +87,19 @@ class Call:
             raise
         self.timeout = settings.timeout if timeout is None else timeout
         self.plan = Plan(targets, retries, self.timeout, fallback_on)
+        place = settings.cache if use_cache else None
+        if place is None:
+            self.cache: Cache | None = None
+        else:
+            from ._cache import cache_for
+
+            self.cache = cache_for(place)
+            self.cache_ttl = settings.cache_ttl  # read now: a bad one fails the call before anything is sent
+        self.cache_key: str | None = None
+        #: The cached reply that answers this call, if one does: nothing is sent then.
+        self.hit: ChatResult | None = None
+        self.rate_limits = settings.rate_limit
+        self.ticket: Ticket | None = None  # the last attempt's place in the rate limit
 
     def request(self, chosen: ChatBackend) -> ChatRequest:
         """The request for the plan's current target (``APITimeoutError`` past the deadline)."""
@@ -105,7 +125,63 @@ class Call:
     def finish(self, response: LLMResponse) -> LLMResponse:
         response.attempts = self.plan.attempts
         response.attempt_errors = self.plan.earlier_errors(response.success)
+        if self.hit is not None:
+            response.cached = True
         return response
+
+    # -- the cache and the rate limit ---------------------------------------------------
+
+    def key(self, request: ChatRequest) -> str | None:
+        """The cache key of the call's first request; ``None`` past it, or without a cache."""
+        if self.cache is None or self.cache_key is not None:
+            return None
+        from ._cache import key
+
+        self.cache_key = key(request)
+        return self.cache_key
+
+    def limits(self, request: ChatRequest) -> tuple[float | None, float | None, int] | None:
+        """(rpm, tpm, estimated tokens) of the attempt's backend, or ``None``: no limit."""
+        from ._ratelimit import estimate, limits_for
+
+        limits = limits_for(self.rate_limits, request.backend)
+        if limits is None:
+            return None
+        return limits[0], limits[1], estimate(request) if limits[1] is not None else 0
+
+    def storing(self, response: LLMResponse) -> bool:
+        """Whether ``response`` goes into the cache: a whole success that came from the provider."""
+        from ._streaming import CANCELLED
+
+        return (
+            self.cache is not None
+            and self.cache_key is not None
+            and self.hit is None
+            and response.success
+            and response.finish_reason != CANCELLED
+        )
+
+    def settled(self, response: LLMResponse) -> Ticket | None:
+        """The ticket whose estimate the real usage of ``response`` replaces, if any."""
+        ticket = self.ticket
+        return ticket if ticket is not None and response.success and response.usage_reported else None
+
+    def after(self, response: LLMResponse) -> None:
+        """Store a success in the cache, and count its real tokens in the rate limit."""
+        if self.storing(response):
+            assert self.cache is not None and self.cache_key is not None
+            self.cache.put(self.cache_key, response, self.cache_ttl)
+        ticket = self.settled(response)
+        if ticket is not None:
+            ticket.settle(response.tokens_used)
+
+    async def aafter(self, response: LLMResponse) -> None:
+        if self.storing(response):
+            assert self.cache is not None and self.cache_key is not None
+            await self.cache.aput(self.cache_key, response, self.cache_ttl)
+        ticket = self.settled(response)
+        if ticket is not None:
+            await ticket.asettle(response.tokens_used)
 
 
 def begin_sync(manager: Plugins, *arguments: Any) -> tuple[Call, ChatBackend, ChatRequest]:
@@ -124,6 +200,22 @@ def next_sync(manager: Plugins, call: Call) -> tuple[ChatBackend, ChatRequest]:
     if not ready:
         call.plan.restart()  # making the backend (importing its SDK) is not the server's time
     request = call.request(chosen)
+    if call.cache is not None:
+        key = call.key(request)
+        if key is not None:
+            call.hit = call.cache.get(key)
+            if call.hit is not None:
+                return chosen, request  # answered from the cache: nothing is sent
+    if call.rate_limits:
+        limits = call.limits(request)
+        if limits is not None:
+            from . import _ratelimit
+
+            wait, call.ticket = _ratelimit.limiter().acquire(request.backend, *limits, call.plan.remaining())
+            if call.ticket is None:
+                raise _ratelimit.too_long(request.backend, wait)
+            if wait > 0:
+                _ratelimit.sleep(wait)
     manager.on_request(request)
     call.plan.started()
     return chosen, request
@@ -147,6 +239,22 @@ async def next_async(manager: Plugins, call: Call) -> tuple[ChatBackend, ChatReq
         chosen = await _off_loop(backends.get, name)
         call.plan.restart()  # making the backend (importing its SDK) is not the server's time
     request = call.request(chosen)
+    if call.cache is not None:
+        key = call.key(request)
+        if key is not None:
+            call.hit = await call.cache.aget(key)
+            if call.hit is not None:
+                return chosen, request  # answered from the cache: nothing is sent
+    if call.rate_limits:
+        limits = call.limits(request)
+        if limits is not None:
+            from . import _ratelimit
+
+            wait, call.ticket = await _ratelimit.limiter().aacquire(request.backend, *limits, call.plan.remaining())
+            if call.ticket is None:
+                raise _ratelimit.too_long(request.backend, wait)
+            if wait > 0:
+                await _ratelimit.asleep(wait)
     manager.on_request(request)
     call.plan.started()
     return chosen, request
@@ -160,12 +268,16 @@ def call_sync(*arguments: Any) -> LLMResponse:
     request: ChatRequest | None = None
     try:
         call, chosen, request = begin_sync(manager, *arguments)
-        while True:
+        result = call.hit
+        while result is None:
             # The attempt's deadline, for the HTTP clients wrapped by toolkit.deadline_client:
             # their sockets give up when it passes (a contextvar: each thread has its own).
+            from ._deadline import DEADLINE  # here, not at the top: async-only programs never need it
+
             token = DEADLINE.set(request.deadline)
             try:
                 result = chosen.complete(request)
+                call.plan.succeeded()
                 break
             except Exception as exc:
                 wait = call.failed(exc, manager, request)
@@ -174,13 +286,14 @@ def call_sync(*arguments: Any) -> LLMResponse:
             if wait:
                 time.sleep(wait)  # a backoff or a Retry-After, within the deadline
             chosen, request = next_sync(manager, call)
-        call.plan.succeeded()
     except Exception as exc:
         response = failed(as_chatplug_error(exc, where(manager, request)), request, start, arguments[2])
     else:
         response = succeeded(result, request, start, manager.backends.describe)
     if call is not None:
         call.finish(response)
+        if call.cache is not None or call.ticket is not None:
+            call.after(response)
     manager.on_response(request, response)
     return response
 
@@ -195,22 +308,25 @@ async def call_async(*arguments: Any) -> LLMResponse:
     request: ChatRequest | None = None
     try:
         call, chosen, request = await begin_async(manager, *arguments)
-        while True:
+        result = call.hit
+        while result is None:
             try:
                 result = await within(chosen.acomplete(request), call.plan.remaining(), request)
+                call.plan.succeeded()
                 break
             except Exception as exc:
                 wait = call.failed(exc, manager, request)
             if wait:
                 await asyncio.sleep(wait)
             chosen, request = await next_async(manager, call)
-        call.plan.succeeded()
     except Exception as exc:
         response = failed(as_chatplug_error(exc, where(manager, request)), request, start, arguments[2])
     else:
         response = succeeded(result, request, start, manager.backends.describe)
     if call is not None:
         call.finish(response)
+        if call.cache is not None or call.ticket is not None:
+            await call.aafter(response)
     manager.on_response(request, response)
     return response
 

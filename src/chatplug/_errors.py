@@ -162,7 +162,7 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
 #: matched along each exception's MRO so that no stack need be imported to be mapped.
 _TIMEOUTS = {"TimeoutException", "ServerTimeoutError", "TimeoutError", "ConnectionTimeoutError", "SocketTimeoutError"}
 _BAD_URL = {"InvalidURL", "UnsupportedProtocol", "InvalidUrlClientError", "NonHttpUrlClientError"}
-_CONNECT = {"ConnectError", "ClientConnectorError", "ConnectionRefusedError", "gaierror"}
+_CONNECT = {"ConnectError", "ClientConnectorError", "ClientHttpProxyError", "ConnectionRefusedError", "gaierror"}
 _BROKEN = {
     "ReadError",
     "WriteError",

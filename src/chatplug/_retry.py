@@ -15,11 +15,9 @@ router does), as long as another target is left to try.
 
 from __future__ import annotations
 
-import random
 import threading
 import time
 from collections.abc import Sequence
-from typing import NamedTuple
 
 from ._exceptions import APITimeoutError, ChatplugError, ErrorKind
 
@@ -35,12 +33,22 @@ BACKOFF_BASE, BACKOFF_CAP = 0.5, 8.0  # seconds: 0.5, 1, 2, 4, 8, 8 ... each wit
 COOLDOWN_AFTER, COOLDOWN_SECONDS = 3, 30.0  # consecutive failures, then skipped this long
 
 
-class Target(NamedTuple):
-    """Where an attempt goes: a backend, and a model (``None``: the backend's default). A tuple:
-    every call makes one, and a frozen dataclass costs several times more to build."""
+class Target(tuple[str, "str | None"]):
+    """Where an attempt goes: a backend, and a model (``None``: the backend's default). A plain
+    tuple: every call makes one, and a dataclass or NamedTuple costs more to build and to import."""
 
-    backend: str
-    model: str | None
+    __slots__ = ()
+
+    def __new__(cls, backend: str, model: str | None) -> Target:
+        return tuple.__new__(cls, (backend, model))
+
+    @property
+    def backend(self) -> str:
+        return self[0]
+
+    @property
+    def model(self) -> str | None:
+        return self[1]
 
     def __str__(self) -> str:
         return f"{self.backend}:{self.model}" if self.model else self.backend
@@ -49,6 +57,8 @@ class Target(NamedTuple):
 def backoff(retry: int) -> float:
     """Seconds before retry number ``retry`` (0 first): exponential, capped, with jitter so that
     many clients failing together do not come back together."""
+    import random  # here: only failed attempts pay for it
+
     return float(min(BACKOFF_BASE * 2.0**retry, BACKOFF_CAP)) * (0.5 + random.random() / 2)
 
 

@@ -14,18 +14,41 @@ from __future__ import annotations
 import time
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Generator, Iterator
+from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from ._exceptions import PluginError
 from ._response import as_chatplug_error, failed, succeeded
-from ._types import ChatChunk, ChatRequest, ChatResult, LLMResponse
+from ._types import ChatRequest, ChatResult, LLMResponse
 
 if TYPE_CHECKING:
     from ._backend import ChatBackend
     from ._dispatch import Call
     from ._plugins import Plugins
     from ._tools import ToolCallDelta
+
+# Not frozen: a stream makes one per piece of text, and a frozen dataclass costs ~2 us more to
+# build (object.__setattr__ per field). Treat it as read-only all the same.
+@dataclass(slots=True)
+class ChatChunk:
+    """A piece of a streamed reply: what a backend's ``stream`` yields, and what the caller
+    iterates. ``text`` and ``reasoning`` are the new text (either may be ``""``).
+
+    A backend also reports, on any chunk (usually the last), what it learns of the whole reply:
+    ``model``, the token counts and ``finish_reason``; ``None`` means "not said here". The
+    dispatcher adds up the text and keeps the last value of each of those.
+    """
+
+    text: str = ""
+    reasoning: str = ""
+    model: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    finish_reason: str | None = None
+    #: Pieces of tool calls (see ``ToolCallDelta``); the dispatcher assembles them.
+    tool_calls: tuple[ToolCallDelta, ...] = ()
+
 
 #: The finish reason of a stream its caller stopped.
 CANCELLED = "cancelled"
@@ -184,7 +207,11 @@ class Stream(_StreamBase):
         stopped = False
         try:
             call, chosen, request = self._begin(manager)
-            while True:  # attempts: retried (or moved to a fallback) only before the first chunk
+            if call.hit is not None:  # answered from the cache: the whole reply as one chunk, nothing sent
+                chunk = cached_chunk(call.hit)
+                if collected.add(chunk, "the response cache"):
+                    yield chunk
+            while call.hit is None:  # attempts: retried (or moved to a fallback) only before the first chunk
                 source = chosen.stream(request)
                 describe = manager.backends.describe(request.backend)
                 try:
@@ -201,7 +228,8 @@ class Stream(_StreamBase):
                 if wait:
                     time.sleep(wait)
                 chosen, request = next_sync(manager, call)
-            call.plan.succeeded()
+            if call.hit is None:
+                call.plan.succeeded()
         except (GeneratorExit, KeyboardInterrupt):
             stopped = True
             raise
@@ -211,6 +239,8 @@ class Stream(_StreamBase):
             self._response = collected.response(manager, request, error, stopped, self._model_name)
             if call is not None:
                 call.finish(self._response)
+                if call.cache is not None or call.ticket is not None:
+                    call.after(self._response)  # a whole reply stored; its real tokens counted
             manager.on_response(request, self._response)
 
     def close(self) -> None:
@@ -257,7 +287,11 @@ class AsyncStream(_StreamBase):
         stopped = False
         try:
             call, chosen, request = await self._begin(manager)
-            while True:  # attempts: retried (or moved to a fallback) only before the first chunk
+            if call.hit is not None:  # answered from the cache: the whole reply as one chunk, nothing sent
+                chunk = cached_chunk(call.hit)
+                if collected.add(chunk, "the response cache"):
+                    yield chunk
+            while call.hit is None:  # attempts: retried (or moved to a fallback) only before the first chunk
                 source = chosen.astream(request)
                 describe = manager.backends.describe(request.backend)
                 try:
@@ -282,7 +316,8 @@ class AsyncStream(_StreamBase):
                 if wait:
                     await asyncio.sleep(wait)
                 chosen, request = await next_async(manager, call)
-            call.plan.succeeded()
+            if call.hit is None:
+                call.plan.succeeded()
         except (GeneratorExit, KeyboardInterrupt):
             stopped = True
             raise
@@ -295,6 +330,8 @@ class AsyncStream(_StreamBase):
             self._response = collected.response(manager, request, error, stopped, self._model_name)
             if call is not None:
                 call.finish(self._response)
+                if not stopped and (call.cache is not None or call.ticket is not None):
+                    await call.aafter(self._response)  # a whole reply stored; its real tokens counted
             manager.on_response(request, self._response)
 
     async def aclose(self) -> None:
@@ -311,6 +348,19 @@ class AsyncStream(_StreamBase):
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.aclose()
+
+
+def cached_chunk(result: ChatResult) -> ChatChunk:
+    """A cached reply as the one chunk a stream the cache answers yields."""
+    return ChatChunk(
+        text=result.content,
+        reasoning=result.reasoning,
+        model=result.model,
+        prompt_tokens=result.prompt_tokens,
+        completion_tokens=result.completion_tokens,
+        finish_reason=result.finish_reason,
+        tool_calls=tuple(result.tool_calls),  # type: ignore[arg-type]  # the cache keeps ToolCallDeltas
+    )
 
 
 async def _empty() -> AsyncIterator[ChatChunk]:

@@ -147,28 +147,6 @@ class ChatResult:
     tool_calls: tuple[ToolCallDelta | ToolCall, ...] = ()
 
 
-# Not frozen: a stream makes one per piece of text, and a frozen dataclass costs ~2 us more to
-# build (object.__setattr__ per field). Treat it as read-only all the same.
-@dataclass(slots=True)
-class ChatChunk:
-    """A piece of a streamed reply: what a backend's ``stream`` yields, and what the caller
-    iterates. ``text`` and ``reasoning`` are the new text (either may be ``""``).
-
-    A backend also reports, on any chunk (usually the last), what it learns of the whole reply:
-    ``model``, the token counts and ``finish_reason``; ``None`` means "not said here". The
-    dispatcher adds up the text and keeps the last value of each of those.
-    """
-
-    text: str = ""
-    reasoning: str = ""
-    model: str | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    finish_reason: str | None = None
-    #: Pieces of tool calls (see ``ToolCallDelta``); the dispatcher assembles them.
-    tool_calls: tuple[ToolCallDelta, ...] = ()
-
-
 @dataclass
 class LLMResponse:
     """The result of every chatplug call, successful or not.
@@ -204,6 +182,8 @@ class LLMResponse:
     attempts: int = 0
     #: The errors of the attempts that failed before the last one (``"backend: message"``).
     attempt_errors: list[str] = field(default_factory=list)
+    #: ``True`` when the response cache (``LLM_CACHE``) answered: nothing was sent (``attempts == 0``).
+    cached: bool = False
     exception: ChatplugError | None = field(default=None, repr=False, compare=False)
 
     @property

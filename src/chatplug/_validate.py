@@ -5,7 +5,6 @@ caller's objects are read, never changed (the request copies them)."""
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,7 +24,7 @@ RESERVED = {
 }
 
 #: chatplug's own keyword names: an option a letter or two from one is a typo, not an option.
-KEYWORDS = ("model_name", "temperature", "max_tokens", "backend", "timeout", "max_retries", "fallbacks")
+KEYWORDS = ("model_name", "temperature", "max_tokens", "backend", "timeout", "max_retries", "fallbacks", "cache")
 
 
 def _shown(value: object) -> str:
@@ -204,6 +203,8 @@ def _calls(calls: object, where: str, names: dict[str, str]) -> tuple[dict[str, 
         arguments = data.get("arguments", {}) if isinstance(data, Mapping) else None
         if isinstance(arguments, str):
             try:
+                import json
+
                 arguments = json.loads(arguments)
             except ValueError:
                 arguments = None
@@ -240,6 +241,8 @@ def _json(value: object, where: str) -> None:
     """``value`` must be JSON data that can be sent as UTF-8: every provider takes options and
     tool arguments as JSON, so what cannot be sent is caught before sending."""
     try:
+        import json  # here: only calls with options pay for it
+
         text = json.dumps(value, allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError, RecursionError):
         raise InvalidInputError(

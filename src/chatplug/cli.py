@@ -1,4 +1,5 @@
-"""``chatplug "prompt"``, ``chatplug backends`` and ``chatplug serve``: the command line, on the public API."""
+"""``chatplug "prompt"``, ``chatplug backends``, ``chatplug serve`` and ``chatplug batch`` (in ``_batchfile``):
+the command line, on the public API."""
 
 from __future__ import annotations
 
@@ -42,7 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chatplug",
         description="Ask a language model for a chat completion. `chatplug backends` lists the "
-        "installed backends; `chatplug serve` serves the local model over the OpenAI HTTP API. "
+        "installed backends; `chatplug serve` serves the local model over the OpenAI HTTP API; "
+        "`chatplug batch IN.jsonl -o OUT.jsonl` answers a file of inputs. "
         "Unset options come from LLM_* environment variables.",
     )
     parser.add_argument("--version", action="version", version=f"chatplug {__version__}")
@@ -136,6 +138,10 @@ def _main(args_list: list[str]) -> int:
         return list_backends(args_list[1:])
     if args_list[:1] == ["serve"]:
         return serve(args_list[1:])
+    if args_list[:1] == ["batch"]:
+        from ._batchfile import main as batch
+
+        return batch(args_list[1:])
     args = _parser().parse_args(args_list)
     messages: list[Message] = []
     if args.system:

@@ -51,8 +51,9 @@ from typing import TypeAlias, TypeVar
 from ._backend import ChatBackend
 from ._config import settings
 from ._exceptions import ChatplugError
+from ._streaming import ChatChunk
 from ._tools import ToolCall, ToolCallDelta
-from ._types import ChatChunk, ChatRequest, ChatResult, text_of, thaw
+from ._types import ChatRequest, ChatResult, text_of, thaw
 from .hookspecs import hookimpl
 
 __all__ = ["NAME", "Chunks", "FakeLLM", "Reply", "TestingBackend", "current", "echo", "fake_llm", "scripted"]

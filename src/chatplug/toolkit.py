@@ -20,6 +20,25 @@ Deadlines
     ``deadline_scope(deadline)`` sets the deadline for a block. Async calls need none of this: the
     dispatcher cancels them at the deadline.
 
+Async transport
+    ``async_transport_options(http, verify=..., limits=..., trust_env=...)``: the keyword
+    arguments that put an ``httpx.AsyncClient`` (``http=httpx``, the default) or an
+    ``httpx2.AsyncClient`` (``http=httpx2``) on aiohttp -- several times the requests a second of
+    httpx's own pool, at a fraction of the CPU -- as ``{"transport": ..., "mounts": ...}``, with
+    TLS (``SSL_CERT_FILE`` ...) and proxies (``HTTP(S)_PROXY``, ``NO_PROXY``) from the environment
+    as the client's own transport takes them; ``{}`` when ``LLM_ASYNC_TRANSPORT=default``
+    (``settings.async_transport``), read each time. Pass them to the client, or to an SDK that
+    passes its keyword arguments on (``ollama.AsyncClient(**options)``), or build the SDK's own
+    client with them (``http_client=openai.DefaultAsyncHttpxClient(**options)``)::
+
+        lambda host: ollama.AsyncClient(host=host, **async_transport_options())
+
+    aiohttp's failures are raised as httpx's (a refused connection a ``ConnectError``, a cut-off
+    reply a ``RemoteProtocolError`` ...), so they map as before; the aiohttp session closes with
+    its client (``ClientCache`` closes clients at loop shutdown). ``aiohttp_transport(http, ...)``
+    is one such transport; ``use_aiohttp()`` says whether the setting asks for aiohttp (aiohttp
+    is imported on first use; without it installed, the default is the SDK's own transport).
+
 Errors
     ``status_error(status, body, where=..., headers=...)``: the chatplug exception for an HTTP
     error (the status table, the provider's message found in its body, ``Retry-After`` parsed,
@@ -66,12 +85,15 @@ from ._errors import (
 )
 from ._exceptions import ConfigError
 from ._secrets import redact, register_secret
+from ._transports import aiohttp_transport, async_transport_options, use_aiohttp
 from ._types import ChatRequest, freeze, thaw
 
 __all__ = [
     "CONTEXT_MARKERS",
     "ClientCache",
     "Lease",
+    "aiohttp_transport",
+    "async_transport_options",
     "deadline_client",
     "deadline_scope",
     "deadline_transport",
@@ -92,6 +114,7 @@ __all__ = [
     "supported_options",
     "thaw",
     "transport_error",
+    "use_aiohttp",
 ]
 
 logger = logging.getLogger("chatplug")

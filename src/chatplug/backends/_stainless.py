@@ -13,6 +13,7 @@ reply and its stream's events.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import inspect
 import json
 import time
@@ -38,6 +39,7 @@ from chatplug import (
 from chatplug.toolkit import (
     CONTEXT_MARKERS,
     ClientCache,
+    async_transport_options,
     deadline_client,
     deadline_scope,
     error_detail,
@@ -129,7 +131,7 @@ class StainlessBackend(ChatBackend):
                 **self.client_arguments(conn, request),
                 http_client=deadline_client(sdk.DefaultHttpxClient(timeout=request.timeout)),
             ),
-            lambda conn, request: async_client(**self.client_arguments(conn, request)),
+            lambda conn, request: async_client(**self.client_arguments(conn, request), **self.async_http_client()),
         )
 
     @abstractmethod
@@ -166,6 +168,24 @@ class StainlessBackend(ChatBackend):
             "timeout": request.timeout,
             "max_retries": request.max_retries,
         }
+
+    def async_http_client(self) -> dict[str, Any]:
+        """``{"http_client": ...}``: the SDK's own ``DefaultAsyncHttpxClient`` (its timeout, limits and
+        redirects) on aiohttp, its TLS and proxies as its default transport takes them from the
+        environment; ``{}`` (the SDK's default client) when ``LLM_ASYNC_TRANSPORT=default``."""
+        client_class = self.sdk.DefaultAsyncHttpxClient
+        # The HTTP stack the SDK is built on (httpx2; httpx for older SDKs): its client's module.
+        stack = next(cls.__module__ for cls in client_class.__mro__ if cls.__name__ == "AsyncClient")
+        limits = getattr(self.sdk, "DEFAULT_CONNECTION_LIMITS", None)
+        options = async_transport_options(
+            importlib.import_module(stack.partition(".")[0]), limits=limits, socket_options=self.socket_options
+        )
+        if not options:
+            return {}
+        return {"http_client": client_class(**options)}
+
+    #: The socket options of the SDK's default async transport (anthropic's: TCP keep-alive).
+    socket_options: ClassVar[tuple[tuple[int, int, int], ...]] = ()
 
     def complete(self, request: ChatRequest) -> ChatResult:
         conn = self.connection()

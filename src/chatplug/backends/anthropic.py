@@ -19,6 +19,8 @@ fragments, keyed by the block's index.
 
 from __future__ import annotations
 
+import socket
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
@@ -42,6 +44,18 @@ from ._stainless import CAPABILITIES, Connection, StainlessBackend, arguments_js
 PLACEHOLDER_KEY = "sk-ant-no-key-needed"
 
 
+def _keepalive() -> tuple[tuple[int, int, int], ...]:
+    """The socket options of anthropic's default async transport: keep-alive probes after 60 s idle."""
+    options = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
+    for name, value in (("TCP_KEEPINTVL", 60), ("TCP_KEEPCNT", 5), ("TCP_KEEPIDLE", 60)):
+        option = getattr(socket, name, None)
+        if option is not None:
+            options.append((socket.IPPROTO_TCP, option, value))
+    if not hasattr(socket, "TCP_KEEPINTVL") and sys.platform == "darwin":
+        options.append((socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPALIVE", 0x10), 60))
+    return tuple(options)
+
+
 class AnthropicBackend(StainlessBackend):
     default_model = "claude-sonnet-5-5"
     hints: ClassVar[Mapping[int, str]] = {
@@ -53,6 +67,9 @@ class AnthropicBackend(StainlessBackend):
     }
     hosted_url = "https://api.anthropic.com"
     capabilities = CAPABILITIES
+
+    #: TCP keep-alive, as the SDK's own async transport sets it (a long request is not cut by a NAT).
+    socket_options = _keepalive()
 
     def __init__(self) -> None:
         anthropic = import_sdk("anthropic", "anthropic")

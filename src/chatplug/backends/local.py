@@ -58,6 +58,7 @@ from chatplug import (
 )
 from chatplug.toolkit import (
     ClientCache,
+    async_transport_options,
     env_setting,
     invalid_response,
     status_error,
@@ -312,7 +313,10 @@ def _async_client() -> httpx.AsyncClient:
     import httpx
 
     # trust_env off: a proxy variable must not send loopback calls elsewhere. Timeouts per request.
-    return httpx.AsyncClient(limits=httpx.Limits(max_keepalive_connections=16), trust_env=False)
+    # On aiohttp unless LLM_ASYNC_TRANSPORT=default.
+    limits = httpx.Limits(max_keepalive_connections=16)
+    transport = async_transport_options(httpx, limits=limits, trust_env=False)
+    return httpx.AsyncClient(limits=limits, trust_env=False, **transport)
 
 
 def _sync_client() -> httpx.Client:  # the cache's other half; sync calls go in-process, not over HTTP

@@ -39,6 +39,7 @@ from chatplug import (
 )
 from chatplug.toolkit import (
     ClientCache,
+    async_transport_options,
     deadline_client,
     env_secret,
     env_setting,
@@ -90,7 +91,8 @@ class OllamaBackend(ChatBackend):
         self._clients: ClientCache[ollama.Client, ollama.AsyncClient] = ClientCache(
             # Sync: every socket of the client gives up at the call's deadline (see deadline_client).
             lambda host, key, timeout: _bounded(_client(sdk.Client, host, key, timeout)),
-            lambda host, key, timeout: _client(sdk.AsyncClient, host, key, timeout),
+            # Async: on aiohttp unless LLM_ASYNC_TRANSPORT=default (the SDK passes these to its httpx client).
+            lambda host, key, timeout: _client(sdk.AsyncClient, host, key, timeout, **async_transport_options()),
         )
 
     def complete(self, request: ChatRequest) -> ChatResult:
@@ -212,12 +214,13 @@ def _connection() -> tuple[str, str | None]:
     return host, env_secret("OLLAMA_API_KEY")
 
 
-def _client(cls: type[C], host: str, key: str | None, timeout: float) -> C:
+def _client(cls: type[C], host: str, key: str | None, timeout: float, **options: Any) -> C:
     """An SDK client for ``host``. The key goes in as the header: the SDK reads OLLAMA_API_KEY
-    only when no authorization header is given, and then unstripped."""
+    only when no authorization header is given, and then unstripped. ``options`` go to its httpx
+    client (an async one's transport)."""
     headers = {"authorization": f"Bearer {key}"} if key else None
     try:
-        return cls(host=host, timeout=timeout, headers=headers)
+        return cls(host=host, timeout=timeout, headers=headers, **options)
     except Exception as exc:  # the SDK parses the host here (ValueError, httpx.InvalidURL)
         raise ConfigError(f"OLLAMA_HOST={host!r} is not valid ({exc}): {_HOST_FORMS}.") from None
 
