@@ -377,10 +377,11 @@ def _chunk(part: ollama.ChatResponse, calls: int = 0) -> ChatChunk:
     """One streamed NDJSON part; the last one (``done: true``) also says the model, the counts
     (``None`` when not sent) and why the reply ended. Tool calls come whole, in any part (a
     ``done: false`` one, as a rule); ``calls`` is how many came before in this reply."""
-    text, reasoning = part.message.content or "", part.message.thinking or ""
-    tool_calls = _tool_calls(part.message.tool_calls, calls)
+    message = part.message
+    text, reasoning = message.content or "", message.thinking or ""
+    tool_calls = _tool_calls(message.tool_calls, calls) if message.tool_calls else ()
     if not part.done:
-        return ChatChunk(text=text, reasoning=reasoning, tool_calls=tool_calls)
+        return ChatChunk(text, reasoning, None, None, None, None, tool_calls)
     return ChatChunk(
         text=text,
         reasoning=reasoning,
