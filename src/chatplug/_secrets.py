@@ -21,7 +21,8 @@ _ordered: tuple[str, ...] = ()  # longest first, so a secret containing another 
 _lock = threading.Lock()
 
 #: A URL's ``user:password@``: the password runs to the last ``@`` before the host's end.
-_USERINFO = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/\s?#@:]*):[^/\s?#]*@")
+#: Compiled on first use (a failure's text with a URL in it), not at ``import chatplug``.
+_USERINFO = r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/\s?#@:]*):[^/\s?#]*@"
 
 
 def register_secret(value: str | None) -> None:
@@ -40,5 +41,5 @@ def redact(text: str) -> str:
         if value in text:
             text = text.replace(value, MASK)
     if "@" in text and "://" in text:
-        text = _USERINFO.sub(rf"\g<head>:{MASK}@", text)
+        text = re.sub(_USERINFO, rf"\g<head>:{MASK}@", text)  # re caches the compiled pattern
     return text
