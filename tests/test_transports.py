@@ -285,7 +285,10 @@ def test_failures_are_the_same_on_both_transports(
             server.close()
     aiohttp, default = outcomes
     assert aiohttp[0] is not None
-    assert aiohttp == default
+    # The same kind and words; the class named in parentheses may differ (a peer that sends
+    # garbage and hangs up is a ReadError or a RemoteProtocolError, depending on which the
+    # client sees first, on either transport).
+    assert _without_class(aiohttp) == _without_class(default)
 
 
 # -- closing: no session left open, nothing logged --------------------------------------------
@@ -365,3 +368,11 @@ def test_no_aiohttp_warning_under_w_error(ollama: FakeServer) -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "done", proc.stdout
     assert "Unclosed" not in proc.stderr and "unclosed" not in proc.stderr, proc.stderr
+
+
+def _without_class(outcome: tuple[object, ...]) -> tuple[object, ...]:
+    import re
+
+    return tuple(
+        re.sub(r"\((ReadError|RemoteProtocolError)\)", "(...)", x) if isinstance(x, str) else x for x in outcome
+    )
