@@ -91,3 +91,28 @@ def openai_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeServer]:
 @pytest.fixture
 def anthropic_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeServer]:
     yield from provider_server(monkeypatch, ANTHROPIC)
+
+
+class Observed:
+    """An observer plugin that records every request and response it is shown."""
+
+    def __init__(self) -> None:
+        self.requests: list[chatplug.ChatRequest] = []
+        self.responses: list[chatplug.LLMResponse] = []
+
+    @chatplug.hookimpl
+    def on_request(self, request: chatplug.ChatRequest) -> None:
+        self.requests.append(request)
+
+    @chatplug.hookimpl
+    def on_response(self, request: chatplug.ChatRequest | None, response: chatplug.LLMResponse) -> None:
+        self.responses.append(response)
+
+
+@pytest.fixture
+def observed() -> Iterator[Observed]:
+    """An ``Observed`` registered in-process for the test."""
+    seen = Observed()
+    name = chatplug.register_plugin(seen, "test-observer")
+    yield seen
+    chatplug.unregister_plugin(name)

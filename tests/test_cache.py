@@ -23,7 +23,6 @@ from chatplug import (
     generate_completion_async,
     generate_completion_sync,
     generate_completion_with_messages_sync,
-    hookimpl,
     stream_completion_async,
     stream_completion_sync,
 )
@@ -32,6 +31,7 @@ from chatplug._tools import ResponseFormat, Tool
 from chatplug.testing import scripted
 
 from .childproc import python
+from .conftest import Observed
 from .fakeserver import FakeServer
 from .redisserver import RedisServer, redis_server
 
@@ -66,26 +66,9 @@ def redis_cache(redis: RedisServer, monkeypatch: pytest.MonkeyPatch) -> RedisSer
 CACHES = pytest.mark.parametrize("where", ["sqlite_cache", "redis_cache"])
 
 
-class Observer:
-    def __init__(self) -> None:
-        self.requests: list[ChatRequest] = []
-        self.responses: list[LLMResponse] = []
-
-    @hookimpl
-    def on_request(self, request: ChatRequest) -> None:
-        self.requests.append(request)
-
-    @hookimpl
-    def on_response(self, request: ChatRequest | None, response: LLMResponse) -> None:
-        self.responses.append(response)
-
-
 @pytest.fixture
-def observer() -> Iterator[Observer]:
-    seen = Observer()
-    name = chatplug.register_plugin(seen, "cache-observer")
-    yield seen
-    chatplug.unregister_plugin(name)
+def observer(observed: Observed) -> Observed:
+    return observed
 
 
 # -- the key --------------------------------------------------------------------------------
@@ -161,7 +144,7 @@ def test_a_call_that_differs_in_any_argument_misses(sqlite_cache: Path, change: 
 
 
 @CACHES
-def test_a_hit_sends_nothing_and_says_so(where: str, request: pytest.FixtureRequest, observer: Observer) -> None:
+def test_a_hit_sends_nothing_and_says_so(where: str, request: pytest.FixtureRequest, observer: Observed) -> None:
     request.getfixturevalue(where)
     reply = ChatResult("Paris", "m-1", 7, 2, "stop", reasoning="thought")
     with scripted(reply) as llm:

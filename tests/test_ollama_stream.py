@@ -8,7 +8,7 @@ import json
 import os
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -16,18 +16,17 @@ import pytest
 import chatplug
 from chatplug import (
     ChatChunk,
-    ChatRequest,
     ErrorKind,
     LLMResponse,
     generate_completion_async,
     generate_completion_sync,
-    hookimpl,
     stream_completion_async,
     stream_completion_sync,
     stream_completion_with_messages_async,
     stream_completion_with_messages_sync,
 )
 
+from .conftest import Observed
 from .fakeserver import FakeServer, Reply, fixture
 
 NDJSON = {"Content-Type": "application/x-ndjson"}
@@ -485,29 +484,12 @@ def test_cancelling_the_task_closes_the_stream(ollama: FakeServer) -> None:
 # -- observers ---------------------------------------------------------------------------------
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.requests: list[ChatRequest] = []
-        self.responses: list[LLMResponse] = []
-
-    @hookimpl
-    def on_request(self, request: ChatRequest) -> None:
-        self.requests.append(request)
-
-    @hookimpl
-    def on_response(self, request: ChatRequest | None, response: LLMResponse) -> None:
-        self.responses.append(response)
-
-
 @pytest.fixture
-def recorder() -> Iterator[Recorder]:
-    recorder = Recorder()
-    name = chatplug.register_plugin(recorder, "ollama-stream-recorder")
-    yield recorder
-    chatplug.unregister_plugin(name)
+def recorder(observed: Observed) -> Observed:
+    return observed
 
 
-def test_observers_fire_once_per_stream(ollama: FakeServer, recorder: Recorder) -> None:
+def test_observers_fire_once_per_stream(ollama: FakeServer, recorder: Observed) -> None:
     ollama.route(
         "POST",
         "/api/chat",
