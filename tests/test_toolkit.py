@@ -219,6 +219,59 @@ def test_settings_in_code_follow_the_same_rule(name: str, value: object) -> None
         setattr(settings, name, value)
 
 
+def test_every_change_to_the_environment_applies_to_the_next_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings read os.environ's own dict and keep the last parsed value of each variable: a
+    change (set, changed, deleted, set back, made bad) is seen at once, never a stale value."""
+    seen = []
+    for value in ("0.1", "0.2", None, "0.1", " 0.2 "):
+        if value is None:
+            monkeypatch.delenv("LLM_TEMPERATURE", raising=False)
+        else:
+            monkeypatch.setenv("LLM_TEMPERATURE", value)
+        seen.append(settings.temperature)
+    assert seen == [0.1, 0.2, 0.7, 0.1, 0.2]
+    monkeypatch.setenv("LLM_TEMPERATURE", "hot")
+    for _ in range(2):  # a bad value is refused at every read, not remembered as the last good one
+        with pytest.raises(chatplug.ConfigError, match="LLM_TEMPERATURE='hot'"):
+            settings.temperature  # noqa: B018
+    monkeypatch.setattr("os.environ", {"LLM_TEMPERATURE": "1.5"})  # a replaced mapping is read too
+    assert settings.temperature == 1.5
+
+
+def test_a_changed_key_or_url_is_checked_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The toolkit's readers check a value once, and again when it changes."""
+    monkeypatch.setenv("ACME_KEY", "sk-good-key")
+    monkeypatch.setenv("ACME_URL", "http://127.0.0.1:1/v1")
+    assert chatplug.toolkit.env_secret("ACME_KEY") == "sk-good-key"
+    assert chatplug.toolkit.env_url("ACME_URL", "http://host/v1") == "http://127.0.0.1:1/v1"
+    monkeypatch.setenv("ACME_KEY", "sk-bad key")
+    monkeypatch.setenv("ACME_URL", "ftp://127.0.0.1/v1")
+    with pytest.raises(chatplug.ConfigError, match="ACME_KEY contains whitespace"):
+        chatplug.toolkit.env_secret("ACME_KEY")
+    with pytest.raises(chatplug.ConfigError, match=r"ACME_URL='ftp://127\.0\.0\.1/v1' is not valid"):
+        chatplug.toolkit.env_url("ACME_URL", "http://host/v1")
+    assert chatplug.toolkit.env_url("ACME_URL", "ftp://host", schemes=("ftp",)) == "ftp://127.0.0.1/v1"
+
+
+def test_the_dispatchers_request_is_the_constructors() -> None:
+    """The dispatcher builds requests without the frozen dataclass's ``__init__``: the same object."""
+    import dataclasses
+
+    fields = {
+        "messages": [{"role": "user", "content": ["x", {"a": [1]}]}], "model": "m", "temperature": 0.1,
+        "max_tokens": 7, "timeout": 3.0, "options": {"stop": ["\n"]}, "backend": "b", "max_retries": 0,
+        "tools": (), "tool_choice": "auto", "response_format": None, "deadline": 9.0,
+    }  # fmt: skip
+    assert set(fields) == {field.name for field in dataclasses.fields(ChatRequest)}
+    made = ChatRequest._of(dict(fields))
+    assert made == ChatRequest(**fields) and repr(made) == repr(ChatRequest(**fields))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.model = "other"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        made.options["stop"] = "x"  # type: ignore[index]
+    assert made.messages[0]["content"][1]["a"] == (1,) and fields["messages"][0]["content"][1] == {"a": [1]}
+
+
 def test_the_argument_and_the_environment_share_one_rule(monkeypatch: pytest.MonkeyPatch) -> None:
     with chatplug.testing.scripted():
         by_argument = generate_completion_sync("Hi", temperature=2.5)

@@ -27,6 +27,8 @@ from ._types import ChatRequest, ChatResult, LLMResponse, Message
 from ._validate import check_options
 
 if TYPE_CHECKING:
+    from contextvars import ContextVar
+
     from ._backend import ChatBackend
     from ._cache import Cache
     from ._plugins import Plugins
@@ -46,6 +48,20 @@ def plugins() -> Plugins:
 
         _plugins = made
     return _plugins
+
+
+_deadline: ContextVar[float | None] | None = None
+
+
+def deadline_var() -> ContextVar[float | None]:
+    """The deadline of sync attempts (``_deadline.DEADLINE``), imported on first use: async-only
+    programs never need it, and an import statement in the loop costs every call ~1 us."""
+    global _deadline
+    if _deadline is None:
+        from ._deadline import DEADLINE
+
+        _deadline = DEADLINE
+    return _deadline
 
 
 class Call:
@@ -269,12 +285,11 @@ def call_sync(*arguments: Any) -> LLMResponse:
     try:
         call, chosen, request = begin_sync(manager, *arguments)
         result = call.hit
+        # The attempt's deadline, for the HTTP clients wrapped by toolkit.deadline_client: their
+        # sockets give up when it passes (a contextvar: each thread has its own).
+        deadline = deadline_var()
         while result is None:
-            # The attempt's deadline, for the HTTP clients wrapped by toolkit.deadline_client:
-            # their sockets give up when it passes (a contextvar: each thread has its own).
-            from ._deadline import DEADLINE  # here, not at the top: async-only programs never need it
-
-            token = DEADLINE.set(request.deadline)
+            token = deadline.set(request.deadline)
             try:
                 result = chosen.complete(request)
                 call.plan.succeeded()
@@ -282,7 +297,7 @@ def call_sync(*arguments: Any) -> LLMResponse:
             except Exception as exc:
                 wait = call.failed(exc, manager, request)
             finally:
-                DEADLINE.reset(token)
+                deadline.reset(token)
             if wait:
                 time.sleep(wait)  # a backoff or a Retry-After, within the deadline
             chosen, request = next_sync(manager, call)

@@ -135,10 +135,12 @@ class Plugins:
             self._observers[hook] = [(impl.plugin_name, impl.function, list(impl.argnames)) for impl in impls]
 
     def on_request(self, request: ChatRequest) -> None:
-        self._notify("on_request", {"request": request})
+        if self._observers["on_request"]:  # most programs have none: every call asks
+            self._notify("on_request", {"request": request})
 
     def on_response(self, request: ChatRequest | None, response: LLMResponse) -> None:
-        self._notify("on_response", {"request": request, "response": response})
+        if self._observers["on_response"]:
+            self._notify("on_response", {"request": request, "response": response})
 
     def _notify(self, hook: str, arguments: dict[str, Any]) -> None:
         """Call every observer of ``hook``; one that raises is logged and skipped."""

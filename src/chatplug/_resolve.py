@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ._backend import ChatBackend
-from ._config import ARGUMENT, DEFAULT, MAX_TOKENS, NAME, TEMPERATURE, settings
+from ._config import ARGUMENT, MAX_TOKENS, NAME, TEMPERATURE, settings
 from ._exceptions import InvalidInputError
 from ._types import ChatRequest, Message
 
@@ -37,13 +37,11 @@ def choose(backend: str | None, model_name: str | None, is_backend: Any) -> tupl
     ``settings.backend`` set in code or ``backend=``. A model name prefixed for another backend
     than the chosen one is not sent to it.
     """
-    model = model_name
-    model_source = ARGUMENT if model_name is not None else settings.source("model_name")
-    if model is None and model_source > DEFAULT:
-        model = settings.model_name
+    model = settings.model_name if model_name is None else model_name  # None: the backend's default
     chosen = backend or settings.backend
     if model is None or ":" not in model:  # the common case, decided without more reads
         return chosen, model
+    model_source = ARGUMENT if model_name is not None else settings.source("model_name")
     backend_source = ARGUMENT if backend is not None else settings.source("backend")
     prefix, sep, rest = model.partition(":")
     if not (sep and is_backend(prefix)):
@@ -58,12 +56,12 @@ def choose(backend: str | None, model_name: str | None, is_backend: Any) -> tupl
 
 
 #: Keyword arguments that are chatplug's own features, not provider options.
-FEATURES = ("tools", "tool_choice", "response_format")
+FEATURES = frozenset({"tools", "tool_choice", "response_format"})
 
 
 def split_features(options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(the tools and structured-output arguments, made ready; the provider options)."""
-    if not any(key in options for key in FEATURES):
+    if FEATURES.isdisjoint(options):
         return {}, dict(options)
     from ._tools import check_tool_choice, make_response_format, make_tools
 
@@ -78,14 +76,27 @@ def split_features(options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str
     return features, rest
 
 
+#: What a backend may declare in ``capabilities``; one that declares them all needs no check.
+CAPABILITIES = frozenset({"tools", "images", "response_format"})
+
+
 def check_capabilities(
     chosen: ChatBackend, name: str, messages: tuple[Message, ...], features: Mapping[str, Any]
 ) -> None:
     """A feature the backend does not declare is refused before anything is sent."""
+    if CAPABILITIES.issubset(chosen.capabilities):  # any iterable a plugin declared
+        return
+    tools, images = "tools" in features, False
+    for message in messages:
+        content = message["content"]
+        if type(content) is not str:
+            images = images or any(part["type"] == "image" for part in content)
+        if len(message) > 2:  # a plain message has only a role and a content
+            tools = tools or message.get("role") == "tool" or bool(message.get("tool_calls"))
     needed = []
-    if "tools" in features or any(m.get("role") == "tool" or m.get("tool_calls") for m in messages):
+    if tools:
         needed.append(("tools", "call tools"))
-    if any(not isinstance(m["content"], str) and any(p["type"] == "image" for p in m["content"]) for m in messages):
+    if images:
         needed.append(("images", "take images"))
     if "response_format" in features:
         needed.append(("response_format", "give structured output (response_format=)"))
@@ -115,15 +126,20 @@ def build_request(
         )
     if features is not None:
         check_capabilities(chosen, name, messages, features)
-    return ChatRequest(
-        messages=messages,
-        model=model,
-        temperature=settings.temperature if temperature is None else temperature,
-        max_tokens=settings.max_tokens if max_tokens is None else max_tokens,
-        timeout=settings.timeout if timeout is None else timeout,
-        options=options,
-        backend=name,
-        max_retries=0,
-        deadline=deadline,
-        **(features or {}),
+    features = features or {}
+    return ChatRequest._of(
+        {
+            "messages": messages,
+            "model": model,
+            "temperature": settings.temperature if temperature is None else temperature,
+            "max_tokens": settings.max_tokens if max_tokens is None else max_tokens,
+            "timeout": settings.timeout if timeout is None else timeout,
+            "options": options,
+            "backend": name,
+            "max_retries": 0,
+            "tools": features.get("tools", ()),
+            "tool_choice": features.get("tool_choice"),
+            "response_format": features.get("response_format"),
+            "deadline": deadline,
+        }
     )

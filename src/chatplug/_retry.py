@@ -135,6 +135,8 @@ class Plan:
     def earlier_errors(self, succeeded: bool) -> list[str]:
         """The errors of the failed attempts but the call's own (the last, when it failed), as
         ``backend: message``."""
+        if not self.errors:
+            return []
         return [str(error) for error in (self.errors if succeeded else self.errors[:-1])]
 
 
@@ -146,6 +148,8 @@ _cooled_until: dict[Target, float] = {}
 
 
 def _record(target: Target, *, failed: bool) -> None:
+    if not failed and target not in _failures and target not in _cooled_until:
+        return  # the common case, and nothing to forget: no lock for it
     with _lock:
         if not failed:
             _failures.pop(target, None)

@@ -61,7 +61,16 @@ _SCALARS = (str, int, float, bool, type(None))
 
 def freeze(value: Any) -> Any:
     """``value`` made read-only all the way down: dicts become read-only mappings, lists tuples."""
-    if isinstance(value, _SCALARS):  # the common case first: message text, option values
+    kind = type(value)
+    # Exact types first: every request freezes its messages, and the ABC checks below cost more
+    # than the copying (~1.8 us a message before these lines, 0.5 after).
+    if kind is str:
+        return value
+    if kind is dict or kind is MappingProxyType:
+        return MappingProxyType({key: item if type(item) is str else freeze(item) for key, item in value.items()})
+    if kind is list or kind is tuple:
+        return tuple([freeze(item) for item in value])
+    if isinstance(value, _SCALARS):
         return value
     if isinstance(value, Mapping):
         return MappingProxyType({key: freeze(item) for key, item in value.items()})
@@ -123,6 +132,18 @@ class ChatRequest:
         object.__setattr__(self, "messages", freeze(self.messages))
         if self.options:
             object.__setattr__(self, "options", freeze(self.options))
+
+    @classmethod
+    def _of(cls, fields: dict[str, Any]) -> ChatRequest:
+        """``ChatRequest(**fields)`` for the dispatcher, which names every field: the same
+        request in half the time (a frozen dataclass's ``__init__`` sets each of its 14 fields
+        through ``object.__setattr__``, ~2 us a call). Takes ``fields`` over."""
+        fields["messages"] = freeze(fields["messages"])
+        if fields["options"]:
+            fields["options"] = freeze(fields["options"])
+        request = object.__new__(cls)
+        request.__dict__.update(fields)
+        return request
 
 
 @dataclass(frozen=True)

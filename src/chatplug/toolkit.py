@@ -146,8 +146,8 @@ def env_secret(name: str) -> str | None:
     header: a ``ConfigError`` naming the variable, never showing the value.
     """
     value = env(name)
-    if value is None:
-        return None
+    if value is None or _checked_secrets.get(name) == value:
+        return value
     # Blank too: a key variable that is set holds a key (a blank one is a broken secret mount,
     # and an SDK left to read the variable itself would send it raw).
     if not value or _malformed(value) or not value.isascii():
@@ -156,7 +156,16 @@ def env_secret(name: str) -> str | None:
             "set it to the key alone."
         )
     register_secret(value)
+    _checked_secrets[name] = value
     return value
+
+
+# The last value of each variable that passed its check: backends read their variables at every
+# call, so that an operator's change applies to the next one, and checking a URL or a key
+# character by character costs more than the rest of a backend's work. A changed value is
+# checked again.
+_checked_secrets: dict[str, str] = {}
+_checked_urls: dict[tuple[str, tuple[str, ...]], str] = {}
 
 
 def env_url(name: str, example: str, *, schemes: Collection[str] = ("http", "https")) -> str | None:
@@ -166,6 +175,9 @@ def env_url(name: str, example: str, *, schemes: Collection[str] = ("http", "htt
     value = env(name)
     if not value:
         return None
+    checked = (name, tuple(schemes))
+    if _checked_urls.get(checked) == value:
+        return value
     register_secret(_password(value))
     try:
         parts = urlsplit(value)
@@ -174,6 +186,7 @@ def env_url(name: str, example: str, *, schemes: Collection[str] = ("http", "htt
         parts = None
     if parts is None or parts.scheme not in schemes or not parts.hostname or _malformed(value):
         raise ConfigError(f"{name}={redact(value)!r} is not valid: expected a URL like {example}.")
+    _checked_urls[checked] = value
     return value
 
 

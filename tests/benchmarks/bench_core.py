@@ -69,14 +69,24 @@ def per_call_us(fn: Callable[[], object], calls: int) -> float:
     return (time.perf_counter() - t0) / calls * 1e6
 
 
-def compare(contenders: dict[str, Callable[[], object]], calls: int = 200, batches: int = 7) -> dict[str, float]:
+def compare(contenders: dict[str, Callable[[], object]], calls: int = 20, rounds: int = 300) -> dict[str, float]:
+    """Per-call µs of each contender, and each one's ratio to the first (the floor).
+
+    Short batches alternate between the contenders, many rounds over: this machine's speed
+    drifts by up to 2x over seconds (shared cores), and a batch of 20 calls takes ~15 ms, so the
+    two batches of a round see the same machine. Each ratio is the median of the rounds' ratios;
+    each time the median of the rounds' times."""
     results: dict[str, list[float]] = {name: [] for name in contenders}
     for fn in contenders.values():
-        per_call_us(fn, 20)  # warm up: connections, imports, first dispatch
-    for _ in range(batches):
+        per_call_us(fn, 50)  # warm up: connections, imports, first dispatch
+    for _ in range(rounds):
         for name, fn in contenders.items():
             results[name].append(per_call_us(fn, calls))
-    return {name: statistics.median(values) for name, values in results.items()}
+    floor = next(iter(results.values()))
+    summary = {name: statistics.median(values) for name, values in results.items()}
+    for name, values in results.items():
+        summary[f"{name} ratio"] = statistics.median(ours / base for ours, base in zip(values, floor, strict=True))
+    return summary
 
 
 def main() -> None:
@@ -111,10 +121,10 @@ def main() -> None:
     floor = sync["raw ollama.Client"]
     ours = sync["chatplug sync"]
     print(
-        f"sync per call: raw SDK {floor:.0f} us, chatplug {ours:.0f} us -> {ours / floor:.3f}x "
-        f"(the dispatcher: {ours - floor:.1f} us per call)"
+        f"sync per call: raw SDK {floor:.0f} us, chatplug {ours:.0f} us -> {sync['chatplug sync ratio']:.3f}x "
+        f"(median of 300 paired rounds; the dispatcher and backend: {ours - floor:.1f} us per call)"
     )
-    seed = compare({"client per call": new_client_per_call}, calls=20, batches=3)["client per call"]
+    seed = compare({"client per call": new_client_per_call}, calls=5, rounds=3)["client per call"]
     print(f"a new client per call (the seed's design): {seed:.0f} us -> {seed / floor:.1f}x the reused client")
 
     async def async_batch(use_chatplug: bool, calls: int) -> float:

@@ -369,7 +369,7 @@ def _result(response: ollama.ChatResponse) -> ChatResult:
         completion_tokens=response.eval_count,
         finish_reason=response.done_reason,
         reasoning=response.message.thinking or "",
-        tool_calls=_tool_calls(response.message.tool_calls, 0),
+        tool_calls=_tool_calls(response.message.tool_calls, 0) if response.message.tool_calls else (),
     )
 
 

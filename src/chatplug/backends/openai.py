@@ -17,6 +17,7 @@ their ``index`` (``delta.tool_calls``); the dispatcher parses and assembles them
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
@@ -236,6 +237,7 @@ def _reasoning(message: Any) -> str:
     return ""
 
 
+@functools.lru_cache(maxsize=64)  # asked twice a call, of the same few URLs
 def _is_hosted(base_url: str | None) -> bool:
     return base_url is None or (urlsplit(base_url).hostname or "").endswith("api.openai.com")
 
