@@ -14,7 +14,6 @@ bad argument is ``invalid_input``, a bad setting ``config``, and each names wher
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar, overload
@@ -23,6 +22,9 @@ from ._exceptions import ConfigError, InvalidInputError
 from ._types import DEFAULT_MAX_RETRIES, DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TIMEOUT
 
 T = TypeVar("T")
+
+#: Finite numbers lie strictly between -_INF and _INF (NaN compares false): no ``math`` import for it.
+_INF = float("inf")
 
 #: The largest max_tokens sent: more than any model generates, and what every API takes as an int32.
 MAX_TOKENS_LIMIT = 2**31 - 1
@@ -58,7 +60,7 @@ def _real(value: object) -> float | None:
             number = float(value)
         except OverflowError:  # an int past float's range
             return None
-        return number if math.isfinite(number) else None
+        return number if -_INF < number < _INF else None
     import numbers  # here: ~1 ms at import, and only unusual numbers need it
 
     # numbers.Real covers int, float, Fraction and numpy's floats; Decimal is a Number but no Complex.
@@ -71,7 +73,7 @@ def _real(value: object) -> float | None:
         number = float(value)  # type: ignore[arg-type]  # a Real or a Decimal: both convert
     except (OverflowError, ValueError):
         return None
-    return number if math.isfinite(number) else None
+    return number if -_INF < number < _INF else None
 
 
 def _whole(value: object) -> int | None:

@@ -68,6 +68,12 @@ class Call:
     """A call's arguments, checked; the targets chosen for it (the backend and model, then the
     fallbacks); and its ``Plan`` of attempts (see ``_retry``)."""
 
+    # Slots: a call's state is made for every call, and held across awaits by thousands at once.
+    __slots__ = (
+        "cache", "cache_key", "cache_ttl", "features", "hit", "limit", "messages", "options", "payload", "plan",
+        "rate_limits", "temperature", "ticket", "timeout", "to_messages",
+    )  # fmt: skip
+
     def __init__(
         self,
         manager: Plugins,

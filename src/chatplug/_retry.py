@@ -65,6 +65,10 @@ def backoff(retry: int) -> float:
 class Plan:
     """The attempts of one call."""
 
+    __slots__ = (
+        "attempts", "deadline", "errors", "fallback_on", "index", "max_retries", "retries", "targets", "timeout",
+    )  # fmt: skip
+
     def __init__(
         self,
         targets: Sequence[Target],
@@ -75,7 +79,7 @@ class Plan:
         self.deadline = time.monotonic() + timeout
         self.timeout = timeout
         self.max_retries = max_retries
-        self.fallback_on = TRANSIENT | fallback_on
+        self.fallback_on = TRANSIENT | fallback_on if fallback_on else TRANSIENT
         # A target cooling down is skipped while another is left to try.
         self.targets = list(targets) if len(targets) == 1 else [t for t in targets if not _cooling(t)] or [targets[0]]
         self.index = 0

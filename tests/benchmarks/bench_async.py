@@ -17,8 +17,9 @@ requests goes out through:
 - ``chatplug default``: the same with ``LLM_ASYNC_TRANSPORT=default``.
 
 Reported: requests a second (wall clock), the client's CPU per request (``time.process_time``
-deltas: this process only, the server runs in its own), and p50/p99 latency per request. Each
-contender runs once, on a fresh event loop, after a warm-up round that opens its connections.
+deltas: this process only, the server runs in its own), and p50/p99 latency per request, each the
+median of ``BENCH_ROUNDS`` (3) rounds in which the contenders take turns. Each run is on a fresh
+event loop, after a warm-up round that opens its connections.
 The server's ceiling is measured first with a bare ``aiohttp.ClientSession`` at the same 20 ms.
 
 Every client gets 600 s per request (httpx's pool at 1,000 waiters can take minutes).
@@ -47,6 +48,8 @@ from tests.fakeserver import fixture
 DELAY = 0.020
 CONCURRENCY = tuple(int(n) for n in os.environ.get("BENCH_CONCURRENCY", "100,1000").split(","))
 REQUESTS = {100: 3000, 1000: 3000}
+#: Rounds per contender (medians reported): single runs on shared cores vary by up to 30%.
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 BACKENDS = os.environ.get("BENCH_BACKENDS", "ollama,openai,anthropic,local").split(",")
 MESSAGES = [{"role": "user", "content": "Why is the sky blue?"}]
 OLLAMA_OPTIONS = {"temperature": 0.7, "num_predict": 500, "top_p": 0.9, "repeat_penalty": 1.1}
@@ -255,6 +258,11 @@ def contenders(backend: str, url: str) -> dict[str, Factory]:
     return found
 
 
+def _median(results: list[dict[str, float]]) -> dict[str, float]:
+    """Each measure's median over the rounds."""
+    return {key: statistics.median(result[key] for result in results) for key in results[0]}
+
+
 def fake_local_model(url: str) -> None:
     """The local backend pointed at the bench server: its async path posts to ``model.url``."""
     from chatplug._dispatch import plugins
@@ -306,12 +314,15 @@ def main() -> None:
                 print(f"| local | skipped ({exc}) |")
                 continue
         for concurrency in CONCURRENCY:
-            rows: dict[str, dict[str, float]] = {}
-            for name, factory in contenders(backend, url).items():
-                FAILED.clear()
-                rows[name] = run(factory, concurrency, REQUESTS.get(concurrency, concurrency * 6))
-                if FAILED:
-                    print(f"{backend} {name} {concurrency}: {len(FAILED)} calls failed, e.g. {FAILED[0]}", flush=True)
+            runs: dict[str, list[dict[str, float]]] = {}
+            for _ in range(ROUNDS):  # the contenders take turns, so that drift hits them alike
+                for name, factory in contenders(backend, url).items():
+                    FAILED.clear()
+                    total = REQUESTS.get(concurrency, concurrency * 6)
+                    runs.setdefault(name, []).append(run(factory, concurrency, total))
+                    if FAILED:
+                        print(f"{backend} {name} {concurrency}: {len(FAILED)} failed, e.g. {FAILED[0]}", flush=True)
+            rows = {name: _median(results) for name, results in runs.items()}
             base, same = rows["sdk default"]["rps"], rows["sdk aiohttp"]["rps"]
             for name, row in rows.items():
                 print(

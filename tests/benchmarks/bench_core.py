@@ -124,6 +124,8 @@ def main() -> None:
         f"sync per call: raw SDK {floor:.0f} us, chatplug {ours:.0f} us -> {sync['chatplug sync ratio']:.3f}x "
         f"(median of 300 paired rounds; the dispatcher and backend: {ours - floor:.1f} us per call)"
     )
+    alone = dispatcher_alone_us()
+    print(f"the dispatcher alone (a backend that answers at once, no I/O): {alone:.1f} us per call")
     seed = compare({"client per call": new_client_per_call}, calls=5, rounds=3)["client per call"]
     print(f"a new client per call (the seed's design): {seed:.0f} us -> {seed / floor:.1f}x the reused client")
 
@@ -150,6 +152,35 @@ def main() -> None:
         f"(the dispatcher: {a_cp - a_floor:.1f} us per call)"
     )
     server.communicate("")  # closing its stdin stops the server
+
+
+def dispatcher_alone_us(calls: int = 5000, repeats: int = 7) -> float:
+    """chatplug's own cost per call, with a backend that returns a reply at once: resolve,
+    validate, build the request, plan, time and build the response (the best of ``repeats``)."""
+    import chatplug
+    from chatplug import ChatBackend, ChatRequest, ChatResult
+
+    class Instant(ChatBackend):
+        default_model = "m"
+
+        def complete(self, request: ChatRequest) -> ChatResult:
+            return ChatResult(content="Hi", model=request.model, prompt_tokens=1, completion_tokens=1)
+
+        async def acomplete(self, request: ChatRequest) -> ChatResult:
+            return self.complete(request)
+
+    class Plugin:
+        @chatplug.hookimpl
+        def register_backends(self, register: Callable[[str, Callable[[], ChatBackend]], None]) -> None:
+            register("instant", Instant)
+
+    chatplug.register_plugin(Plugin(), "bench-instant")
+    try:
+        call = lambda: chatplug.generate_completion_with_messages_sync(MESSAGES, backend="instant")  # noqa: E731
+        per_call_us(call, 500)
+        return min(per_call_us(call, calls) for _ in range(repeats))
+    finally:
+        chatplug.unregister_plugin("bench-instant")
 
 
 def start_server() -> tuple[subprocess.Popen[str], str]:
