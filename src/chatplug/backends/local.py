@@ -7,7 +7,8 @@ imported) or is fetched once into ``$CHATPLUG_CACHE/models`` (default ``~/.cache
 every call. ``CHATPLUG_LOCAL_THREADS``, ``CHATPLUG_LOCAL_CTX`` and ``CHATPLUG_LOCAL_PARALLEL``
 are read when a model loads. Built on ``chatplug.toolkit`` alone.
 
-Sync calls go straight to llama.cpp (``Server.handle_chat_completions``, which releases the GIL).
+Sync calls go straight to llama.cpp (``Server.handle_chat_completions``, which releases the GIL),
+streamed on the calling thread so that the callback can stop the generation at the call's deadline.
 A sync stream runs that call in a worker thread whose callback (called by llama.cpp with one
 OpenAI chunk dict per token) feeds a queue the generator reads; when the caller stops early the
 callback returns ``True`` at the next token, which makes llama.cpp stop reading and cancel the
@@ -36,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import zipfile
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from importlib import metadata
@@ -293,6 +295,22 @@ def chunk(event: Any, model: LocalModel) -> ChatChunk:
         raise invalid_response(where, exc) from None
 
 
+def collected(chunks: list[ChatChunk], model: LocalModel) -> ChatResult:
+    """A whole reply from the chunks of a stream that ran to its end."""
+    finish = next((piece.finish_reason for piece in reversed(chunks) if piece.finish_reason is not None), None)
+    if finish is None:
+        raise _cut_off(_where(model))
+    counted = next((piece for piece in reversed(chunks) if piece.prompt_tokens is not None), None)
+    return ChatResult(
+        content="".join(piece.text for piece in chunks),
+        model=model.name,
+        prompt_tokens=counted.prompt_tokens if counted is not None else None,
+        completion_tokens=counted.completion_tokens if counted is not None else None,
+        finish_reason=finish,
+        reasoning="".join(piece.reasoning for piece in chunks),
+    )
+
+
 def _cut_off(where: str) -> ServerError:
     return ServerError(f"{where} ended the stream before the reply was complete (no finish reason came). Retry.")
 
@@ -369,14 +387,32 @@ class LocalBackend(ChatBackend):
     # -- sync: in-process ----------------------------------------------------------------
 
     def complete(self, request: ChatRequest) -> ChatResult:
+        """The whole reply, generated as a stream on this thread so that the call's deadline can
+        stop it: llama.cpp calls ``callback`` at each token and stops when it returns ``True``
+        (a call for the whole reply cannot be interrupted, and would run to ``max_tokens``)."""
         model = self.model(request.model)
-        body = request_body(request)
+        body = {**request_body(request), **STREAMED}
+        events: list[Any] = []
+        deadline = request.deadline
+        late = False
+
+        def callback(event: Any) -> bool:  # on this thread, for each chunk; True stops llama.cpp
+            nonlocal late
+            events.append(event)
+            late = deadline is not None and time.monotonic() >= deadline
+            return late
+
         try:
-            reply = model.server.handle_chat_completions(body)
+            model.server.handle_chat_completions(body, callback)
         except Exception as exc:  # xllamacpp raises plain Python errors for what it cannot take
-            error = ServerError(f"{_where(model)} failed: {type(exc).__name__}: {exc}")
+            error: Exception = ServerError(f"{_where(model)} failed: {type(exc).__name__}: {exc}")
         else:
-            return result(reply, model)
+            if not late:
+                return collected([chunk(event, model) for event in events], model)
+            error = APITimeoutError(
+                f"{_where(model)} did not finish within the call's deadline ({request.timeout:g} s); the generation "
+                "was stopped. Raise LLM_TIMEOUT or pass timeout=, or lower max_tokens."
+            )
         raise error
 
     def stream(self, request: ChatRequest) -> Iterator[ChatChunk]:
