@@ -368,6 +368,23 @@ def test_a_sync_stream_left_early_stops_the_generation() -> None:
     assert open_fds(port) <= fds
 
 
+def test_a_program_that_leaves_a_stream_and_exits_at_once_exits_cleanly() -> None:
+    """The stream's worker thread is joined when the stream ends: a thread still inside llama.cpp
+    at interpreter exit was unwound by force, and the process died (SIGABRT, "FATAL: exception
+    not rethrown") every time."""
+    script = (
+        "from chatplug import stream_completion_sync\n"
+        f"with stream_completion_sync({PROMPT!r}, max_tokens=1000, logit_bias={NO_END!r}) as stream:\n"
+        "    for chunk in stream:\n"
+        "        if chunk.text:\n"
+        "            break\n"
+        "print('left the stream')\n"
+    )
+    env = {**child_env(), "LLM_BACKEND": "local"}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0 and proc.stdout == "left the stream\n", (proc.returncode, proc.stderr[-500:])
+
+
 def test_an_async_stream_left_early_closes_its_response_and_stops_the_generation() -> None:
     assert generate_completion_sync(PROMPT, max_tokens=1).success  # the model loaded
     url = model_url()

@@ -12,7 +12,8 @@ streamed on the calling thread so that the callback can stop the generation at t
 A sync stream runs that call in a worker thread whose callback (called by llama.cpp with one
 OpenAI chunk dict per token) feeds a queue the generator reads; when the caller stops early the
 callback returns ``True`` at the next token, which makes llama.cpp stop reading and cancel the
-generation (measured: 3 tokens of 400 generated, the slot free at once). Async calls and streams
+generation (measured: 3 tokens of 400 generated, the slot free at once); the worker is joined then,
+so no thread is left inside llama.cpp when the program exits. Async calls and streams
 go to the OpenAI HTTP API the same model serves on a loopback port, through the event loop's
 cached ``httpx.AsyncClient`` (a ``ClientCache`` lease held for the call or the whole stream); an
 async stream stopped early closes its response at once, and llama.cpp cancels the generation.
@@ -437,7 +438,10 @@ class LocalBackend(ChatBackend):
                 error = exc
             chunks.put(_Ended(error))
 
-        worker = threading.Thread(target=run, name="chatplug-local-stream", daemon=True)
+        # Not a daemon, and joined when the stream ends: a daemon thread still inside llama.cpp when
+        # the interpreter exits is unwound by force, and llama.cpp's C++ aborts the process
+        # ("FATAL: exception not rethrown"), as a program that leaves a stream and exits at once did.
+        worker = threading.Thread(target=run, name="chatplug-local-stream")
         worker.start()
         try:
             finished = False
@@ -459,6 +463,7 @@ class LocalBackend(ChatBackend):
                 raise _cut_off(where)
         finally:
             stop.set()  # a worker still generating stops at its next token
+            worker.join()
 
     # -- async: the loopback HTTP API ------------------------------------------------------
 
