@@ -185,6 +185,30 @@ def test_tls_settings_come_from_the_environment_as_the_stack_reads_them(
     assert aiohttp_transport(httpx, verify=False)._ssl.check_hostname is False
 
 
+def test_one_tls_context_per_configuration_is_shared_by_every_loops_clients(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Loading the CA certificates takes ~40 ms: each event loop's new clients share the context
+    of their configuration; another configuration (or certificate variable) gets its own."""
+    import certifi
+
+    monkeypatch.setattr(transports, "_SSL_CONTEXTS", {})
+    monkeypatch.setenv("SSL_CERT_FILE", certifi.where())
+
+    async def made() -> Any:
+        return aiohttp_transport(httpx)._ssl
+
+    first, second = asyncio.run(made()), asyncio.run(made())
+    assert first is second and first.verify_mode.name == "CERT_REQUIRED"
+    assert aiohttp_transport(httpx, verify=False)._ssl is not first
+    assert aiohttp_transport(__import__("httpx2"))._ssl is not first
+    monkeypatch.setenv("SSL_CERT_FILE", certifi.where() + " ")  # another file, as far as the key goes
+    with pytest.raises(OSError):
+        aiohttp_transport(httpx)
+    monkeypatch.setenv("SSL_CERT_FILE", certifi.where())
+    assert aiohttp_transport(httpx)._ssl is first
+
+
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_proxies_come_from_the_environment(
     transport: str, ollama: FakeServer, monkeypatch: pytest.MonkeyPatch, sent: list[str]

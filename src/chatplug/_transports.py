@@ -27,6 +27,7 @@ from __future__ import annotations
 import base64
 import importlib
 import logging
+import os
 import socket
 import ssl
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
@@ -205,6 +206,28 @@ class _ResponseStream:
         self._response.release()
 
 
+#: TLS contexts by configuration, shared: loading the system's CA certificates takes ~40 ms, and
+#: every event loop makes its own clients (an ``asyncio.run()`` per call paid it on each). An
+#: ``SSLContext`` is made to serve any number of connections, from any thread.
+_SSL_CONTEXTS: dict[tuple[Any, ...], ssl.SSLContext] = {}
+
+
+def _ssl_context(http: ModuleType, verify: ssl.SSLContext | str | bool, cert: Any, trust_env: bool) -> ssl.SSLContext:
+    """``http.create_ssl_context(verify, cert, trust_env)``, made once per configuration (the
+    certificate variables it reads from the environment included)."""
+    if isinstance(verify, ssl.SSLContext):
+        return http.create_ssl_context(verify=verify, cert=cert, trust_env=trust_env)  # type: ignore[no-any-return]
+    where = (os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")) if trust_env else ()
+    key = (http.__name__, verify, cert, trust_env, *where)
+    try:
+        context = _SSL_CONTEXTS.get(key)
+    except TypeError:  # a cert given as a list: not a key
+        return http.create_ssl_context(verify=verify, cert=cert, trust_env=trust_env)  # type: ignore[no-any-return]
+    if context is None:
+        context = _SSL_CONTEXTS[key] = http.create_ssl_context(verify=verify, cert=cert, trust_env=trust_env)
+    return context
+
+
 class _Transport:
     """aiohttp under an httpx client (a subclass per HTTP stack; see ``aiohttp_transport``)."""
 
@@ -224,7 +247,7 @@ class _Transport:
 
         self._http = http
         self._aiohttp: Any = aiohttp
-        self._ssl: ssl.SSLContext = http.create_ssl_context(verify=verify, cert=cert, trust_env=trust_env)
+        self._ssl = _ssl_context(http, verify, cert, trust_env)
         limits = limits or http.Limits(max_connections=100, max_keepalive_connections=20)  # httpx's default
         self._limit: int = limits.max_connections or 0  # 0: no limit
         self._keepalive: float | None = limits.keepalive_expiry
