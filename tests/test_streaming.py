@@ -210,6 +210,42 @@ def test_a_plugin_without_streaming_streams_its_whole_reply_as_one_chunk() -> No
         chatplug.unregister_plugin(name)
 
 
+def test_a_plugin_without_streaming_streams_the_tool_calls_of_its_whole_reply() -> None:
+    class Calling(ChatBackend):
+        default_model = "calling-1"
+        capabilities = frozenset({"tools"})
+
+        def complete(self, request: ChatRequest) -> ChatResult:
+            call = chatplug.ToolCallDelta(index=0, id="call_0", name="weather", arguments='{"city": "Oslo"}')
+            return ChatResult("", request.model, 2, 3, "tool_use", tool_calls=(call,))
+
+        async def acomplete(self, request: ChatRequest) -> ChatResult:
+            return self.complete(request)
+
+    class Plugin:
+        @hookimpl
+        def register_backends(self, register: Callable[[str, Callable[[], ChatBackend]], None]) -> None:
+            register("calling", Calling)
+
+    def weather(city: str) -> str:
+        """The weather in a city."""
+        return "sunny"
+
+    name = chatplug.register_plugin(Plugin(), "calling-plugin")
+    try:
+        for stream, collect in (
+            (stream_completion_sync("Weather?", backend="calling", tools=[weather]), collect_sync),
+            (stream_completion_async("Weather?", backend="calling", tools=[weather]), collect_async),
+        ):
+            collect(stream)  # type: ignore[operator]
+            response = stream.response
+            assert response.success and response.finish_reason == "tool_calls", response.error
+            calls = [(c.id, c.name, c.arguments) for c in response.tool_calls]
+            assert calls == [("call_0", "weather", {"city": "Oslo"})]
+    finally:
+        chatplug.unregister_plugin(name)
+
+
 def test_observers_see_each_stream_once_with_its_final_response() -> None:
     seen: list[tuple[str, object]] = []
 

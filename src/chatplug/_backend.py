@@ -59,15 +59,8 @@ class ChatBackend(ABC):
 
 
 def _whole(result: ChatResult) -> ChatChunk:
-    from ._streaming import ChatChunk
+    from ._streaming import whole_chunk
 
     if not isinstance(result, ChatResult):  # the dispatcher names the plugin that did this
         raise TypeError(f"complete() returned {type(result).__name__}, not a chatplug.ChatResult")
-    return ChatChunk(
-        text=result.content,
-        reasoning=result.reasoning,
-        model=result.model,
-        prompt_tokens=result.prompt_tokens,
-        completion_tokens=result.completion_tokens,
-        finish_reason=result.finish_reason,
-    )
+    return whole_chunk(result)

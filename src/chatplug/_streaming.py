@@ -208,7 +208,7 @@ class Stream(_StreamBase):
         try:
             call, chosen, request = self._begin(manager)
             if call.hit is not None:  # answered from the cache: the whole reply as one chunk, nothing sent
-                chunk = cached_chunk(call.hit)
+                chunk = whole_chunk(call.hit)
                 if collected.add(chunk, "the response cache"):
                     yield chunk
             while call.hit is None:  # attempts: retried (or moved to a fallback) only before the first chunk
@@ -288,7 +288,7 @@ class AsyncStream(_StreamBase):
         try:
             call, chosen, request = await self._begin(manager)
             if call.hit is not None:  # answered from the cache: the whole reply as one chunk, nothing sent
-                chunk = cached_chunk(call.hit)
+                chunk = whole_chunk(call.hit)
                 if collected.add(chunk, "the response cache"):
                     yield chunk
             while call.hit is None:  # attempts: retried (or moved to a fallback) only before the first chunk
@@ -350,8 +350,9 @@ class AsyncStream(_StreamBase):
         await self.aclose()
 
 
-def cached_chunk(result: ChatResult) -> ChatChunk:
-    """A cached reply as the one chunk a stream the cache answers yields."""
+def whole_chunk(result: ChatResult) -> ChatChunk:
+    """A whole reply as one chunk: what a stream yields when the cache answers it, or when its
+    backend has no streaming of its own (``ChatBackend.stream``'s default)."""
     return ChatChunk(
         text=result.content,
         reasoning=result.reasoning,
@@ -359,7 +360,7 @@ def cached_chunk(result: ChatResult) -> ChatChunk:
         prompt_tokens=result.prompt_tokens,
         completion_tokens=result.completion_tokens,
         finish_reason=result.finish_reason,
-        tool_calls=tuple(result.tool_calls),  # type: ignore[arg-type]  # the cache keeps ToolCallDeltas
+        tool_calls=tuple(result.tool_calls),  # type: ignore[arg-type]  # ToolCalls are assembled as deltas are
     )
 
 
