@@ -40,6 +40,79 @@ def test_llm_response_keeps_the_seed_field_order() -> None:
     assert response.error is None and response.raise_for_error() is response
 
 
+@pytest.mark.parametrize("cls", [chatplug.ChatRequest, chatplug.ChatResult, LLMResponse])
+def test_the_public_records_behave_as_generated_dataclasses(cls: type) -> None:
+    """repr, == and hash are written once for the three (``_types._Record``), not generated: each
+    behaves as ``@dataclass`` would have made it, checked against a dataclass made from its fields."""
+    frozen = cls is not LLMResponse
+    reference = dataclasses.make_dataclass(
+        cls.__name__, [(f.name, Any, f) for f in dataclasses.fields(cls)], frozen=frozen, namespace={}
+    )
+    reference.__qualname__ = cls.__qualname__
+    values = {
+        chatplug.ChatRequest: {"messages": ({"role": "user", "content": "Hi"},), "model": "m"},
+        chatplug.ChatResult: {"content": "Hi", "model": "m", "tool_calls": ()},
+        LLMResponse: {"content": "Hi", "tokens_used": 3, "response_time": 0.1, "model_used": "m", "success": True},
+    }[cls]
+    ours, theirs = cls(**values), reference(**values)
+    assert repr(ours) == repr(theirs).replace("{'role'", "mappingproxy({'role'").replace("'Hi'}", "'Hi'})")
+    assert ours == cls(**values) and (ours != cls(**values)) is False
+    assert (
+        ours != dataclasses.replace(ours, model="other") if frozen else ours != dataclasses.replace(ours, content="x")
+    )
+    assert ours != theirs and ours.__eq__(theirs) is NotImplemented  # another class is never equal
+    if frozen:
+        assert hash(ours) == hash(cls(**values)) if cls is chatplug.ChatResult else ours.__hash__ is not None
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            ours.model = "x"
+    else:
+        assert type(ours).__hash__ is None  # mutable with ==, so unhashable, as a dataclass
+        ours.exception = chatplug.ChatplugError("boom")  # compare=False, repr=False: neither shown nor compared
+        assert ours == cls(**values) and "boom" not in repr(ours)
+        ours.parsed = ours  # a value that holds itself is shown as "...", not a RecursionError
+        assert "parsed=...," in repr(ours)
+
+
+def test_a_call_reads_the_settings_once_and_again_after_any_change(
+    monkeypatch: pytest.MonkeyPatch, ollama: FakeServer
+) -> None:
+    """``settings.snapshot()``: one read of the environment per call, the same values until a
+    variable or a value set in code changes; a bad value fails only what reads it."""
+    first = settings.snapshot()
+    assert settings.snapshot() is first
+    monkeypatch.setenv("LLM_TEMPERATURE", "0.3")
+    assert settings.snapshot().temperature == 0.3
+    settings.max_tokens = 9
+    try:
+        assert settings.snapshot().max_tokens == 9
+        assert generate_completion_sync("Hi").success and ollama.requests[-1].json()["options"]["num_predict"] == 9
+    finally:
+        settings.max_tokens = None
+    assert settings.snapshot().max_tokens == 500
+    monkeypatch.setenv("LLM_CACHE_TTL", "soon")  # read only with a cache: calls without one go on
+    assert generate_completion_sync("Hi").success
+    for _ in range(2):  # a fresh error each time, from the setting itself
+        with pytest.raises(chatplug.ConfigError, match="LLM_CACHE_TTL='soon' is not valid"):
+            settings.snapshot().cache_ttl  # noqa: B018
+    import os
+
+    monkeypatch.setattr(os, "environ", {"LLM_TEMPERATURE": " 1.5 "})  # any mapping in its place is read too
+    assert settings.snapshot().temperature == 1.5 and settings.snapshot().cache_ttl is None
+
+
+def test_chat_result_init_takes_its_fields_with_their_defaults() -> None:
+    """``ChatResult.__init__`` is written out for speed: its parameters are the fields, in order,
+    with the fields' defaults."""
+    import inspect
+
+    parameters = list(inspect.signature(chatplug.ChatResult).parameters.values())
+    fields = dataclasses.fields(chatplug.ChatResult)
+    assert [p.name for p in parameters] == [f.name for f in fields]
+    assert [p.default for p in parameters] == [
+        inspect.Parameter.empty if f.default is dataclasses.MISSING else f.default for f in fields
+    ]
+
+
 def test_defaults_come_from_the_environment_at_call_time(monkeypatch: pytest.MonkeyPatch, ollama: FakeServer) -> None:
     generate_completion_sync("Hi")
     monkeypatch.setenv("LLM_MODEL_NAME", "qwen2.5:0.5b")
@@ -276,6 +349,7 @@ def test_the_first_async_call_makes_its_backend_off_the_event_loop() -> None:
 
     chatplug.register_plugin(Plugin(), "made-off-loop-plugin")
     try:
+
         async def twice() -> list[LLMResponse]:
             return [await chatplug.generate_completion_async("Hi", backend="made-off-loop") for _ in range(2)]
 

@@ -258,18 +258,24 @@ def test_the_dispatchers_request_is_the_constructors() -> None:
     import dataclasses
 
     fields = {
-        "messages": [{"role": "user", "content": ["x", {"a": [1]}]}], "model": "m", "temperature": 0.1,
+        "messages": [{"role": "user", "content": ({"type": "text", "text": "x"},)}], "model": "m", "temperature": 0.1,
         "max_tokens": 7, "timeout": 3.0, "options": {"stop": ["\n"]}, "backend": "b", "max_retries": 0,
         "tools": (), "tool_choice": "auto", "response_format": None, "deadline": 9.0,
     }  # fmt: skip
     assert set(fields) == {field.name for field in dataclasses.fields(ChatRequest)}
-    made = ChatRequest._of(dict(fields))
+    from chatplug._validate import checked_messages
+
+    # The dispatcher hands in the messages as the validation made them: read-only copies.
+    checked = checked_messages([{"role": "user", "content": [{"type": "text", "text": "x"}]}])
+    made = ChatRequest._of({**fields, "messages": checked})
     assert made == ChatRequest(**fields) and repr(made) == repr(ChatRequest(**fields))
     with pytest.raises(dataclasses.FrozenInstanceError):
         made.model = "other"  # type: ignore[misc]
     with pytest.raises(TypeError):
         made.options["stop"] = "x"  # type: ignore[index]
-    assert made.messages[0]["content"][1]["a"] == (1,) and fields["messages"][0]["content"][1] == {"a": [1]}
+    with pytest.raises(TypeError):
+        made.messages[0]["content"][0]["text"] = "y"  # type: ignore[index]
+    assert made.options["stop"] == ("\n",) and fields["options"] == {"stop": ["\n"]}  # a copy: the caller's is kept
 
 
 def test_the_argument_and_the_environment_share_one_rule(monkeypatch: pytest.MonkeyPatch) -> None:

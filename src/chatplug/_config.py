@@ -1,7 +1,9 @@
 """Settings: each one an override set in code, else an environment variable, else a default.
 
-Nothing is cached: every call reads the environment again, so an operator's change to
-``LLM_BACKEND`` or ``LLM_TIMEOUT`` takes effect on the next call.
+Every call reads the environment again, so an operator's change to ``LLM_BACKEND`` or
+``LLM_TIMEOUT`` takes effect on the next call. A call reads all its settings at once, as one
+``Snapshot``: one pass over the environment's variables, and the values parsed again only when
+one of them (or a value set in code) changed since the last call.
 
     >>> from chatplug import settings
     >>> settings.temperature = 0.2      # overrides LLM_TEMPERATURE for this process
@@ -14,9 +16,10 @@ bad argument is ``invalid_input``, a bad setting ``config``, and each names wher
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from ._exceptions import ConfigError, InvalidInputError
 from ._types import DEFAULT_MAX_RETRIES, DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TIMEOUT
@@ -284,6 +287,7 @@ class Setting(Generic[T]):
             obj._overrides.pop(self.name, None)
         else:
             obj._overrides[self.name] = self.rule.setting(f"settings.{self.name}", value)
+        obj._changed()
 
 
 # Where a value comes from, lowest first; a call's own argument ranks above them all.
@@ -323,6 +327,23 @@ class Settings:
 
     def __init__(self) -> None:
         self._overrides: dict[str, Any] = {}
+        self._version = 0  # counts the changes made in code: each one makes a new snapshot
+        self._snapshot: tuple[object, Snapshot | None] = (None, None)
+
+    def _changed(self) -> None:
+        self._version += 1
+
+    def snapshot(self) -> Snapshot:
+        """Every setting's value now, as one call sees them (a bad one raises ``ConfigError``
+        only when read, as ``settings.<name>`` does). The same object until the environment or
+        a value set in code changes: a call's reads then cost one look at the environment."""
+        key = (self._version, _texts())
+        last_key, last = self._snapshot
+        if last is not None and last_key == key:
+            return last
+        made = Snapshot(self)
+        self._snapshot = (key, made)  # one tuple, replaced whole: threads never see half of it
+        return made
 
     def source(self, name: str) -> int:
         """Where setting ``name`` comes from: ``CODE`` (set on this object), ``ENVIRONMENT``
@@ -335,6 +356,7 @@ class Settings:
     def reset(self) -> None:
         """Forget every value set in code: the environment and the defaults apply again."""
         self._overrides.clear()
+        self._changed()
 
     def __repr__(self) -> str:
         shown: list[str] = []
@@ -346,5 +368,51 @@ class Settings:
             shown.append(f"{name}={value!r}")
         return f"Settings({', '.join(shown)})"
 
+
+class Snapshot:
+    """The settings' values at one moment (``settings.snapshot()``), read as attributes. A setting
+    whose value is not valid is left unset, and reading it raises a fresh ``ConfigError``: a bad
+    ``LLM_CACHE_TTL`` fails only the calls that use the cache, as before."""
+
+    __slots__ = ("_settings", *Settings.NAMES)
+
+    # The attribute names, for type checkers (each slot holds the setting's value).
+    if TYPE_CHECKING:
+        backend: str
+        model_name: str | None
+        temperature: float
+        max_tokens: int
+        timeout: float
+        max_retries: int
+        fallbacks: tuple[str, ...]
+        fallback_on: tuple[str, ...]
+        cache: str | None
+        cache_ttl: float | None
+        rate_limit: tuple[tuple[str, float | None, float | None], ...]
+        rate_limit_redis: str | None
+        async_transport: str
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        for name in Settings.NAMES:
+            with contextlib.suppress(ConfigError):  # a bad one is left unset: __getattr__ raises it when read
+                setattr(self, name, getattr(settings, name))
+
+    def __getattr__(self, name: str) -> Any:
+        """Only reached for an unset slot: a setting whose value is not valid."""
+        return getattr(object.__getattribute__(self, "_settings"), name)  # raises its ConfigError
+
+
+def _texts() -> tuple[object, ...]:
+    """The raw text of every setting's environment variable, in one pass (what a snapshot is
+    made from: any change, even of spacing, makes a new one)."""
+    environ = os.environ
+    if type(environ) is _Environ:
+        return tuple(map(environ._data.get, _ENV_KEYS))  # type: ignore[attr-defined]
+    return tuple(map(environ.get, _ENV_NAMES))
+
+
+_ENV_NAMES = tuple(getattr(Settings, name).env for name in Settings.NAMES)
+_ENV_KEYS = tuple(map(os.environ.encodekey, _ENV_NAMES)) if type(os.environ) is _Environ else ()
 
 settings = Settings()

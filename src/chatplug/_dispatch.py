@@ -16,6 +16,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._config import MAX_RETRIES, NAMES, TIMEOUT, settings
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 
     from ._backend import ChatBackend
     from ._cache import Cache
+    from ._config import Snapshot
     from ._plugins import Plugins
     from ._ratelimit import Ticket
 
@@ -70,8 +72,8 @@ class Call:
 
     # Slots: a call's state is made for every call, and held across awaits by thousands at once.
     __slots__ = (
-        "cache", "cache_key", "cache_ttl", "features", "hit", "limit", "messages", "options", "payload", "plan",
-        "rate_limits", "temperature", "ticket", "timeout", "to_messages",
+        "cache", "cache_key", "cache_ttl", "config", "features", "hit", "limit", "messages", "options", "payload",
+        "plan", "rate_limits", "temperature", "ticket", "timeout", "to_messages",
     )  # fmt: skip
 
     def __init__(
@@ -85,43 +87,63 @@ class Call:
         backend: object,
         options: Mapping[str, Any],
     ) -> None:
-        model, self.temperature, self.limit, backend_name = check_arguments(
-            model_name, temperature, max_tokens, backend
-        )
+        #: The settings as this call reads them, all at once (``_config.Snapshot``).
+        self.config = config = settings.snapshot()
+        if model_name is None and temperature is None and max_tokens is None and backend is None:
+            model = limit = backend_name = None  # the common case: nothing to check
+        else:
+            model, temperature, limit, backend_name = check_arguments(model_name, temperature, max_tokens, backend)
         is_backend = manager.backends.entries.__contains__
-        name, model = choose(backend_name, model, is_backend)
+        name, model = choose(backend_name, model, is_backend, config)
         self.to_messages, self.payload = to_messages, payload
         self.messages: tuple[Message, ...] | None = None
-        try:
-            options = dict(options)
-            timeout = TIMEOUT.argument("timeout", options.pop("timeout")) if "timeout" in options else None
-            retries = options.pop("max_retries", None)
-            retries = settings.max_retries if retries is None else MAX_RETRIES.argument("max_retries", retries)
-            targets = [Target(name, model), *fallback_targets(options.pop("fallbacks", None), is_backend)]
-            fallback_on = error_kinds(options.pop("fallback_on", None))
-            use_cache = options.pop("cache", True)
-            if not isinstance(use_cache, bool):
-                raise InvalidInputError(f"cache must be True (the configured LLM_CACHE) or False, got {use_cache!r}.")
-            self.features, self.options = split_features(options)
-            check_options(self.options)
-        except InvalidInputError as exc:
-            exc.backend = name  # the error names the backend the call was for, like every other
-            raise
-        self.timeout = settings.timeout if timeout is None else timeout
-        self.plan = Plan(targets, retries, self.timeout, fallback_on)
-        place = settings.cache if use_cache else None
+        targets = [Target(name, model)]
+        timeout, retries, kinds, use_cache = None, None, NO_KINDS, True
+        self.features: Mapping[str, Any] = NONE
+        self.options: Mapping[str, Any] = NONE
+        if options or config.fallbacks or config.fallback_on:
+            try:
+                timeout, retries, kinds, use_cache = self._take(dict(options), targets, is_backend)
+            except InvalidInputError as exc:
+                exc.backend = name  # the error names the backend the call was for, like every other
+                raise
+        self.timeout = config.timeout if timeout is None else timeout
+        # What the call left open comes from the settings, read now: a bad one fails the call at once.
+        self.temperature = config.temperature if temperature is None else temperature
+        self.limit = config.max_tokens if limit is None else limit
+        self.plan = Plan(targets, config.max_retries if retries is None else retries, self.timeout, kinds)
+        place = config.cache if use_cache else None
         if place is None:
             self.cache: Cache | None = None
         else:
             from ._cache import cache_for
 
             self.cache = cache_for(place)
-            self.cache_ttl = settings.cache_ttl  # read now: a bad one fails the call before anything is sent
+            self.cache_ttl = config.cache_ttl  # read now: a bad one fails the call before anything is sent
         self.cache_key: str | None = None
         #: The cached reply that answers this call, if one does: nothing is sent then.
         self.hit: ChatResult | None = None
-        self.rate_limits = settings.rate_limit
+        self.rate_limits = config.rate_limit
         self.ticket: Ticket | None = None  # the last attempt's place in the rate limit
+
+    def _take(
+        self, options: dict[str, Any], targets: list[Target], is_backend: Callable[[str], bool]
+    ) -> tuple[float | None, int | None, frozenset[ErrorKind], bool]:
+        """Take chatplug's own keyword options out of ``options``: (timeout, max_retries,
+        fallback_on, cache); the fallbacks go onto ``targets``; the tools and structured output
+        become ``features``, and the rest, checked, the provider ``options``."""
+        timeout = TIMEOUT.argument("timeout", options.pop("timeout")) if "timeout" in options else None
+        retries = options.pop("max_retries", None)
+        if retries is not None:
+            retries = MAX_RETRIES.argument("max_retries", retries)
+        targets += fallback_targets(options.pop("fallbacks", None), is_backend, self.config)
+        kinds = error_kinds(options.pop("fallback_on", None), self.config)
+        use_cache = options.pop("cache", True)
+        if not isinstance(use_cache, bool):
+            raise InvalidInputError(f"cache must be True (the configured LLM_CACHE) or False, got {use_cache!r}.")
+        self.features, self.options = split_features(options)
+        check_options(self.options)
+        return timeout, retries, kinds, use_cache
 
     def request(self, chosen: ChatBackend) -> ChatRequest:
         """The request for the plan's current target (``APITimeoutError`` past the deadline)."""
@@ -146,7 +168,8 @@ class Call:
 
     def finish(self, response: LLMResponse) -> LLMResponse:
         response.attempts = self.plan.attempts
-        response.attempt_errors = self.plan.earlier_errors(response.success)
+        if self.plan.errors:
+            response.attempt_errors = self.plan.earlier_errors(response.success)
         if self.hit is not None:
             response.cached = True
         return response
@@ -208,7 +231,8 @@ class Call:
 
 def begin_sync(manager: Plugins, *arguments: Any) -> tuple[Call, ChatBackend, ChatRequest]:
     """The call checked, and its first attempt's backend and request; or an error."""
-    manager.load()
+    if not manager.loaded:
+        manager.load()
     call = Call(manager, *arguments)
     chosen, request = next_sync(manager, call)
     return call, chosen, request
@@ -217,9 +241,9 @@ def begin_sync(manager: Plugins, *arguments: Any) -> tuple[Call, ChatBackend, Ch
 def next_sync(manager: Plugins, call: Call) -> tuple[ChatBackend, ChatRequest]:
     """The backend and request of the plan's next attempt."""
     backends, name = manager.backends, call.plan.target.backend
-    ready = backends.ready(name)
-    chosen = backends.get(name)
-    if not ready:
+    chosen = backends.made(name)
+    if chosen is None:
+        chosen = backends.get(name)
         call.plan.restart()  # making the backend (importing its SDK) is not the server's time
     request = call.request(chosen)
     if call.cache is not None:
@@ -238,8 +262,9 @@ def next_sync(manager: Plugins, call: Call) -> tuple[ChatBackend, ChatRequest]:
                 raise _ratelimit.too_long(request.backend, wait)
             if wait > 0:
                 _ratelimit.sleep(wait)
-    manager.on_request(request)
-    call.plan.started()
+    if manager.observed:
+        manager.on_request(request)
+    call.plan.attempts += 1
     return chosen, request
 
 
@@ -255,9 +280,8 @@ async def begin_async(manager: Plugins, *arguments: Any) -> tuple[Call, ChatBack
 async def next_async(manager: Plugins, call: Call) -> tuple[ChatBackend, ChatRequest]:
     # A backend's first use imports its SDK (~0.4 s) and may build clients: off the loop.
     backends, name = manager.backends, call.plan.target.backend
-    if backends.ready(name):
-        chosen = backends.get(name)
-    else:
+    chosen = backends.made(name)
+    if chosen is None:
         chosen = await _off_loop(backends.get, name)
         call.plan.restart()  # making the backend (importing its SDK) is not the server's time
     request = call.request(chosen)
@@ -277,15 +301,16 @@ async def next_async(manager: Plugins, call: Call) -> tuple[ChatBackend, ChatReq
                 raise _ratelimit.too_long(request.backend, wait)
             if wait > 0:
                 await _ratelimit.asleep(wait)
-    manager.on_request(request)
-    call.plan.started()
+    if manager.observed:
+        manager.on_request(request)
+    call.plan.attempts += 1
     return chosen, request
 
 
 def call_sync(*arguments: Any) -> LLMResponse:
     """A whole call: attempts until one succeeds or the plan gives up."""
     start = time.perf_counter()
-    manager = plugins()
+    manager = _plugins or plugins()
     call: Call | None = None
     request: ChatRequest | None = None
     try:
@@ -293,7 +318,7 @@ def call_sync(*arguments: Any) -> LLMResponse:
         result = call.hit
         # The attempt's deadline, for the HTTP clients wrapped by toolkit.deadline_client: their
         # sockets give up when it passes (a contextvar: each thread has its own).
-        deadline = deadline_var()
+        deadline = _deadline or deadline_var()
         while result is None:
             token = deadline.set(request.deadline)
             try:
@@ -315,7 +340,8 @@ def call_sync(*arguments: Any) -> LLMResponse:
         call.finish(response)
         if call.cache is not None or call.ticket is not None:
             call.after(response)
-    manager.on_response(request, response)
+    if manager.observed:
+        manager.on_response(request, response)
     return response
 
 
@@ -324,7 +350,7 @@ async def call_async(*arguments: Any) -> LLMResponse:
     import asyncio
 
     start = time.perf_counter()
-    manager = plugins()
+    manager = _plugins or plugins()
     call: Call | None = None
     request: ChatRequest | None = None
     try:
@@ -348,7 +374,8 @@ async def call_async(*arguments: Any) -> LLMResponse:
         call.finish(response)
         if call.cache is not None or call.ticket is not None:
             await call.aafter(response)
-    manager.on_response(request, response)
+    if manager.observed:
+        manager.on_response(request, response)
     return response
 
 
@@ -368,10 +395,10 @@ async def within(awaitable: Awaitable[T], seconds: float, request: ChatRequest) 
         ) from None
 
 
-def fallback_targets(value: object, is_backend: Callable[[str], bool]) -> list[Target]:
+def fallback_targets(value: object, is_backend: Callable[[str], bool], config: Snapshot) -> list[Target]:
     """The fallback targets of a call: ``fallbacks=`` or ``LLM_FALLBACKS``, each ``backend:model``
     or a backend alone (its default model)."""
-    names = settings.fallbacks if value is None else NAMES.argument("fallbacks", value)
+    names = config.fallbacks if value is None else NAMES.argument("fallbacks", value)
     if not names:
         return []
     targets = []
@@ -384,12 +411,14 @@ def fallback_targets(value: object, is_backend: Callable[[str], bool]) -> list[T
 
 
 NO_KINDS: frozenset[ErrorKind] = frozenset()
+#: No features, no options: what most calls have (read-only, so it can be shared).
+NONE: Mapping[str, Any] = MappingProxyType({})
 
 
-def error_kinds(value: object) -> frozenset[ErrorKind]:
+def error_kinds(value: object, config: Snapshot) -> frozenset[ErrorKind]:
     """The kinds of ``fallback_on=`` (or ``LLM_FALLBACK_ON``): ``not_found`` and ``auth`` may be
     added to the transient ones."""
-    names = settings.fallback_on if value is None else NAMES.argument("fallback_on", value)
+    names = config.fallback_on if value is None else NAMES.argument("fallback_on", value)
     if not names:
         return NO_KINDS
     kinds = frozenset(ErrorKind(name) for name in names if name in ErrorKind._value2member_map_)

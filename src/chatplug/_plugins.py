@@ -40,6 +40,8 @@ class Plugins:
         self.backends = BackendRegistry()
         self.distributions: dict[str, str] = {}  # plugin name -> the distribution it comes from
         self._observers: dict[str, list[Observer]] = {"on_request": [], "on_response": []}
+        #: Whether any plugin observes calls: most programs have none, and every call asks.
+        self.observed = False
 
     # -- loading -------------------------------------------------------------------------
 
@@ -133,9 +135,10 @@ class Plugins:
         for hook in self._observers:
             impls = getattr(self.pm.hook, hook).get_hookimpls()
             self._observers[hook] = [(impl.plugin_name, impl.function, list(impl.argnames)) for impl in impls]
+        self.observed = any(self._observers.values())
 
     def on_request(self, request: ChatRequest) -> None:
-        if self._observers["on_request"]:  # most programs have none: every call asks
+        if self._observers["on_request"]:
             self._notify("on_request", {"request": request})
 
     def on_response(self, request: ChatRequest | None, response: LLMResponse) -> None:

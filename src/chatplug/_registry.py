@@ -67,10 +67,10 @@ class BackendRegistry:
                 entry.instance.close()
             del self.entries[entry.name]
 
-    def ready(self, name: str) -> bool:
-        """Whether ``get(name)`` returns at once: the backend is already made."""
+    def made(self, name: str) -> ChatBackend | None:
+        """The backend for ``name`` if it is made already (``get`` then returns at once), else ``None``."""
         entry = self.entries.get(name)
-        return entry is not None and entry.instance is not None
+        return None if entry is None else entry.instance
 
     def get(self, name: str) -> ChatBackend:
         """The backend instance for ``name``, made by its factory on first use."""

@@ -1,7 +1,8 @@
 """Choosing the backend and model of a call, and building its ``ChatRequest``.
 
 Each value comes from the highest place that sets it: the call's argument > ``settings`` set in
-code > the environment > the default (the backend's own ``default_model`` for the model).
+code > the environment > the default (the backend's own ``default_model`` for the model). The
+call reads the settings once (``settings.snapshot()``) and hands them in.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ._backend import ChatBackend
-from ._config import ARGUMENT, MAX_TOKENS, NAME, TEMPERATURE, settings
+from ._config import ARGUMENT, MAX_TOKENS, NAME, TEMPERATURE, Snapshot, settings
 from ._exceptions import InvalidInputError
 from ._types import ChatRequest, Message
 
@@ -27,7 +28,7 @@ def check_arguments(
     )
 
 
-def choose(backend: str | None, model_name: str | None, is_backend: Any) -> tuple[str, str | None]:
+def choose(backend: str | None, model_name: str | None, is_backend: Any, config: Snapshot) -> tuple[str, str | None]:
     """The backend and model for a call; the model is ``None`` when left to the backend's default.
 
     A ``backend:model`` prefix (one naming an installed backend, tested with ``is_backend``:
@@ -37,8 +38,8 @@ def choose(backend: str | None, model_name: str | None, is_backend: Any) -> tupl
     ``settings.backend`` set in code or ``backend=``. A model name prefixed for another backend
     than the chosen one is not sent to it.
     """
-    model = settings.model_name if model_name is None else model_name  # None: the backend's default
-    chosen = backend or settings.backend
+    model = config.model_name if model_name is None else model_name  # None: the backend's default
+    chosen = backend or config.backend
     if model is None or ":" not in model:  # the common case, decided without more reads
         return chosen, model
     model_source = ARGUMENT if model_name is not None else settings.source("model_name")
@@ -84,8 +85,6 @@ def check_capabilities(
     chosen: ChatBackend, name: str, messages: tuple[Message, ...], features: Mapping[str, Any]
 ) -> None:
     """A feature the backend does not declare is refused before anything is sent."""
-    if CAPABILITIES.issubset(chosen.capabilities):  # any iterable a plugin declared
-        return
     tools, images = "tools" in features, False
     for message in messages:
         content = message["content"]
@@ -110,30 +109,29 @@ def build_request(
     name: str,
     model: str | None,
     messages: tuple[Message, ...],
-    temperature: float | None,
-    max_tokens: int | None,
+    temperature: float,
+    max_tokens: int,
     options: Mapping[str, Any],
-    features: Mapping[str, Any] | None = None,
-    timeout: float | None = None,
-    deadline: float | None = None,
+    features: Mapping[str, Any],
+    timeout: float,
+    deadline: float | None,
 ) -> ChatRequest:
-    """The request for ``chosen``, with what the call left open filled from configuration. The
+    """The request for ``chosen``: the model left open is the backend's ``default_model``. The
     SDK may not retry (``max_retries=0``): the dispatcher does, for every backend alike."""
     model = model or chosen.default_model
     if not model:
         raise InvalidInputError(
             f"no model given, and backend {name!r} has no default model: pass model_name= or set LLM_MODEL_NAME."
         )
-    if features is not None:
+    if not CAPABILITIES.issubset(chosen.capabilities):  # a backend that declares them all needs no check
         check_capabilities(chosen, name, messages, features)
-    features = features or {}
     return ChatRequest._of(
         {
             "messages": messages,
             "model": model,
-            "temperature": settings.temperature if temperature is None else temperature,
-            "max_tokens": settings.max_tokens if max_tokens is None else max_tokens,
-            "timeout": settings.timeout if timeout is None else timeout,
+            "temperature": temperature,
+            "max_tokens": max_tokens,
+            "timeout": timeout,
             "options": options,
             "backend": name,
             "max_retries": 0,

@@ -50,7 +50,7 @@ def _response(result: ChatResult, request: ChatRequest, start: float) -> LLMResp
         success=True,
         prompt_tokens=prompt or 0,
         completion_tokens=completion or 0,
-        finish_reason=normalised(result.finish_reason),
+        finish_reason=FINISH_REASONS.get(result.finish_reason, result.finish_reason),  # type: ignore[arg-type]
         backend=request.backend,
         reasoning=result.reasoning,
         usage_reported=prompt is not None or completion is not None,
@@ -89,12 +89,22 @@ def _with_output(result: ChatResult, request: ChatRequest, start: float, describ
     return bad
 
 
-def normalised(finish_reason: str | None) -> str | None:
-    return FINISH_REASONS.get(finish_reason, finish_reason) if finish_reason is not None else None
-
-
 def malformed(result: object) -> str | None:
     """What is wrong with a backend's return value, or ``None`` for a usable ``ChatResult``."""
+    if type(result) is ChatResult:  # the common case, by exact types, in one expression: every call passes here
+        prompt, completion, model, reason = (
+            result.prompt_tokens, result.completion_tokens, result.model, result.finish_reason
+        )  # fmt: skip
+        if (
+            type(result.content) is str
+            and type(result.reasoning) is str
+            and (model is None or type(model) is str)
+            and (reason is None or type(reason) is str)
+            and (prompt is None or (type(prompt) is int and prompt >= 0))
+            and (completion is None or (type(completion) is int and completion >= 0))
+            and not result.tool_calls
+        ):
+            return None
     if not isinstance(result, ChatResult):
         return f"{type(result).__name__}, not a chatplug.ChatResult."
     if not isinstance(result.content, str):

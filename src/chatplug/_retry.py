@@ -18,6 +18,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
+from operator import itemgetter
 
 from ._exceptions import APITimeoutError, ChatplugError, ErrorKind
 
@@ -42,13 +43,9 @@ class Target(tuple[str, "str | None"]):
     def __new__(cls, backend: str, model: str | None) -> Target:
         return tuple.__new__(cls, (backend, model))
 
-    @property
-    def backend(self) -> str:
-        return self[0]
-
-    @property
-    def model(self) -> str | None:
-        return self[1]
+    # Read straight from the tuple (C getters, not Python properties): every call reads them.
+    backend: str = property(itemgetter(0))  # type: ignore[assignment]
+    model: str | None = property(itemgetter(1))  # type: ignore[assignment]
 
     def __str__(self) -> str:
         return f"{self.backend}:{self.model}" if self.model else self.backend
@@ -66,7 +63,8 @@ class Plan:
     """The attempts of one call."""
 
     __slots__ = (
-        "attempts", "deadline", "errors", "fallback_on", "index", "max_retries", "retries", "targets", "timeout",
+        "attempts", "deadline", "errors", "fallback_on", "index", "max_retries", "retries", "target", "targets",
+        "timeout",
     )  # fmt: skip
 
     def __init__(
@@ -83,6 +81,8 @@ class Plan:
         # A target cooling down is skipped while another is left to try.
         self.targets = list(targets) if len(targets) == 1 else [t for t in targets if not _cooling(t)] or [targets[0]]
         self.index = 0
+        #: Where the next attempt goes: ``targets[index]``.
+        self.target: Target = self.targets[0]
         self.retries = 0  # of the current target
         self.attempts = 0
         self.errors: list[ChatplugError] = []
@@ -91,10 +91,6 @@ class Plan:
         """Start the deadline's clock again: the first attempt waited for its backend to load (an
         SDK import that nothing can interrupt), which is no time the server took."""
         self.deadline = time.monotonic() + self.timeout
-
-    @property
-    def target(self) -> Target:
-        return self.targets[self.index]
 
     def remaining(self) -> float:
         """Seconds left before the deadline; ``APITimeoutError`` when none are."""
@@ -106,11 +102,9 @@ class Plan:
             )
         return left
 
-    def started(self) -> None:
-        self.attempts += 1
-
     def succeeded(self) -> None:
-        _record(self.target, failed=False)
+        if _failures or _cooled_until:  # else nothing to forget (the common case: no call)
+            _record(self.target, failed=False)
 
     def failed(self, error: ChatplugError) -> float | None:
         """Record a failed attempt: the seconds to wait before the next one, or ``None`` to give
@@ -124,6 +118,7 @@ class Plan:
                 return wait
         if error.kind in self.fallback_on and self.index + 1 < len(self.targets):
             self.index += 1
+            self.target = self.targets[self.index]
             self.retries = 0
             return 0.0
         return None

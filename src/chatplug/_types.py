@@ -8,6 +8,7 @@ input (it is validated and copied first) and never builds an ``LLMResponse`` its
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -90,8 +91,45 @@ def thaw(value: Any) -> Any:
     return value
 
 
-@dataclass(frozen=True)
-class ChatRequest:
+_REPRS: set[tuple[int, int]] = set()  # the records being shown, in each thread
+
+
+class _Record:
+    """``repr``, ``==`` and ``hash`` from a dataclass's fields, as ``@dataclass`` generates them,
+    written once. Why: before Python 3.13, ``@dataclass`` compiles each method it generates on its
+    own (~0.2 ms each); the 15 it made for the three classes below were a tenth of ``import
+    chatplug``. The classes declare ``repr=False, eq=False`` and inherit these."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        key = (id(self), threading.get_ident())
+        if key in _REPRS:  # a value that holds itself (``parsed`` can be anything): as dataclasses do
+            return "..."
+        _REPRS.add(key)
+        try:
+            fields = dataclasses.fields(self)  # type: ignore[arg-type]
+            shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields if f.repr)
+        finally:
+            _REPRS.discard(key)
+        return f"{type(self).__qualname__}({shown})"
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._compared() == other._compared()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like a dataclass with eq: the frozen ones hash
+
+    def _hash(self) -> int:
+        return hash(self._compared())
+
+    def _compared(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, f.name) for f in dataclasses.fields(self) if f.compare)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, repr=False, eq=False)
+class ChatRequest(_Record):
     """A validated, fully resolved request, as every backend receives it. Immutable all the way
     down: ``messages`` and ``options`` are read-only copies of the caller's (``thaw()`` gives
     plain dicts and lists back), so neither a backend nor an ``on_request`` hook can change what
@@ -126,6 +164,8 @@ class ChatRequest:
     #: ``timeout`` is what one wait may take; a backend that can bound a whole request uses this.
     deadline: float | None = None
 
+    __hash__ = _Record._hash  # type: ignore[assignment]
+
     def __post_init__(self) -> None:
         # Frozen copies, so that a caller (or a test) passing its own lists and dicts gets
         # the same guarantee as the dispatcher's requests.
@@ -135,17 +175,19 @@ class ChatRequest:
 
     @classmethod
     def _of(cls, fields: dict[str, Any]) -> ChatRequest:
-        """``ChatRequest(**fields)`` for the dispatcher, which names every field: the same
-        request in half the time (a frozen dataclass's ``__init__`` sets each of its 14 fields
-        through ``object.__setattr__``, ~2 us a call); frozen by the same ``__post_init__``."""
+        """``ChatRequest(**fields)`` for the dispatcher, which names every field and hands in
+        messages read-only already (``_validate`` makes them so): the same request in a fraction
+        of the time (a frozen dataclass's ``__init__`` sets each of its 14 fields through
+        ``object.__setattr__``, and would copy the messages a second time)."""
         request = object.__new__(cls)
         request.__dict__.update(fields)
-        request.__post_init__()
+        if fields["options"]:
+            request.__dict__["options"] = freeze(fields["options"])
         return request
 
 
-@dataclass(frozen=True)
-class ChatResult:
+@dataclass(frozen=True, init=False, repr=False, eq=False)
+class ChatResult(_Record):
     """What a backend returns on success. Timing and error handling are the dispatcher's.
 
     ``finish_reason`` may be the provider's own word: the dispatcher normalises the common
@@ -165,9 +207,34 @@ class ChatResult:
     #: The tool calls asked for; ``arguments`` may be the provider's JSON text or a dict.
     tool_calls: tuple[ToolCallDelta | ToolCall, ...] = ()
 
+    __hash__ = _Record._hash  # type: ignore[assignment]
 
-@dataclass
-class LLMResponse:
+    def __init__(
+        self,
+        content: str,
+        model: str,
+        prompt_tokens: int | None = 0,
+        completion_tokens: int | None = 0,
+        finish_reason: str | None = None,
+        reasoning: str = "",
+        tool_calls: tuple[ToolCallDelta | ToolCall, ...] = (),
+    ) -> None:
+        # Written out (the same defaults as the fields, pinned by a test): every backend makes one
+        # per reply, and the generated frozen __init__ sets each field through
+        # object.__setattr__, three times slower than filling the instance's dict at once.
+        self.__dict__.update(
+            content=content,
+            model=model,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            finish_reason=finish_reason,
+            reasoning=reasoning,
+            tool_calls=tool_calls,
+        )
+
+
+@dataclass(repr=False, eq=False)
+class LLMResponse(_Record):
     """The result of every chatplug call, successful or not.
 
     The first six fields are the seed's contract, in its order. A failed call has

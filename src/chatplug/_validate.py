@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from ._config import _shown as _repr_cut
 from ._exceptions import InvalidInputError
-from ._types import Message
+from ._types import Message, freeze
 
 ROLES = ("system", "user", "assistant", "tool")
 TEXT_ROLES = ("system", "user", "assistant")
@@ -36,12 +37,12 @@ def _shown(value: object) -> str:
 
 
 def prompt_messages(prompt: object) -> tuple[Message, ...]:
-    """``prompt`` as the one user message it stands for."""
+    """``prompt`` as the one user message it stands for (read-only, as the request holds it)."""
     if not isinstance(prompt, str):
         raise InvalidInputError(f"prompt must be a string, got {type(prompt).__name__}.")
     if not prompt.strip():
         raise InvalidInputError("prompt is empty: pass the text to send to the model.")
-    return ({"role": "user", "content": sendable(prompt, "prompt")},)
+    return (MappingProxyType({"role": "user", "content": sendable(prompt, "prompt")}),)  # type: ignore[return-value]
 
 
 def sendable(text: str, where: str) -> str:
@@ -62,8 +63,8 @@ def sendable(text: str, where: str) -> str:
 
 
 def checked_messages(messages: object) -> tuple[Message, ...]:
-    """``messages`` checked, in the form every backend receives (the request makes its own
-    read-only copy): text or parts (images read and base64-encoded), tool calls, tool results."""
+    """``messages`` checked, in the form every backend receives: text or parts (images read and
+    base64-encoded), tool calls, tool results; read-only copies, as the request holds them."""
     if not isinstance(messages, (list, tuple)):
         raise InvalidInputError(
             f"messages must be a list of {{'role': ..., 'content': ...}} dicts, got {type(messages).__name__}."
@@ -73,16 +74,17 @@ def checked_messages(messages: object) -> tuple[Message, ...]:
     checked: list[Message] = []
     names: dict[str, str] = {}  # tool call id -> tool name, for the tool results that answer them
     for i, message in enumerate(messages):
-        if not isinstance(message, Mapping):
+        if type(message) is not dict and not isinstance(message, Mapping):  # (the ABC check is slow)
             raise InvalidInputError(
                 f"messages[{i}] must be a dict with 'role' and 'content', got {type(message).__name__}."
             )
-        content = message.get("content")
-        if len(message) == 2 and type(content) is str and message.get("role") in TEXT_ROLES:
-            sendable(content, f"messages[{i}] content")
-            checked.append(message)  # type: ignore[arg-type]  # the common case: plain text, as it is
+        content, role = message.get("content"), message.get("role")
+        if len(message) == 2 and type(content) is str and role in TEXT_ROLES:  # the common case: plain text
+            if not content.isascii():
+                sendable(content, f"messages[{i}] content")
+            checked.append(MappingProxyType({"role": role, "content": content}))  # type: ignore[arg-type]
             continue
-        checked.append(_message(message, i, names))
+        checked.append(freeze(_message(message, i, names)))
     return tuple(checked)
 
 
