@@ -98,6 +98,53 @@ def test_a_call_reads_the_settings_once_and_again_after_any_change(
 
     monkeypatch.setattr(os, "environ", {"LLM_TEMPERATURE": " 1.5 "})  # any mapping in its place is read too
     assert settings.snapshot().temperature == 1.5 and settings.snapshot().cache_ttl is None
+    with pytest.raises(AttributeError, match="read-only"):
+        settings.snapshot().temperature = 2.0  # every call shares it: nobody may change it
+
+
+def test_a_snapshot_matches_the_environment_it_is_kept_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another thread changing a variable and putting it back while a snapshot is made cannot
+    leave its value behind for later calls: a snapshot is made from the texts it is kept under."""
+    from chatplug import _config
+
+    made = _config.Snapshot.__init__
+
+    def racing(self: Any, *args: Any) -> None:
+        monkeypatch.setenv("LLM_MODEL_NAME", "other")  # another thread, in the middle ...
+        made(self, *args)
+        monkeypatch.delenv("LLM_MODEL_NAME")  # ... and back
+
+    monkeypatch.delenv("LLM_MODEL_NAME", raising=False)
+    monkeypatch.setenv("LLM_TIMEOUT", "7")  # a change: the next call makes a snapshot
+    monkeypatch.setattr(_config.Snapshot, "__init__", racing)
+    settings.snapshot()
+    monkeypatch.setattr(_config.Snapshot, "__init__", made)
+    assert settings.snapshot().model_name is None and settings.snapshot().timeout == 7.0
+
+
+def test_settings_errors_come_in_the_order_they_always_did(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reading the settings once per call changed no error: a bad prompt is still reported before
+    a bad LLM_TEMPERATURE (read when the request is built), and a bad LLM_MAX_RETRIES before a
+    bad fallback (read in the order of the options)."""
+    monkeypatch.setenv("LLM_TEMPERATURE", "hot")
+    assert "prompt is empty" in (generate_completion_sync("", backend="testing").error or "")
+    assert "LLM_TEMPERATURE='hot'" in (generate_completion_sync("Hi", backend="testing").error or "")
+    monkeypatch.delenv("LLM_TEMPERATURE")
+    monkeypatch.setattr(settings, "max_retries", None)  # (the suite sets 0 in code, which beats the variable)
+    monkeypatch.setenv("LLM_MAX_RETRIES", "lots")
+    response = generate_completion_sync("Hi", backend="testing", fallbacks=["nosuch"])
+    assert response.error_kind is ErrorKind.CONFIG and "LLM_MAX_RETRIES='lots'" in (response.error or "")
+
+
+def test_a_requests_options_are_read_only_with_or_without_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    from chatplug.testing import scripted
+
+    monkeypatch.setenv("LLM_FALLBACK_ON", "auth")  # the option-taking step runs, and finds no options
+    with scripted() as fake:
+        for options in ({}, {"timeout": 5}, {"seed": 1}):
+            assert generate_completion_sync("Hi", **options).success
+            with pytest.raises(TypeError):
+                fake.requests[-1].options["seed"] = 2  # type: ignore[index]
 
 
 def test_chat_result_init_takes_its_fields_with_their_defaults() -> None:

@@ -16,7 +16,7 @@ bad argument is ``invalid_input``, a bad setting ``config``, and each names wher
 
 from __future__ import annotations
 
-import contextlib
+import itertools
 import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
@@ -269,10 +269,13 @@ class Setting(Generic[T]):
     def __get__(self, obj: Settings | None, owner: type) -> Setting[T] | T:
         if obj is None:
             return self
+        return self.value(obj, env(self.env))
+
+    def value(self, obj: Settings, raw: str | None) -> T:
+        """The value when the environment variable holds ``raw`` (stripped; ``None``: unset)."""
         override: T | None = obj._overrides.get(self.name)
         if override is not None:
             return override
-        raw = env(self.env)
         if not raw:
             return self.default
         parsed = self._parsed
@@ -327,21 +330,25 @@ class Settings:
 
     def __init__(self) -> None:
         self._overrides: dict[str, Any] = {}
-        self._version = 0  # counts the changes made in code: each one makes a new snapshot
+        self._version = next(_CHANGES)  # a new number at each change made in code
         self._snapshot: tuple[object, Snapshot | None] = (None, None)
 
     def _changed(self) -> None:
-        self._version += 1
+        self._version = next(_CHANGES)  # never a number used before, even by racing threads
 
     def snapshot(self) -> Snapshot:
         """Every setting's value now, as one call sees them (a bad one raises ``ConfigError``
         only when read, as ``settings.<name>`` does). The same object until the environment or
         a value set in code changes: a call's reads then cost one look at the environment."""
-        key = (self._version, _texts())
+        texts = _texts()
+        key = (self._version, texts)
         last_key, last = self._snapshot
         if last is not None and last_key == key:
             return last
-        made = Snapshot(self)
+        # Made from the texts in its key, not from the environment read again, so that what is
+        # kept under a key always matches it, whatever other threads change meanwhile. (A value
+        # set in code meanwhile has a new version: the next call makes a new snapshot.)
+        made = Snapshot(self, texts)
         self._snapshot = (key, made)  # one tuple, replaced whole: threads never see half of it
         return made
 
@@ -370,11 +377,11 @@ class Settings:
 
 
 class Snapshot:
-    """The settings' values at one moment (``settings.snapshot()``), read as attributes. A setting
-    whose value is not valid is left unset, and reading it raises a fresh ``ConfigError``: a bad
-    ``LLM_CACHE_TTL`` fails only the calls that use the cache, as before."""
+    """The settings' values at one moment (``settings.snapshot()``), read-only attributes. A
+    setting whose value is not valid is left unset, and reading it raises a fresh ``ConfigError``:
+    a bad ``LLM_CACHE_TTL`` fails only the calls that use the cache, as before."""
 
-    __slots__ = ("_settings", *Settings.NAMES)
+    __slots__ = ("_bad", "_settings", *Settings.NAMES)
 
     # The attribute names, for type checkers (each slot holds the setting's value).
     if TYPE_CHECKING:
@@ -392,15 +399,29 @@ class Snapshot:
         rate_limit_redis: str | None
         async_transport: str
 
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
-        for name in Settings.NAMES:
-            with contextlib.suppress(ConfigError):  # a bad one is left unset: __getattr__ raises it when read
-                setattr(self, name, getattr(settings, name))
+    def __init__(self, settings: Settings, texts: tuple[object, ...]) -> None:
+        bad: dict[str, str | None] = {}
+        put = object.__setattr__
+        for name, text in zip(Settings.NAMES, texts, strict=True):
+            raw = _decoded(text)
+            try:
+                put(self, name, _SETTINGS[name].value(settings, raw))
+            except ConfigError:
+                bad[name] = raw  # left unset: reading it raises (__getattr__)
+        put(self, "_settings", settings)
+        put(self, "_bad", bad)
 
     def __getattr__(self, name: str) -> Any:
         """Only reached for an unset slot: a setting whose value is not valid."""
-        return getattr(object.__getattribute__(self, "_settings"), name)  # raises its ConfigError
+        bad = object.__getattribute__(self, "_bad")
+        if name not in bad:
+            raise AttributeError(name)
+        return _SETTINGS[name].value(object.__getattribute__(self, "_settings"), bad[name])  # raises
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"a settings snapshot is read-only: set chatplug.settings.{name} instead")
+
+    __delattr__ = __setattr__  # type: ignore[assignment]
 
 
 def _texts() -> tuple[object, ...]:
@@ -412,7 +433,16 @@ def _texts() -> tuple[object, ...]:
     return tuple(map(environ.get, _ENV_NAMES))
 
 
-_ENV_NAMES = tuple(getattr(Settings, name).env for name in Settings.NAMES)
+def _decoded(text: object) -> str | None:
+    """One of ``_texts()``, as ``env()`` reads it: a str, stripped; ``None`` when unset."""
+    if text is None:
+        return None
+    return (os.environ.decodevalue(text) if isinstance(text, bytes) else str(text)).strip()  # type: ignore[arg-type]
+
+
+_CHANGES = itertools.count()  # next() on it is atomic: two threads never get the same number
+_SETTINGS: dict[str, Setting[Any]] = {name: getattr(Settings, name) for name in Settings.NAMES}
+_ENV_NAMES = tuple(setting.env for setting in _SETTINGS.values())
 _ENV_KEYS = tuple(map(os.environ.encodekey, _ENV_NAMES)) if type(os.environ) is _Environ else ()
 
 settings = Settings()

@@ -16,7 +16,6 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._config import MAX_RETRIES, NAMES, TIMEOUT, settings
@@ -24,7 +23,7 @@ from ._exceptions import APITimeoutError, ErrorKind, InvalidInputError
 from ._resolve import build_request, check_arguments, choose, split_features
 from ._response import as_chatplug_error, failed, succeeded
 from ._retry import OPT_IN, TRANSIENT, Plan, Target
-from ._types import ChatRequest, ChatResult, LLMResponse, Message
+from ._types import EMPTY, ChatRequest, ChatResult, LLMResponse, Message
 from ._validate import check_options
 
 if TYPE_CHECKING:
@@ -97,21 +96,15 @@ class Call:
         name, model = choose(backend_name, model, is_backend, config)
         self.to_messages, self.payload = to_messages, payload
         self.messages: tuple[Message, ...] | None = None
+        self.temperature, self.limit = temperature, limit  # None: from the settings, when the request is built
         targets = [Target(name, model)]
-        timeout, retries, kinds, use_cache = None, None, NO_KINDS, True
-        self.features: Mapping[str, Any] = NONE
-        self.options: Mapping[str, Any] = NONE
-        if options or config.fallbacks or config.fallback_on:
-            try:
-                timeout, retries, kinds, use_cache = self._take(dict(options), targets, is_backend)
-            except InvalidInputError as exc:
-                exc.backend = name  # the error names the backend the call was for, like every other
-                raise
+        try:
+            timeout, retries, kinds, use_cache = self._take(dict(options), targets, is_backend)
+        except InvalidInputError as exc:
+            exc.backend = name  # the error names the backend the call was for, like every other
+            raise
         self.timeout = config.timeout if timeout is None else timeout
-        # What the call left open comes from the settings, read now: a bad one fails the call at once.
-        self.temperature = config.temperature if temperature is None else temperature
-        self.limit = config.max_tokens if limit is None else limit
-        self.plan = Plan(targets, config.max_retries if retries is None else retries, self.timeout, kinds)
+        self.plan = Plan(targets, retries, self.timeout, kinds)
         place = config.cache if use_cache else None
         if place is None:
             self.cache: Cache | None = None
@@ -128,21 +121,26 @@ class Call:
 
     def _take(
         self, options: dict[str, Any], targets: list[Target], is_backend: Callable[[str], bool]
-    ) -> tuple[float | None, int | None, frozenset[ErrorKind], bool]:
+    ) -> tuple[float | None, int, frozenset[ErrorKind], bool]:
         """Take chatplug's own keyword options out of ``options``: (timeout, max_retries,
         fallback_on, cache); the fallbacks go onto ``targets``; the tools and structured output
-        become ``features``, and the rest, checked, the provider ``options``."""
+        become ``features``, and the rest, checked, the provider ``options``. Most calls pass
+        none: each step is skipped when neither the option nor its setting is there."""
+        config = self.config
         timeout = TIMEOUT.argument("timeout", options.pop("timeout")) if "timeout" in options else None
         retries = options.pop("max_retries", None)
-        if retries is not None:
-            retries = MAX_RETRIES.argument("max_retries", retries)
-        targets += fallback_targets(options.pop("fallbacks", None), is_backend, self.config)
-        kinds = error_kinds(options.pop("fallback_on", None), self.config)
+        retries = config.max_retries if retries is None else MAX_RETRIES.argument("max_retries", retries)
+        fallbacks = options.pop("fallbacks", None)
+        if fallbacks is not None or config.fallbacks:
+            targets += fallback_targets(fallbacks, is_backend, config)
+        fallback_on = options.pop("fallback_on", None)
+        kinds = error_kinds(fallback_on, config) if fallback_on is not None or config.fallback_on else NO_KINDS
         use_cache = options.pop("cache", True)
         if not isinstance(use_cache, bool):
             raise InvalidInputError(f"cache must be True (the configured LLM_CACHE) or False, got {use_cache!r}.")
-        self.features, self.options = split_features(options)
-        check_options(self.options)
+        self.features, self.options = split_features(options) if options else (NONE, NONE)
+        if self.options:
+            check_options(self.options)
         return timeout, retries, kinds, use_cache
 
     def request(self, chosen: ChatBackend) -> ChatRequest:
@@ -153,7 +151,7 @@ class Call:
         target = self.plan.target
         return build_request(
             chosen, target.backend, target.model, self.messages, self.temperature, self.limit, self.options,
-            self.features, self.timeout, self.plan.deadline,
+            self.features, self.timeout, self.plan.deadline, self.config,
         )  # fmt: skip
 
     def failed(self, error: Exception, manager: Plugins, request: ChatRequest) -> float:
@@ -412,7 +410,7 @@ def fallback_targets(value: object, is_backend: Callable[[str], bool], config: S
 
 NO_KINDS: frozenset[ErrorKind] = frozenset()
 #: No features, no options: what most calls have (read-only, so it can be shared).
-NONE: Mapping[str, Any] = MappingProxyType({})
+NONE: Mapping[str, Any] = EMPTY
 
 
 def error_kinds(value: object, config: Snapshot) -> frozenset[ErrorKind]:

@@ -109,15 +109,17 @@ def build_request(
     name: str,
     model: str | None,
     messages: tuple[Message, ...],
-    temperature: float,
-    max_tokens: int,
+    temperature: float | None,
+    max_tokens: int | None,
     options: Mapping[str, Any],
     features: Mapping[str, Any],
     timeout: float,
     deadline: float | None,
+    config: Snapshot,
 ) -> ChatRequest:
-    """The request for ``chosen``: the model left open is the backend's ``default_model``. The
-    SDK may not retry (``max_retries=0``): the dispatcher does, for every backend alike."""
+    """The request for ``chosen``, with what the call left open filled from ``config`` (the
+    model: the backend's ``default_model``). The SDK may not retry (``max_retries=0``): the
+    dispatcher does, for every backend alike."""
     model = model or chosen.default_model
     if not model:
         raise InvalidInputError(
@@ -129,8 +131,8 @@ def build_request(
         {
             "messages": messages,
             "model": model,
-            "temperature": temperature,
-            "max_tokens": max_tokens,
+            "temperature": config.temperature if temperature is None else temperature,
+            "max_tokens": config.max_tokens if max_tokens is None else max_tokens,
             "timeout": timeout,
             "options": options,
             "backend": name,

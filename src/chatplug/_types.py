@@ -28,7 +28,8 @@ DEFAULT_MAX_TOKENS = 500
 DEFAULT_TIMEOUT = 120.0
 DEFAULT_MAX_RETRIES = 2
 
-_EMPTY: Mapping[str, Any] = MappingProxyType({})
+#: An empty read-only mapping (no options), shared.
+EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
 class Message(TypedDict, total=False):
@@ -151,7 +152,7 @@ class ChatRequest(_Record):
     temperature: float = DEFAULT_TEMPERATURE
     max_tokens: int = DEFAULT_MAX_TOKENS
     timeout: float = DEFAULT_TIMEOUT
-    options: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    options: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
     backend: str = ""
     max_retries: int = DEFAULT_MAX_RETRIES
     #: Tools the model may call, and how (``"auto" | "required" | "none"`` or a tool's name;
@@ -181,7 +182,7 @@ class ChatRequest(_Record):
         ``object.__setattr__``, and would copy the messages a second time)."""
         request = object.__new__(cls)
         request.__dict__.update(fields)
-        if fields["options"]:
+        if fields["options"] is not EMPTY:  # the call's own options, even none: a read-only copy
             request.__dict__["options"] = freeze(fields["options"])
         return request
 

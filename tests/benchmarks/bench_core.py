@@ -8,7 +8,8 @@
 2. Per-call cost of chatplug against the raw ``ollama`` SDK client on the same loopback fake
    server in the same run, sync and async, as a ratio (target <= 1.05x), and the dispatcher's
    own cost in microseconds per call (chatplug's time less the raw SDK's). The floor is the raw
-   SDK with a reused client; the seed's client-per-call design is measured beside it.
+   SDK with a reused client; the seed's client-per-call design is measured beside it. The
+   dispatcher's own cost is also measured with a backend that answers at once, hot and cold.
 
 Batches alternate between the contenders so that drift on the machine hits both alike; the
 median batch is reported.
@@ -124,8 +125,11 @@ def main() -> None:
         f"sync per call: raw SDK {floor:.0f} us, chatplug {ours:.0f} us -> {sync['chatplug sync ratio']:.3f}x "
         f"(median of 300 paired rounds; the dispatcher and backend: {ours - floor:.1f} us per call)"
     )
-    alone = dispatcher_alone_us()
-    print(f"the dispatcher alone (a backend that answers at once, no I/O): {alone:.1f} us per call")
+    hot, cold = dispatcher_alone_us()
+    print(
+        f"the dispatcher alone (a backend that answers at once, no I/O): {hot:.1f} us per call in a tight loop, "
+        f"{cold:.1f} us with the CPU caches cold (after other work, as between two real calls)"
+    )
     seed = compare({"client per call": new_client_per_call}, calls=5, rounds=3)["client per call"]
     print(f"a new client per call (the seed's design): {seed:.0f} us -> {seed / floor:.1f}x the reused client")
 
@@ -154,9 +158,12 @@ def main() -> None:
     server.communicate("")  # closing its stdin stops the server
 
 
-def dispatcher_alone_us(calls: int = 5000, repeats: int = 7) -> float:
+def dispatcher_alone_us(calls: int = 5000, repeats: int = 7) -> tuple[float, float]:
     """chatplug's own cost per call, with a backend that returns a reply at once: resolve,
-    validate, build the request, plan, time and build the response (the best of ``repeats``)."""
+    validate, build the request, plan, time and build the response. Twice: in a tight loop (the
+    best of ``repeats``), and cold, after other work has filled the CPU's caches, as in a real
+    call, where the HTTP stack runs between two calls (the median over 150 paired batches of that
+    work alone and that work followed by a call)."""
     import chatplug
     from chatplug import ChatBackend, ChatRequest, ChatResult
 
@@ -178,7 +185,20 @@ def dispatcher_alone_us(calls: int = 5000, repeats: int = 7) -> float:
     try:
         call = lambda: chatplug.generate_completion_with_messages_sync(MESSAGES, backend="instant")  # noqa: E731
         per_call_us(call, 500)
-        return min(per_call_us(call, calls) for _ in range(repeats))
+        hot = min(per_call_us(call, calls) for _ in range(repeats))
+        numbers = list(range(300_000))  # ~10 MB of objects: more than the caches hold
+
+        def other_work() -> None:
+            sum(numbers)
+
+        def work_then_call() -> None:
+            sum(numbers)
+            call()
+
+        cold = statistics.median(
+            per_call_us(work_then_call, 20) - per_call_us(other_work, 20) for _ in range(150)
+        )
+        return hot, cold
     finally:
         chatplug.unregister_plugin("bench-instant")
 
