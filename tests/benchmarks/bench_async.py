@@ -18,8 +18,9 @@ requests goes out through:
 
 Reported: requests a second (wall clock), the client's CPU per request (``time.process_time``
 deltas: this process only, the server runs in its own), and p50/p99 latency per request, each the
-median of ``BENCH_ROUNDS`` (3) rounds in which the contenders take turns. Each run is on a fresh
-event loop, after a warm-up round that opens its connections.
+median of ``BENCH_ROUNDS`` (3) rounds in which the contenders take turns. Each run is in a
+process of its own (the environment set as below), on a fresh event loop, after a warm-up round
+that opens its connections.
 The server's ceiling is measured first with a bare ``aiohttp.ClientSession`` at the same 20 ms.
 
 Every client gets 600 s per request (httpx's pool at 1,000 waiters can take minutes).
@@ -31,6 +32,7 @@ openai/anthropic >= 1.5x the raw SDK's default client.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import resource
 import statistics
@@ -267,6 +269,7 @@ def fake_local_model(url: str) -> None:
     """The local backend pointed at the bench server: its async path posts to ``model.url``."""
     from chatplug._dispatch import plugins
 
+    plugins().load()
     backend: Any = plugins().backends.get("local")
     model = type("BenchModel", (), {"name": "SmolLM2-135M-Instruct", "url": url})()
     backend._models["SmolLM2-135M-Instruct"] = model
@@ -288,6 +291,32 @@ def ceiling(url: str, concurrency: int, total: int) -> dict[str, float]:
         return call, session.close
 
     return run(make, concurrency, total)
+
+
+def run_apart(backend: str, name: str, concurrency: int, url: str) -> dict[str, float]:
+    """One run of one contender, in a process of its own: a run in a process that other
+    contenders' runs have used inherits their heap (more for the collector to walk, memory laid
+    out by them), and the contenders run later paid for it (ollama's chatplug at 1,000 measured
+    0.49x there, and 0.95-1.03x run apart, alternating with the raw SDK)."""
+    proc = subprocess.run(
+        [sys.executable, __file__, "--one", backend, name, str(concurrency), url],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    *said, result = proc.stdout.strip().splitlines()
+    for line in said:  # failures, counted in the child
+        print(line, flush=True)
+    return dict(json.loads(result))
+
+
+def one(backend: str, name: str, concurrency: int, url: str) -> None:
+    """The child of ``run_apart``: prints any failures, then the run's numbers as JSON."""
+    more_files()
+    if backend == "local":
+        fake_local_model(url)
+    result = run(contenders(backend, url)[name], concurrency, REQUESTS.get(concurrency, concurrency * 6))
+    if FAILED:
+        print(f"{backend} {name} {concurrency}: {len(FAILED)} failed, e.g. {FAILED[0]}")
+    print(json.dumps(result))
 
 
 def main() -> None:
@@ -316,12 +345,8 @@ def main() -> None:
         for concurrency in CONCURRENCY:
             runs: dict[str, list[dict[str, float]]] = {}
             for _ in range(ROUNDS):  # the contenders take turns, so that drift hits them alike
-                for name, factory in contenders(backend, url).items():
-                    FAILED.clear()
-                    total = REQUESTS.get(concurrency, concurrency * 6)
-                    runs.setdefault(name, []).append(run(factory, concurrency, total))
-                    if FAILED:
-                        print(f"{backend} {name} {concurrency}: {len(FAILED)} failed, e.g. {FAILED[0]}", flush=True)
+                for name in contenders(backend, url):
+                    runs.setdefault(name, []).append(run_apart(backend, name, concurrency, url))
             rows = {name: _median(results) for name, results in runs.items()}
             base, same = rows["sdk default"]["rps"], rows["sdk aiohttp"]["rps"]
             for name, row in rows.items():
@@ -335,4 +360,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    serve() if sys.argv[1:2] == ["--serve"] else main()
+    if sys.argv[1:2] == ["--serve"]:
+        serve()
+    elif sys.argv[1:2] == ["--one"]:
+        one(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])
+    else:
+        main()
