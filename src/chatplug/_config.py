@@ -47,10 +47,8 @@ def env(name: str) -> str | None:
         key = _KEYS.get(name)
         if key is None:
             key = _KEYS[name] = environ.encodekey(name)
-        found = environ._data.get(key)  # type: ignore[attr-defined]
-        return None if found is None else environ.decodevalue(found).strip()
-    raw = environ.get(name)  # os.environ replaced by another mapping (a test's, say)
-    return None if raw is None else raw.strip()
+        return _decoded(environ._data.get(key))  # type: ignore[attr-defined]
+    return _decoded(environ.get(name))  # os.environ replaced by another mapping (a test's, say)
 
 
 _Environ = type(os.environ)
@@ -434,7 +432,8 @@ def _texts() -> tuple[object, ...]:
 
 
 def _decoded(text: object) -> str | None:
-    """One of ``_texts()``, as ``env()`` reads it: a str, stripped; ``None`` when unset."""
+    """A variable's raw value (``os.environ``'s bytes, or a replacement mapping's str) as chatplug
+    reads it: a str, stripped; ``None`` when unset. ``env()`` and ``_texts()`` both come here."""
     if text is None:
         return None
     return (os.environ.decodevalue(text) if isinstance(text, bytes) else str(text)).strip()  # type: ignore[arg-type]

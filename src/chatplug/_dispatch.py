@@ -138,7 +138,7 @@ class Call:
         use_cache = options.pop("cache", True)
         if not isinstance(use_cache, bool):
             raise InvalidInputError(f"cache must be True (the configured LLM_CACHE) or False, got {use_cache!r}.")
-        self.features, self.options = split_features(options) if options else (NONE, NONE)
+        self.features, self.options = split_features(options) if options else (EMPTY, EMPTY)
         if self.options:
             check_options(self.options)
         return timeout, retries, kinds, use_cache
@@ -409,8 +409,6 @@ def fallback_targets(value: object, is_backend: Callable[[str], bool], config: S
 
 
 NO_KINDS: frozenset[ErrorKind] = frozenset()
-#: No features, no options: what most calls have (read-only, so it can be shared).
-NONE: Mapping[str, Any] = EMPTY
 
 
 def error_kinds(value: object, config: Snapshot) -> frozenset[ErrorKind]:
