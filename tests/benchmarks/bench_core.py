@@ -6,10 +6,14 @@
    floor ``import dataclasses, logging, typing, enum`` measured the same way in the same run
    (target: at most 1.3x).
 2. Per-call cost of chatplug against the raw ``ollama`` SDK client on the same loopback fake
-   server in the same run, sync and async, as a ratio (target <= 1.05x), and the dispatcher's
-   own cost in microseconds per call (chatplug's time less the raw SDK's). The floor is the raw
-   SDK with a reused client; the seed's client-per-call design is measured beside it. The
-   dispatcher's own cost is also measured with a backend that answers at once, hot and cold.
+   server in the same run, sync and async, as a ratio (target <= 1.05x). The floor is the raw SDK
+   with a reused client; the seed's client-per-call design is measured beside it.
+3. Where a sync call's extra time goes, layer by layer, each measured inside real calls (chatplug's
+   work runs with the CPU caches cold there, and costs several times what it does in a loop): the
+   SDK client with chatplug's deadline on its sockets, then the ollama backend (translation, client
+   lease, ``ChatResult``), then the whole call (the dispatcher). The dispatcher is also measured
+   directly: a raw SDK call followed by a call to a backend that answers at once, against the raw
+   call alone; and in a tight loop.
 
 Batches alternate between the contenders so that drift on the machine hits both alike; the
 median batch is reported.
@@ -75,8 +79,9 @@ def compare(contenders: dict[str, Callable[[], object]], calls: int = 20, rounds
 
     Short batches alternate between the contenders, many rounds over: this machine's speed
     drifts by up to 2x over seconds (shared cores), and a batch of 20 calls takes ~15 ms, so the
-    two batches of a round see the same machine. Each ratio is the median of the rounds' ratios;
-    each time the median of the rounds' times."""
+    two batches of a round see the same machine. Each ratio is the median of the rounds' ratios
+    (``<name> ratio``, with its quartiles as ``<name> q1`` and ``<name> q3``: the spread says how
+    far one run's figure can be trusted); each time the median of the rounds' times."""
     results: dict[str, list[float]] = {name: [] for name in contenders}
     for fn in contenders.values():
         per_call_us(fn, 50)  # warm up: connections, imports, first dispatch
@@ -86,7 +91,9 @@ def compare(contenders: dict[str, Callable[[], object]], calls: int = 20, rounds
     floor = next(iter(results.values()))
     summary = {name: statistics.median(values) for name, values in results.items()}
     for name, values in results.items():
-        summary[f"{name} ratio"] = statistics.median(ours / base for ours, base in zip(values, floor, strict=True))
+        ratios = [ours / base for ours, base in zip(values, floor, strict=True)]
+        summary[f"{name} ratio"] = statistics.median(ratios)
+        summary[f"{name} q1"], _, summary[f"{name} q3"] = statistics.quantiles(ratios, n=4)
     return summary
 
 
@@ -118,17 +125,37 @@ def main() -> None:
         assert response.success, response.error
         return response
 
-    sync = compare({"raw ollama.Client": raw_sdk, "chatplug sync": via_chatplug})
-    floor = sync["raw ollama.Client"]
-    ours = sync["chatplug sync"]
-    print(
-        f"sync per call: raw SDK {floor:.0f} us, chatplug {ours:.0f} us -> {sync['chatplug sync ratio']:.3f}x "
-        f"(median of 300 paired rounds; the dispatcher and backend: {ours - floor:.1f} us per call)"
+    sync = compare(
+        {
+            "raw": raw_sdk,
+            "deadline": sdk_with_deadline(url),
+            "backend": ollama_backend(url),
+            "chatplug": via_chatplug,
+            "raw + dispatcher": raw_then_dispatcher(raw_sdk),
+        }
     )
-    hot, cold = dispatcher_alone_us()
+    floor, ours = sync["raw"], sync["chatplug"]
     print(
-        f"the dispatcher alone (a backend that answers at once, no I/O): {hot:.1f} us per call in a tight loop, "
-        f"{cold:.1f} us with the CPU caches cold (after other work, as between two real calls)"
+        f"sync per call: raw SDK {floor:.0f} us, chatplug {ours:.0f} us -> {sync['chatplug ratio']:.3f}x "
+        f"(median of 300 paired rounds' ratios; quartiles {sync['chatplug q1']:.3f}-{sync['chatplug q3']:.3f}x)"
+    )
+    layers = [("raw", "deadline"), ("deadline", "backend"), ("backend", "chatplug")]
+    extra = [(sync[f"{layer} ratio"] - sync[f"{below} ratio"]) * floor for below, layer in layers]
+    print(
+        "where it goes, inside real calls (each layer's median ratio less the one below, times the raw call): "
+        f"the deadline on the sockets {extra[0]:.1f} us, the backend (translation, client lease, ChatResult) "
+        f"{extra[1]:.1f} us, the dispatcher {extra[2]:.1f} us"
+    )
+    hot = dispatcher_alone_us()
+    between = (sync["raw + dispatcher ratio"] - 1) * floor
+    print(
+        f"the dispatcher alone (a backend that answers at once): {hot:.1f} us per call in a tight loop, "
+        f"{between:.1f} us between real calls (a raw SDK call and then a dispatcher call, against the raw call alone)"
+    )
+    after = dispatcher_after_us()
+    print(
+        "the dispatcher after 0.5 ms of other work, which makes it cold: "
+        + ", ".join(f"{what} {us:.1f} us" for what, us in after.items())
     )
     seed = compare({"client per call": new_client_per_call}, calls=5, rounds=3)["client per call"]
     print(f"a new client per call (the seed's design): {seed:.0f} us -> {seed / floor:.1f}x the reused client")
@@ -158,12 +185,9 @@ def main() -> None:
     server.communicate("")  # closing its stdin stops the server
 
 
-def dispatcher_alone_us(calls: int = 5000, repeats: int = 7) -> tuple[float, float]:
-    """chatplug's own cost per call, with a backend that returns a reply at once: resolve,
-    validate, build the request, plan, time and build the response. Twice: in a tight loop (the
-    best of ``repeats``), and cold, after other work has filled the CPU's caches, as in a real
-    call, where the HTTP stack runs between two calls (the median over 150 paired batches of that
-    work alone and that work followed by a call)."""
+def instant_call() -> Callable[[], object]:
+    """A dispatcher call to a backend that answers at once: the dispatcher's work and nothing else
+    (the backend ``instant``, registered for the rest of the run)."""
     import chatplug
     from chatplug import ChatBackend, ChatRequest, ChatResult
 
@@ -181,26 +205,95 @@ def dispatcher_alone_us(calls: int = 5000, repeats: int = 7) -> tuple[float, flo
         def register_backends(self, register: Callable[[str, Callable[[], ChatBackend]], None]) -> None:
             register("instant", Instant)
 
-    chatplug.register_plugin(Plugin(), "bench-instant")
-    try:
-        call = lambda: chatplug.generate_completion_with_messages_sync(MESSAGES, backend="instant")  # noqa: E731
-        per_call_us(call, 500)
-        hot = min(per_call_us(call, calls) for _ in range(repeats))
-        numbers = list(range(300_000))  # ~10 MB of objects: more than the caches hold
+    if "instant" not in chatplug.backend_names():
+        chatplug.register_plugin(Plugin(), "bench-instant")
+    return lambda: chatplug.generate_completion_with_messages_sync(MESSAGES, backend="instant")
 
-        def other_work() -> None:
-            sum(numbers)
 
-        def work_then_call() -> None:
-            sum(numbers)
+def dispatcher_alone_us(calls: int = 5000, repeats: int = 7) -> float:
+    """The dispatcher's cost per call in a tight loop, where its code and data stay in the CPU's
+    caches (the best of ``repeats``): resolve, validate, build the request, plan, time and build
+    the response."""
+    call = instant_call()
+    per_call_us(call, 500)
+    return min(per_call_us(call, calls) for _ in range(repeats))
+
+
+def dispatcher_after_us(rounds: int = 100) -> dict[str, float]:
+    """What makes the dispatcher cost more between real calls than in a loop: its cost right
+    after 0.5 ms of a busy loop that touches almost no memory, of an idle wait (the thread
+    sleeps, as it does while a server answers), and of a pass over ~4 MB of objects, more than
+    the core's cache holds (as the HTTP stack's work evicts the dispatcher's code and data)."""
+    call = instant_call()
+    numbers = list(range(100_000))
+
+    def busy() -> None:
+        end = time.perf_counter() + 0.0005
+        while time.perf_counter() < end:
+            pass
+
+    def idle() -> None:
+        time.sleep(0.0005)
+
+    def memory() -> None:
+        sum(numbers)
+
+    costs = {}
+    for what, work in (("busy", busy), ("idle", idle), ("a pass over memory", memory)):
+
+        def then_call(work: Callable[[], None] = work) -> None:
+            work()
             call()
 
-        cold = statistics.median(
-            per_call_us(work_then_call, 20) - per_call_us(other_work, 20) for _ in range(150)
-        )
-        return hot, cold
-    finally:
-        chatplug.unregister_plugin("bench-instant")
+        times = compare({"work": work, "then": then_call}, rounds=rounds)
+        costs[what] = times["then"] - times["work"]
+    return costs
+
+
+def raw_then_dispatcher(raw_sdk: Callable[[], object]) -> Callable[[], object]:
+    """A raw SDK call, then a dispatcher call that sends nothing: the dispatcher's cost with the
+    caches as a real call leaves them."""
+    call = instant_call()
+
+    def both() -> object:
+        raw_sdk()
+        return call()
+
+    return both
+
+
+def sdk_with_deadline(url: str) -> Callable[[], object]:
+    """The raw SDK's call on a client whose sockets carry chatplug's deadline
+    (``toolkit.deadline_client``), inside a deadline, as the ollama backend's client runs."""
+    import ollama
+
+    from chatplug.toolkit import deadline_client, deadline_scope
+
+    client = ollama.Client(host=url, timeout=120)
+    deadline_client(client._client)
+
+    def call() -> object:
+        with deadline_scope(time.monotonic() + 120):
+            return client.chat(model="llama3.2", messages=MESSAGES, options=OPTIONS, stream=False)
+
+    return call
+
+
+def ollama_backend(url: str) -> Callable[[], object]:
+    """The ollama backend's ``complete()`` alone (on OLLAMA_HOST), inside a deadline as the
+    dispatcher calls it, with the request the dispatcher would build."""
+    from chatplug import ChatRequest
+    from chatplug.backends.ollama import OllamaBackend
+    from chatplug.toolkit import deadline_scope
+
+    backend = OllamaBackend()
+    request = ChatRequest(messages=tuple(MESSAGES), model="llama3.2", timeout=120.0)
+
+    def call() -> object:
+        with deadline_scope(time.monotonic() + 120):
+            return backend.complete(request)
+
+    return call
 
 
 def start_server() -> tuple[subprocess.Popen[str], str]:
