@@ -57,6 +57,30 @@ def test_request_body_defaults(ollama: FakeServer) -> None:
     assert body["options"] == {"temperature": 0.7, "num_predict": 500, "top_p": 0.9, "repeat_penalty": 1.1}
 
 
+def test_a_cookie_the_server_sets_goes_back_with_later_requests(ollama: FakeServer) -> None:
+    """The backend's clients read a reply's cookies only when it sets one (toolkit.lean_cookies),
+    and keep them as the SDK's own would: sent with every later request, sync and async."""
+    plain = ollama_reply("chat_nonstream_200.json")
+    sets_cookie = ollama_reply("chat_nonstream_200.json")
+    sets_cookie.headers["Set-Cookie"] = "affinity=node-2"
+
+    def cookies_sent() -> list[str | None]:
+        sent = [headers_of(request).get("cookie") for request in ollama.requests]
+        ollama.requests.clear()
+        return sent
+
+    ollama.route("POST", "/api/chat", plain, sets_cookie, plain)
+    assert all(generate_completion_sync("Hi").success for _ in range(3))
+    assert cookies_sent() == [None, None, "affinity=node-2"]
+
+    async def three_calls() -> list[LLMResponse]:  # one loop: one async client, with cookies of its own
+        return [await generate_completion_async("Hi") for _ in range(3)]
+
+    ollama.route("POST", "/api/chat", plain, sets_cookie, plain)
+    assert all(response.success for response in asyncio.run(three_calls()))
+    assert cookies_sent() == [None, None, "affinity=node-2"]
+
+
 def test_arguments_and_extra_options(ollama: FakeServer) -> None:
     generate_completion_sync(
         "Hello",

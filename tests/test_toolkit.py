@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import http.cookiejar
 import logging
 from collections.abc import Callable, Iterator
 from importlib.metadata import version
@@ -28,6 +29,9 @@ from chatplug import (
     settings,
 )
 from chatplug.toolkit import map_exceptions, retry_after, status_error, thaw
+
+from .fakeserver import FakeServer, Reply
+from .providers import headers_of
 
 SRC = Path(chatplug.__file__).parent
 
@@ -346,3 +350,53 @@ def test_map_exceptions_turns_the_http_stack_into_chatplug_errors(closed_port: i
     assert isinstance(mapped(lambda: (_ for _ in ()).throw(httpx.ReadTimeout("slow"))), chatplug.APITimeoutError)
     with pytest.raises(KeyError), map_exceptions(where="Acme"):
         raise KeyError("a bug stays a bug")
+
+
+class RecordingJar(http.cookiejar.CookieJar):
+    """A cookie jar that counts the replies it is asked to read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = 0
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        self.asked += 1
+        super().extract_cookies(response, request)
+
+
+@pytest.fixture
+def cookie_server() -> Iterator[FakeServer]:
+    """/plain answers without cookies; /login sets one."""
+    server = FakeServer()
+    server.route("GET", "/plain", Reply(200, b"{}", {"Content-Type": "application/json"}))
+    server.route("GET", "/login", Reply(200, b"{}", {"Content-Type": "application/json", "Set-Cookie": "session=s1"}))
+    yield server
+    server.close()
+
+
+def test_lean_cookies_reads_only_replies_that_set_one(cookie_server: FakeServer) -> None:
+    jar = RecordingJar()
+    with httpx.Client(base_url=cookie_server.url, cookies=jar) as client:
+        assert chatplug.toolkit.lean_cookies(client) is client
+        chatplug.toolkit.lean_cookies(client)  # once is enough: a second call wraps nothing more
+        client.get("/plain")
+        assert jar.asked == 0
+        client.get("/login")
+        assert jar.asked == 1 and client.cookies["session"] == "s1"
+        client.get("/plain")
+    assert jar.asked == 1
+    # What the server saw: no cookie before it set one, then the cookie, as without lean_cookies.
+    assert [headers_of(r).get("cookie") for r in cookie_server.requests] == [None, None, "session=s1"]
+
+
+def test_lean_cookies_on_an_async_client(cookie_server: FakeServer) -> None:
+    jar = RecordingJar()
+
+    async def main() -> list[str | None]:
+        async with chatplug.toolkit.lean_cookies(httpx.AsyncClient(base_url=cookie_server.url, cookies=jar)) as client:
+            for path in ("/plain", "/login", "/plain"):
+                await client.get(path)
+        return [headers_of(r).get("cookie") for r in cookie_server.requests]
+
+    assert asyncio.run(main()) == [None, None, "session=s1"]
+    assert jar.asked == 1

@@ -10,6 +10,11 @@ Clients
         with self.clients.sync((url, request.timeout), url, request.timeout, credential=key) as client:
             ...
 
+    ``lean_cookies(httpx_client)``: an ``httpx.Client`` or ``AsyncClient`` whose cookie jar is
+    consulted only for a response that sets a cookie, as httpx2's is (httpx 0.28 builds a
+    ``urllib`` request and an ``email`` message for every response to find none: about a tenth of
+    a call to a loopback server). Its cookies are exactly what they were.
+
 Deadlines
     ``deadline_client(httpx_client)``: a sync ``httpx.Client`` (or ``httpx2.Client``, e.g. an SDK's
     ``DefaultHttpxClient``) whose every connect, read and write ends at the call's deadline,
@@ -72,6 +77,7 @@ from urllib.parse import urlsplit
 
 from ._clients import ClientCache, Lease
 from ._config import env
+from ._cookies import lean_cookies
 from ._deadline import deadline_client, deadline_scope, deadline_transport, first_within
 from ._errors import (
     CONTEXT_MARKERS,
@@ -105,6 +111,7 @@ __all__ = [
     "freeze",
     "import_sdk",
     "invalid_response",
+    "lean_cookies",
     "map_exceptions",
     "redact",
     "register_secret",

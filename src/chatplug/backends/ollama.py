@@ -46,6 +46,7 @@ from chatplug.toolkit import (
     first_within,
     import_sdk,
     invalid_response,
+    lean_cookies,
     status_error,
     thaw,
     transport_error,
@@ -217,12 +218,15 @@ def _connection() -> tuple[str, str | None]:
 def _client(cls: type[C], host: str, key: str | None, timeout: float, **options: Any) -> C:
     """An SDK client for ``host``. The key goes in as the header: the SDK reads OLLAMA_API_KEY
     only when no authorization header is given, and then unstripped. ``options`` go to its httpx
-    client (an async one's transport)."""
+    client (an async one's transport), whose cookie jar is consulted only when a reply sets a
+    cookie (``lean_cookies``: about a tenth of a call to a server nearby)."""
     headers = {"authorization": f"Bearer {key}"} if key else None
     try:
-        return cls(host=host, timeout=timeout, headers=headers, **options)
+        client = cls(host=host, timeout=timeout, headers=headers, **options)
     except Exception as exc:  # the SDK parses the host here (ValueError, httpx.InvalidURL)
         raise ConfigError(f"OLLAMA_HOST={host!r} is not valid ({exc}): {_HOST_FORMS}.") from None
+    lean_cookies(client._client)
+    return client
 
 
 def _bounded(client: ollama.Client) -> ollama.Client:
