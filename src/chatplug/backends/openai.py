@@ -229,9 +229,13 @@ def _tool_call(position: int, call: Any) -> ToolCallDelta:
 
 def _reasoning(message: Any) -> str:
     """The reasoning an OpenAI-compatible server sent alongside a message or a delta: fields the
-    SDK does not declare, kept on its model."""
+    SDK does not declare, kept on its model as extras (or fields, should it declare them). Read
+    from the two dicts: ``getattr`` of a field that is not there raises and catches an error
+    inside pydantic, twice for every reply and every streamed chunk."""
+    fields = getattr(message, "__dict__", None) or {}
+    extras = getattr(message, "model_extra", None) or {}
     for name in ("reasoning_content", "reasoning"):
-        value = getattr(message, name, None)
+        value = fields.get(name, extras.get(name))
         if isinstance(value, str) and value:
             return value
     return ""
