@@ -155,6 +155,15 @@ def test_async_calls_leave_the_event_loop_free() -> None:
     assert ticks > 100  # the loop kept running while the model generated
 
 
+def test_the_async_client_reads_cookies_only_from_replies_that_set_one() -> None:
+    async def made() -> type:
+        client = local._async_client()
+        await client.aclose()
+        return type(client.cookies)
+
+    assert asyncio.run(made()).lean  # chatplug.toolkit.lean_cookies
+
+
 def test_a_prompt_longer_than_the_context_is_a_context_length_error() -> None:
     response = generate_completion_sync("blue sky " * 2000, max_tokens=4)  # ~4,000 tokens; the context is 2,048
     assert not response.success

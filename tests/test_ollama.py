@@ -79,6 +79,9 @@ def test_a_cookie_the_server_sets_goes_back_with_later_requests(ollama: FakeServ
     ollama.route("POST", "/api/chat", plain, sets_cookie, plain)
     assert all(response.success for response in asyncio.run(three_calls()))
     assert cookies_sent() == [None, None, "affinity=node-2"]
+    # The sync and async clients are made by one function: its client has the check.
+    (slot,) = plugins().backends.get("ollama")._clients._sync.values()  # type: ignore[attr-defined]
+    assert type(slot.client._client.cookies).lean
 
 
 def test_arguments_and_extra_options(ollama: FakeServer) -> None:

@@ -378,7 +378,9 @@ def test_lean_cookies_reads_only_replies_that_set_one(cookie_server: FakeServer)
     jar = RecordingJar()
     with httpx.Client(base_url=cookie_server.url, cookies=jar) as client:
         assert chatplug.toolkit.lean_cookies(client) is client
-        chatplug.toolkit.lean_cookies(client)  # once is enough: a second call wraps nothing more
+        lean = type(client.cookies)
+        assert chatplug.toolkit.lean_cookies(client) is client and type(client.cookies) is lean  # once is enough
+        assert isinstance(client.cookies, httpx.Cookies) and client.cookies.jar is jar
         client.get("/plain")
         assert jar.asked == 0
         client.get("/login")
@@ -400,3 +402,11 @@ def test_lean_cookies_on_an_async_client(cookie_server: FakeServer) -> None:
 
     assert asyncio.run(main()) == [None, None, "session=s1"]
     assert jar.asked == 1
+
+
+def test_lean_cookies_leaves_other_clients_and_the_class_alone() -> None:
+    assert chatplug.toolkit.lean_cookies(None) is None  # nothing with cookies: nothing to do
+    with httpx.Client() as plain, chatplug.toolkit.lean_cookies(httpx.Client()) as lean:
+        assert type(plain.cookies) is httpx.Cookies  # httpx's own class is untouched
+        assert type(lean.cookies) is not httpx.Cookies
+

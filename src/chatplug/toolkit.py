@@ -13,7 +13,8 @@ Clients
     ``lean_cookies(httpx_client)``: an ``httpx.Client`` or ``AsyncClient`` whose cookie jar is
     consulted only for a response that sets a cookie, as httpx2's is (httpx 0.28 builds a
     ``urllib`` request and an ``email`` message for every response to find none: about a tenth of
-    a call to a loopback server). Its cookies are exactly what they were.
+    a call to a loopback server). The cookies kept and sent are the same; a jar set later
+    (``client.cookies = ...``) goes without the check.
 
 Deadlines
     ``deadline_client(httpx_client)``: a sync ``httpx.Client`` (or ``httpx2.Client``, e.g. an SDK's
