@@ -406,6 +406,15 @@ def test_lean_cookies_on_an_async_client(cookie_server: FakeServer) -> None:
 
 def test_lean_cookies_leaves_other_clients_and_the_class_alone() -> None:
     assert chatplug.toolkit.lean_cookies(None) is None  # nothing with cookies: nothing to do
+
+    class FinalCookies:
+        def __init_subclass__(cls) -> None:
+            raise TypeError("no subclasses")
+
+        def extract_cookies(self, response: object) -> None: ...
+
+    client = type("Client", (), {"cookies": FinalCookies()})()
+    assert chatplug.toolkit.lean_cookies(client) is client and type(client.cookies) is FinalCookies
     with httpx.Client() as plain, chatplug.toolkit.lean_cookies(httpx.Client()) as lean:
         assert type(plain.cookies) is httpx.Cookies  # httpx's own class is untouched
         assert type(lean.cookies) is not httpx.Cookies

@@ -9,6 +9,7 @@ gives an httpx client the same check.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, TypeVar
 
 C = TypeVar("C")
@@ -25,7 +26,8 @@ def lean_cookies(client: C) -> C:
     if callable(getattr(kind, "extract_cookies", None)) and not getattr(kind, "lean", False):
         # The client's own cookies object becomes an instance of a subclass: httpx itself is
         # untouched, and no wrapper holds the object (which would make a reference cycle).
-        cookies.__class__ = _lean(kind)
+        with contextlib.suppress(TypeError):  # a class that takes no subclass: left as it is
+            cookies.__class__ = _lean(kind)
     return client
 
 
