@@ -195,6 +195,10 @@ def test_chat_request_builds_by_hand_with_the_settings_defaults() -> None:
     request = ChatRequest(messages=({"role": "user", "content": "Hi"},), model="m")
     assert (request.temperature, request.max_tokens, request.timeout, request.max_retries) == (0.7, 500, 120.0, 2)
     assert dict(request.options) == {} and request.backend == ""
+    given: dict[str, object] = {}
+    with pytest.raises(TypeError):  # read-only, even when given empty
+        ChatRequest(messages=request.messages, model="m", options=given).options["seed"] = 1  # type: ignore[index]
+    assert given == {}
 
 
 # -- one rule per setting ------------------------------------------------------------------

@@ -171,7 +171,7 @@ class ChatRequest(_Record):
         # Frozen copies, so that a caller (or a test) passing its own lists and dicts gets
         # the same guarantee as the dispatcher's requests.
         object.__setattr__(self, "messages", freeze(self.messages))
-        if self.options:
+        if self.options is not EMPTY:  # as in _of: any options given, even none, a read-only copy
             object.__setattr__(self, "options", freeze(self.options))
 
     @classmethod
