@@ -396,7 +396,6 @@ def test_the_first_async_call_makes_its_backend_off_the_event_loop() -> None:
 
     chatplug.register_plugin(Plugin(), "made-off-loop-plugin")
     try:
-
         async def twice() -> list[LLMResponse]:
             return [await chatplug.generate_completion_async("Hi", backend="made-off-loop") for _ in range(2)]
 

@@ -38,6 +38,8 @@ from tests.fakeserver import FakeServer, Reply, fixture
 
 MESSAGES = [{"role": "user", "content": "Why is the sky blue?"}]
 OPTIONS = {"temperature": 0.7, "num_predict": 500, "top_p": 0.9, "repeat_penalty": 1.1}
+#: The raw SDK's request, as chatplug sends it with its defaults: ``client.chat(**REQUEST)``.
+REQUEST = {"model": "llama3.2", "messages": MESSAGES, "options": OPTIONS, "stream": False}
 
 
 FLOOR = ("dataclasses", "logging", "typing", "enum")
@@ -115,11 +117,11 @@ def main() -> None:
     raw = ollama.Client(host=url, timeout=120)
 
     def raw_sdk() -> object:
-        return raw.chat(model="llama3.2", messages=MESSAGES, options=OPTIONS, stream=False)
+        return raw.chat(**REQUEST)
 
     def new_client_per_call() -> object:
         with ollama.Client(host=url, timeout=120) as client:
-            return client.chat(model="llama3.2", messages=MESSAGES, options=OPTIONS, stream=False)
+            return client.chat(**REQUEST)
 
     def via_chatplug() -> object:
         response = chatplug.generate_completion_with_messages_sync(MESSAGES)
@@ -165,14 +167,14 @@ def main() -> None:
     async def async_batch(use_chatplug: bool, calls: int) -> float:
         client = ollama.AsyncClient(host=url, timeout=120)
         for _ in range(10):  # warm up on this loop
-            await client.chat(model="llama3.2", messages=MESSAGES, options=OPTIONS, stream=False)
+            await client.chat(**REQUEST)
             await chatplug.generate_completion_with_messages_async(MESSAGES)
         t0 = time.perf_counter()
         for _ in range(calls):
             if use_chatplug:
                 await chatplug.generate_completion_with_messages_async(MESSAGES)
             else:
-                await client.chat(model="llama3.2", messages=MESSAGES, options=OPTIONS, stream=False)
+                await client.chat(**REQUEST)
         return (time.perf_counter() - t0) / calls * 1e6
 
     raw_async, cp_async = [], []
@@ -275,12 +277,12 @@ def sdk_client(url: str, *, deadline: bool) -> Callable[[], object]:
     client = ollama.Client(host=url, timeout=120)
     lean_cookies(client._client)
     if not deadline:
-        return lambda: client.chat(model="llama3.2", messages=MESSAGES, options=OPTIONS, stream=False)
+        return lambda: client.chat(**REQUEST)
     deadline_client(client._client)
 
     def call() -> object:
         with deadline_scope(time.monotonic() + 120):
-            return client.chat(model="llama3.2", messages=MESSAGES, options=OPTIONS, stream=False)
+            return client.chat(**REQUEST)
 
     return call
 
