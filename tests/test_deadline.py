@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import math
+import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -27,6 +29,7 @@ BACKENDS = ("ollama", "openai", "anthropic")
 MODES = ("sync", "async", "stream", "astream")
 SLACK = 0.5  # seconds a call may take past its deadline
 JSON = {"Content-Type": "application/json"}
+T = TypeVar("T")
 
 
 @dataclass
@@ -305,3 +308,163 @@ def test_the_sync_deadline_is_set_only_during_an_attempt(site: Site) -> None:
     response, _ = call("sync", timeout=5)
     assert response.success
     assert DEADLINE.get() is None
+
+
+# -- async deadlines: asyncio.timeout's semantics, one timer per group ----------------------
+
+
+class TimerLoop(asyncio.SelectorEventLoop):
+    """An event loop that keeps the timers chatplug's deadlines schedule (``call_at``, where
+    ``call_later`` comes too): when each ends, and its handle."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.timers: list[tuple[float, asyncio.TimerHandle]] = []
+
+    def call_at(self, when: float, callback: Any, *args: Any, context: Any = None) -> asyncio.TimerHandle:
+        handle = super().call_at(when, callback, *args, context=context)
+        if getattr(callback, "__qualname__", "") == "_Timers.expire":
+            self.timers.append((when, handle))
+        return handle
+
+
+def on_timer_loop(main: Callable[[], Coroutine[Any, Any, T]]) -> tuple[T, TimerLoop]:
+    loop = TimerLoop()
+    try:
+        return loop.run_until_complete(main()), loop
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
+needs_311 = pytest.mark.skipif(sys.version_info < (3, 11), reason="3.10 bounds async attempts with asyncio.wait_for")
+
+
+class Yielding(chatplug.ChatBackend):
+    """Answers after giving the loop a turn: concurrent calls are all in flight at once."""
+
+    default_model = "m"
+
+    def complete(self, request: chatplug.ChatRequest) -> chatplug.ChatResult:
+        return chatplug.ChatResult(content="hi", model=request.model)
+
+    async def acomplete(self, request: chatplug.ChatRequest) -> chatplug.ChatResult:
+        await asyncio.sleep(0)
+        return self.complete(request)
+
+
+class YieldingPlugin:
+    @chatplug.hookimpl
+    def register_backends(self, register: Callable[[str, Callable[[], chatplug.ChatBackend]], None]) -> None:
+        register("yielding", Yielding)
+
+
+@needs_311
+def test_a_thousand_concurrent_calls_share_their_deadline_timer() -> None:
+    """asyncio.timeout schedules a timer per attempt; deadlines that end within the same 0.1 s
+    share one, cancelled when its last attempt is over."""
+
+    async def main() -> list[LLMResponse]:
+        calls = (chatplug.generate_completion_async(f"hi {i}", backend="yielding", timeout=600) for i in range(1000))
+        return await asyncio.gather(*calls)
+
+    name = chatplug.register_plugin(YieldingPlugin(), "yielding-plugin")
+    try:
+        responses, loop = on_timer_loop(main)
+    finally:
+        chatplug.unregister_plugin(name)
+    assert all(r.success for r in responses)
+    deadlines = loop.timers
+    assert 1 <= len(deadlines) <= 3  # the calls started within a few ms of each other
+    assert all(handle.cancelled() for _, handle in deadlines)  # none left to fire
+    for when, _ in deadlines:  # rounded up to a tenth of a second
+        assert abs(when * 10 - round(when * 10)) < 1e-6
+
+
+@needs_311
+def test_a_loop_deadline_ends_its_block_with_a_timeout_error() -> None:
+    from chatplug._deadline import loop_deadline
+
+    async def main() -> str:
+        with pytest.raises(TimeoutError), loop_deadline(0.05):
+            await asyncio.Event().wait()
+        task = asyncio.current_task()
+        assert task is not None and task.cancelling() == 0  # the cancellation it made is taken back
+        with loop_deadline(10):  # ends in time: nothing happens, its timer is cancelled
+            await asyncio.sleep(0)
+        return "went on"
+
+    result, loop = on_timer_loop(main)
+    assert result == "went on"
+    assert [handle.cancelled() for _, handle in loop.timers[-1:]] == [True]
+
+
+@needs_311
+@pytest.mark.parametrize("deadline_passed", [False, True])
+def test_a_cancellation_from_elsewhere_stays_a_cancellation(deadline_passed: bool) -> None:
+    """Cancelled by its caller, a task in a deadline sees CancelledError, not TimeoutError, even
+    when its deadline fires before the task runs again."""
+    from chatplug._deadline import loop_deadline
+
+    async def waits(seconds: float, started: asyncio.Event) -> None:
+        with loop_deadline(seconds):
+            started.set()
+            await asyncio.Event().wait()
+
+    async def main() -> str:
+        started = asyncio.Event()
+        task = asyncio.create_task(waits(0.01 if deadline_passed else 10, started))
+        await started.wait()
+        loop = asyncio.get_running_loop()
+        if deadline_passed:  # cancelled in the same turn as the deadline fires, before the task runs
+            assert isinstance(loop, TimerLoop)
+            loop.call_at(loop.timers[0][0], task.cancel)
+        else:
+            loop.call_soon(task.cancel)
+        try:
+            await task
+        except asyncio.CancelledError:
+            return "cancelled"
+        except TimeoutError:
+            return "timeout"
+        return "finished"
+
+    outcome, loop = on_timer_loop(main)
+    assert outcome == "cancelled"
+    [(_, timer)] = loop.timers
+    assert timer.cancelled() is not deadline_passed  # cancelled when the task left in time; fired otherwise
+
+
+@needs_311
+def test_deadlines_far_apart_keep_timers_of_their_own() -> None:
+    from chatplug._deadline import loop_deadline
+
+    async def one(seconds: float) -> None:
+        with loop_deadline(seconds):
+            await asyncio.sleep(0)
+
+    async def main() -> None:
+        await asyncio.gather(one(0.5), one(0.5), one(30), one(30), one(60))
+
+    _, loop = on_timer_loop(main)
+    # near ones exact (one each), far ones rounded up together
+    assert len(loop.timers) == 4
+    assert all(handle.cancelled() for _, handle in loop.timers)
+
+
+@needs_311
+def test_a_closed_loop_is_not_kept_alive_by_its_deadline_timers() -> None:
+    import gc
+    import weakref
+
+    from chatplug._deadline import loop_deadline
+
+    async def main() -> None:
+        with loop_deadline(30):
+            await asyncio.sleep(0)
+
+    _, loop = on_timer_loop(main)
+    gone = weakref.ref(loop)
+    del loop
+    gc.collect()
+    assert gone() is None

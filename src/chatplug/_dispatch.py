@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from ._backend import ChatBackend
     from ._cache import Cache
     from ._config import Snapshot
+    from ._deadline import loop_deadline
     from ._plugins import Plugins
     from ._ratelimit import Ticket
 
@@ -63,6 +64,19 @@ def deadline_var() -> ContextVar[float | None]:
 
         _deadline = DEADLINE
     return _deadline
+
+
+_loop_deadline: type[loop_deadline] | None = None
+
+
+def loop_deadline_class() -> type[loop_deadline]:
+    """``_deadline.loop_deadline``, imported on first use (with asyncio, which sync programs need not load)."""
+    global _loop_deadline
+    if _loop_deadline is None:
+        from ._deadline import loop_deadline
+
+        _loop_deadline = loop_deadline
+    return _loop_deadline
 
 
 class Call:
@@ -379,12 +393,13 @@ async def call_async(*arguments: Any) -> LLMResponse:
 
 async def within(awaitable: Awaitable[T], seconds: float, request: ChatRequest) -> T:
     """``awaitable``, cancelled when ``seconds`` pass: the hard deadline of an async attempt."""
-    import asyncio
-
     try:
         if sys.version_info >= (3, 11):
-            async with asyncio.timeout(seconds):  # no task of its own, unlike wait_for
+            # asyncio.timeout's semantics with a timer shared by the deadlines that end together
+            with (_loop_deadline or loop_deadline_class())(seconds):  # and no task of its own, unlike wait_for
                 return await awaitable
+        import asyncio
+
         return await asyncio.wait_for(awaitable, seconds)
     except TimeoutError:
         raise APITimeoutError(
