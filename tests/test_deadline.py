@@ -315,11 +315,19 @@ def test_the_sync_deadline_is_set_only_during_an_attempt(site: Site) -> None:
 
 class TimerLoop(asyncio.SelectorEventLoop):
     """An event loop that keeps the timers chatplug's deadlines schedule (``call_at``, where
-    ``call_later`` comes too): when each ends, and its handle."""
+    ``call_later`` comes too): when each ends, and its handle. Its clock can be moved forward
+    (``skip``) without waiting."""
 
     def __init__(self) -> None:
         super().__init__()
         self.timers: list[tuple[float, asyncio.TimerHandle]] = []
+        self.skipped = 0.0
+
+    def time(self) -> float:
+        return super().time() + self.skipped
+
+    def skip(self, seconds: float) -> None:
+        self.skipped += seconds
 
     def call_at(self, when: float, callback: Any, *args: Any, context: Any = None) -> asyncio.TimerHandle:
         handle = super().call_at(when, callback, *args, context=context)
@@ -327,11 +335,15 @@ class TimerLoop(asyncio.SelectorEventLoop):
             self.timers.append((when, handle))
         return handle
 
+    def pending(self) -> list[asyncio.TimerHandle]:
+        """The deadline timers neither cancelled nor run yet."""
+        return [handle for _, handle in self.timers if not handle.cancelled() and handle in self._scheduled]  # type: ignore[attr-defined]
 
-def on_timer_loop(main: Callable[[], Coroutine[Any, Any, T]]) -> tuple[T, TimerLoop]:
+
+def on_timer_loop(main: Callable[[TimerLoop], Coroutine[Any, Any, T]]) -> tuple[T, TimerLoop]:
     loop = TimerLoop()
     try:
-        return loop.run_until_complete(main()), loop
+        return loop.run_until_complete(main(loop)), loop
     finally:
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
@@ -359,44 +371,69 @@ class YieldingPlugin:
         register("yielding", Yielding)
 
 
-@needs_311
-def test_a_thousand_concurrent_calls_share_their_deadline_timer() -> None:
-    """asyncio.timeout schedules a timer per attempt; deadlines that end within the same 0.1 s
-    share one, cancelled when its last attempt is over."""
+@pytest.fixture
+def yielding() -> Iterator[str]:
+    name = chatplug.register_plugin(YieldingPlugin(), "yielding-plugin")
+    yield "yielding"
+    chatplug.unregister_plugin(name)
 
-    async def main() -> list[LLMResponse]:
-        calls = (chatplug.generate_completion_async(f"hi {i}", backend="yielding", timeout=600) for i in range(1000))
+
+@needs_311
+def test_a_thousand_concurrent_calls_share_their_deadline_timer(yielding: str) -> None:
+    """asyncio.timeout schedules a timer per attempt; deadlines that end within the same 0.1 s
+    share one."""
+
+    async def main(loop: TimerLoop) -> list[LLMResponse]:
+        calls = (chatplug.generate_completion_async(f"hi {i}", backend=yielding, timeout=600) for i in range(1000))
         return await asyncio.gather(*calls)
 
-    name = chatplug.register_plugin(YieldingPlugin(), "yielding-plugin")
-    try:
-        responses, loop = on_timer_loop(main)
-    finally:
-        chatplug.unregister_plugin(name)
+    responses, loop = on_timer_loop(main)
     assert all(r.success for r in responses)
-    deadlines = loop.timers
-    assert 1 <= len(deadlines) <= 3  # the calls started within a few ms of each other
-    assert all(handle.cancelled() for _, handle in deadlines)  # none left to fire
-    for when, _ in deadlines:  # rounded up to a tenth of a second
+    assert 1 <= len(loop.timers) <= 3  # the calls started within a few ms of each other
+    for when, _ in loop.timers:  # rounded up to a tenth of a second
         assert abs(when * 10 - round(when * 10)) < 1e-6
+
+
+@needs_311
+@pytest.mark.parametrize("timeout", [600, 1])
+def test_calls_one_after_another_leave_one_timer_pending_at_most(yielding: str, timeout: float) -> None:
+    """A timer left without attempts is kept for those that start within its 0.1 s (far
+    deadlines), and cancelled when a later group's is made: they never pile up."""
+
+    async def main(loop: TimerLoop) -> list[int]:
+        pending = []
+        for _ in range(3):
+            for _ in range(100):
+                response = await chatplug.generate_completion_async("hi", backend=yielding, timeout=timeout)
+                assert response.success
+                pending.append(len(loop.pending()))
+            loop.skip(1.0)  # the next calls start a second later: in another group
+        return pending
+
+    pending, loop = on_timer_loop(main)
+    assert set(pending) == {1}
+    if timeout >= 5:  # far: one timer per second of calls; near: one per call, as asyncio.timeout
+        assert len(loop.timers) == 3
+    else:
+        assert len(loop.timers) == 300
 
 
 @needs_311
 def test_a_loop_deadline_ends_its_block_with_a_timeout_error() -> None:
     from chatplug._deadline import loop_deadline
 
-    async def main() -> str:
+    async def main(loop: TimerLoop) -> str:
         with pytest.raises(TimeoutError), loop_deadline(0.05):
             await asyncio.Event().wait()
         task = asyncio.current_task()
         assert task is not None and task.cancelling() == 0  # the cancellation it made is taken back
-        with loop_deadline(10):  # ends in time: nothing happens, its timer is cancelled
+        with loop_deadline(10):  # ends in time: nothing happens
             await asyncio.sleep(0)
         return "went on"
 
     result, loop = on_timer_loop(main)
     assert result == "went on"
-    assert [handle.cancelled() for _, handle in loop.timers[-1:]] == [True]
+    assert len(loop.timers) == 2
 
 
 @needs_311
@@ -411,13 +448,11 @@ def test_a_cancellation_from_elsewhere_stays_a_cancellation(deadline_passed: boo
             started.set()
             await asyncio.Event().wait()
 
-    async def main() -> str:
+    async def main(loop: TimerLoop) -> str:
         started = asyncio.Event()
         task = asyncio.create_task(waits(0.01 if deadline_passed else 10, started))
         await started.wait()
-        loop = asyncio.get_running_loop()
         if deadline_passed:  # cancelled in the same turn as the deadline fires, before the task runs
-            assert isinstance(loop, TimerLoop)
             loop.call_at(loop.timers[0][0], task.cancel)
         else:
             loop.call_soon(task.cancel)
@@ -429,10 +464,8 @@ def test_a_cancellation_from_elsewhere_stays_a_cancellation(deadline_passed: boo
             return "timeout"
         return "finished"
 
-    outcome, loop = on_timer_loop(main)
+    outcome, _ = on_timer_loop(main)
     assert outcome == "cancelled"
-    [(_, timer)] = loop.timers
-    assert timer.cancelled() is not deadline_passed  # cancelled when the task left in time; fired otherwise
 
 
 @needs_311
@@ -443,13 +476,15 @@ def test_deadlines_far_apart_keep_timers_of_their_own() -> None:
         with loop_deadline(seconds):
             await asyncio.sleep(0)
 
-    async def main() -> None:
+    async def main(loop: TimerLoop) -> list[asyncio.TimerHandle]:
         await asyncio.gather(one(0.5), one(0.5), one(30), one(30), one(60))
+        await one(120)  # a new group: the ones left empty are cancelled
+        return loop.pending()
 
-    _, loop = on_timer_loop(main)
+    pending, loop = on_timer_loop(main)
     # near ones exact (one each), far ones rounded up together
-    assert len(loop.timers) == 4
-    assert all(handle.cancelled() for _, handle in loop.timers)
+    assert len(loop.timers) == 5
+    assert pending == [loop.timers[-1][1]]
 
 
 @needs_311
@@ -459,7 +494,7 @@ def test_a_closed_loop_is_not_kept_alive_by_its_deadline_timers() -> None:
 
     from chatplug._deadline import loop_deadline
 
-    async def main() -> None:
+    async def main(loop: TimerLoop) -> None:
         with loop_deadline(30):
             await asyncio.sleep(0)
 
@@ -468,3 +503,28 @@ def test_a_closed_loop_is_not_kept_alive_by_its_deadline_timers() -> None:
     del loop
     gc.collect()
     assert gone() is None
+
+
+class NoAttributesLoop(TimerLoop):
+    """A loop that takes no attributes of chatplug's (as uvloop's takes none at all)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name.startswith("_chatplug"):
+            raise AttributeError(name)
+        super().__setattr__(name, value)
+
+
+@needs_311
+def test_a_loop_that_takes_no_attributes_keeps_its_timers_aside() -> None:
+    from chatplug._deadline import _TIMERS, loop_deadline
+
+    async def main() -> bool:
+        with pytest.raises(TimeoutError), loop_deadline(0.01):
+            await asyncio.Event().wait()
+        return asyncio.get_running_loop() in _TIMERS
+
+    loop = NoAttributesLoop()
+    try:
+        assert loop.run_until_complete(main())
+    finally:
+        loop.close()

@@ -222,13 +222,35 @@ _ROUNDED_FROM, _GRAIN = 5.0, 0.1
 
 class _Timers:
     """The deadlines of one event loop's attempts, grouped by the time they end at: one
-    ``TimerHandle`` per group, cancelled when its last attempt leaves, firing otherwise. (It
-    holds no reference to its loop: ``_TIMERS`` would then keep every loop alive.)"""
+    ``TimerHandle`` per group. A group left empty keeps its timer for the attempts that start
+    within the same 0.1 s (one after another, they would otherwise make and cancel a timer each);
+    it is cancelled when the next group is made, and firing empty does nothing."""
 
-    __slots__ = ("groups",)
+    __slots__ = ("groups", "idle")
 
     def __init__(self) -> None:
         self.groups: dict[float, tuple[asyncio.TimerHandle, set[loop_deadline]]] = {}
+        self.idle: list[float] = []  # the groups left empty, by when they end
+
+    def group(self, loop: asyncio.AbstractEventLoop, when: float) -> set[loop_deadline]:
+        """The group of the deadlines that end at ``when``, made (with its timer) if need be."""
+        found = self.groups.get(when)
+        if found is not None:
+            return found[1]
+        for key in self.idle:
+            idle = self.groups.get(key)
+            if idle is not None and not idle[1]:
+                del self.groups[key]
+                idle[0].cancel()
+        self.idle.clear()
+        group: set[loop_deadline] = set()
+        self.groups[when] = (loop.call_at(when, self.expire, when), group)
+        return group
+
+    def left(self, when: float) -> None:
+        """The group ending at ``when`` is empty now."""
+        if not self.idle or self.idle[-1] != when:
+            self.idle.append(when)
 
     def expire(self, when: float) -> None:
         _, group = self.groups.pop(when)
@@ -237,13 +259,32 @@ class _Timers:
             bound.task.cancel()
 
 
+_ATTRIBUTE = "_chatplug_deadline_timers"
+#: The timers of loops that take no attributes (uvloop's). Its values hold their loops (through the
+#: timer handles), so those loops stay alive, as in the client cache's dictionary of the same kind.
 _TIMERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Timers] = weakref.WeakKeyDictionary()
+
+
+def _timers(loop: asyncio.AbstractEventLoop) -> _Timers:
+    """The loop's timers: kept on the loop object itself where it takes attributes, so that they
+    die with it (as the client cache keeps its clients)."""
+    timers: _Timers | None = getattr(loop, _ATTRIBUTE, None)
+    if timers is None:
+        timers = _TIMERS.get(loop)
+        if timers is None:
+            timers = _Timers()
+            try:
+                setattr(loop, _ATTRIBUTE, timers)
+            except AttributeError:
+                _TIMERS[loop] = timers
+    return timers
 
 
 class loop_deadline:
     """``with loop_deadline(seconds):`` in a task cancels the task when ``seconds`` pass, and the
     block raises ``TimeoutError``: ``asyncio.timeout(seconds)`` as a plain ``with``, its timer
-    shared with the loop's other deadlines that end within the same 0.1 s (see ``_GRAIN``).
+    shared with the loop's other deadlines that end at the same time (those 5 s away or more are
+    rounded up to the tenth of a second: see ``_GRAIN``).
     A cancellation from elsewhere stays a cancellation, as with ``asyncio.timeout``."""
 
     __slots__ = ("_cancelling", "_group", "_loop", "_timers", "_when", "expired", "task")
@@ -258,32 +299,18 @@ class loop_deadline:
         if seconds >= _ROUNDED_FROM:
             when = math.ceil(when / _GRAIN) * _GRAIN
         self._loop, self._when = loop, when
-        timers = _TIMERS.get(loop)
-        if timers is None:
-            timers = _TIMERS[loop] = _Timers()
-        self._timers = timers
+        self._timers = _timers(loop)
 
     def __enter__(self) -> loop_deadline:
         self._cancelling = self.task.cancelling()  # type: ignore[attr-defined]  # 3.11+, as loop_deadline
-        timers, when = self._timers, self._when
-        found = timers.groups.get(when)
-        if found is None:
-            group: set[loop_deadline] = set()
-            timers.groups[when] = (self._loop.call_at(when, timers.expire, when), group)
-        else:
-            group = found[1]
+        group = self._group = self._timers.group(self._loop, self._when)
         group.add(self)
-        self._group = group
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         group = self._group
         group.discard(self)
-        if not group and not self.expired:  # the last attempt of its group: its timer is not needed
-            timers = self._timers
-            found = timers.groups.get(self._when)
-            if found is not None and found[1] is group:
-                del timers.groups[self._when]
-                found[0].cancel()
+        if not group and not self.expired:
+            self._timers.left(self._when)
         if self.expired and kind is asyncio.CancelledError and self.task.uncancel() <= self._cancelling:  # type: ignore[attr-defined]
             raise TimeoutError from exc

@@ -21,7 +21,8 @@ requests goes out through:
 
 Reported: requests a second (wall clock), the client's CPU per request (``time.process_time``
 deltas: this process only, the server runs in its own), and p50/p99 latency per request, each the
-median of ``BENCH_ROUNDS`` (3) rounds in which the contenders take turns. Each run is in a
+median of ``BENCH_ROUNDS`` (5) rounds in which the contenders take turns (in one order, then
+the other); the ratios are the medians of each round's ratio. Each run is in a
 process of its own (the environment set as below), on a fresh event loop, after a warm-up round
 that opens its connections.
 The server's ceiling is measured first with a bare ``aiohttp.ClientSession`` at the same 20 ms.
@@ -54,7 +55,7 @@ DELAY = 0.020
 CONCURRENCY = tuple(int(n) for n in os.environ.get("BENCH_CONCURRENCY", "100,1000").split(","))
 REQUESTS = {100: 3000, 1000: 3000}
 #: Rounds per contender (medians reported): single runs on shared cores vary by up to 30%.
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 BACKENDS = os.environ.get("BENCH_BACKENDS", "ollama,openai,anthropic,local").split(",")
 MESSAGES = [{"role": "user", "content": "Why is the sky blue?"}]
 OLLAMA_OPTIONS = {"temperature": 0.7, "num_predict": 500, "top_p": 0.9, "repeat_penalty": 1.1}
@@ -276,6 +277,13 @@ def _median(results: list[dict[str, float]]) -> dict[str, float]:
     return {key: statistics.median(result[key] for result in results) for key in results[0]}
 
 
+def _ratio(runs: list[dict[str, float]], floor: list[dict[str, float]]) -> float:
+    """The median over the rounds of each round's req/s ratio to ``floor``'s in the same round:
+    the machine's speed drifts between rounds by more than the differences measured, and the two
+    runs of one round are minutes apart at most."""
+    return statistics.median(run["rps"] / other["rps"] for run, other in zip(runs, floor, strict=True))
+
+
 def fake_local_model(url: str) -> None:
     """The local backend pointed at the bench server: its async path posts to ``model.url``."""
     from chatplug._dispatch import plugins
@@ -355,15 +363,16 @@ def main() -> None:
                 continue
         for concurrency in CONCURRENCY:
             runs: dict[str, list[dict[str, float]]] = {}
-            for _ in range(ROUNDS):  # the contenders take turns, so that drift hits them alike
-                for name in contenders(backend, url):
+            names = list(contenders(backend, url))
+            for turn in range(ROUNDS):  # the contenders take turns, so that drift hits them alike
+                for name in names if turn % 2 == 0 else reversed(names):  # and in turn in both orders
                     runs.setdefault(name, []).append(run_apart(backend, name, concurrency, url))
             rows = {name: _median(results) for name, results in runs.items()}
-            base, same = rows["sdk default"]["rps"], rows["sdk aiohttp"]["rps"]
             for name, row in rows.items():
+                base, same = _ratio(runs[name], runs["sdk default"]), _ratio(runs[name], runs["sdk aiohttp"])
                 print(
-                    f"| {backend} | {name} | {concurrency:,} | {row['rps']:,.0f} | {row['rps'] / base:.2f}x | "
-                    f"{row['rps'] / same:.2f}x | {row['cpu_us']:,.0f} | {row['p50']:.1f} | {row['p99']:.1f} |",
+                    f"| {backend} | {name} | {concurrency:,} | {row['rps']:,.0f} | {base:.2f}x | "
+                    f"{same:.2f}x | {row['cpu_us']:,.0f} | {row['p50']:.1f} | {row['p99']:.1f} |",
                     flush=True,
                 )
     chatplug.close()
