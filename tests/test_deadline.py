@@ -315,16 +315,21 @@ def test_the_sync_deadline_is_set_only_during_an_attempt(site: Site) -> None:
 
 class TimerLoop(asyncio.SelectorEventLoop):
     """An event loop that keeps the timers chatplug's deadlines schedule (``call_at``, where
-    ``call_later`` comes too): when each ends, and its handle. Its clock can be moved forward
-    (``skip``) without waiting."""
+    ``call_later`` comes too): when each ends, and its handle. With ``fake_clock``, its time moves
+    only by ``skip`` (and a nanosecond a reading, so that no two readings are equal): calls
+    fall in the same tenth of a second however slow the machine is."""
 
-    def __init__(self) -> None:
+    def __init__(self, fake_clock: bool = False) -> None:
         super().__init__()
         self.timers: list[tuple[float, asyncio.TimerHandle]] = []
-        self.skipped = 0.0
+        self.fake_clock, self.skipped, self.readings = fake_clock, 0.0, 0
+        self.start = super().time()
 
     def time(self) -> float:
-        return super().time() + self.skipped
+        if not self.fake_clock:
+            return super().time() + self.skipped
+        self.readings += 1
+        return self.start + self.skipped + self.readings * 1e-9
 
     def skip(self, seconds: float) -> None:
         self.skipped += seconds
@@ -340,8 +345,8 @@ class TimerLoop(asyncio.SelectorEventLoop):
         return [handle for _, handle in self.timers if not handle.cancelled() and handle in self._scheduled]  # type: ignore[attr-defined]
 
 
-def on_timer_loop(main: Callable[[TimerLoop], Coroutine[Any, Any, T]]) -> tuple[T, TimerLoop]:
-    loop = TimerLoop()
+def on_timer_loop(main: Callable[[TimerLoop], Coroutine[Any, Any, T]], fake_clock: bool = False) -> tuple[T, TimerLoop]:
+    loop = TimerLoop(fake_clock)
     try:
         return loop.run_until_complete(main(loop)), loop
     finally:
@@ -387,18 +392,17 @@ def test_a_thousand_concurrent_calls_share_their_deadline_timer(yielding: str) -
         calls = (chatplug.generate_completion_async(f"hi {i}", backend=yielding, timeout=600) for i in range(1000))
         return await asyncio.gather(*calls)
 
-    responses, loop = on_timer_loop(main)
+    responses, loop = on_timer_loop(main, fake_clock=True)
     assert all(r.success for r in responses)
-    assert 1 <= len(loop.timers) <= 3  # the calls started within a few ms of each other
-    for when, _ in loop.timers:  # rounded up to a tenth of a second
-        assert abs(when * 10 - round(when * 10)) < 1e-6
+    [(when, _)] = loop.timers
+    assert abs(when * 10 - round(when * 10)) < 1e-6  # rounded up to a tenth of a second
 
 
 @needs_311
 @pytest.mark.parametrize("timeout", [600, 1])
 def test_calls_one_after_another_leave_one_timer_pending_at_most(yielding: str, timeout: float) -> None:
-    """A timer left without attempts is kept for those that start within its 0.1 s (far
-    deadlines), and cancelled when a later group's is made: they never pile up."""
+    """A timer left without attempts is kept for those whose deadlines end at the same time (far
+    ones, rounded), and cancelled when a later group's is made: they never pile up."""
 
     async def main(loop: TimerLoop) -> list[int]:
         pending = []
@@ -410,12 +414,35 @@ def test_calls_one_after_another_leave_one_timer_pending_at_most(yielding: str, 
             loop.skip(1.0)  # the next calls start a second later: in another group
         return pending
 
-    pending, loop = on_timer_loop(main)
+    pending, loop = on_timer_loop(main, fake_clock=True)
     assert set(pending) == {1}
-    if timeout >= 5:  # far: one timer per second of calls; near: one per call, as asyncio.timeout
-        assert len(loop.timers) == 3
-    else:
-        assert len(loop.timers) == 300
+    # far: one timer per second of calls; near: one per call, as with asyncio.timeout
+    assert len(loop.timers) == (3 if timeout >= 5 else 300)
+
+
+@needs_311
+def test_a_far_deadline_fires_within_a_tenth_of_a_second_after_it() -> None:
+    from chatplug._deadline import loop_deadline
+
+    async def main(loop: TimerLoop) -> None:
+        started = asyncio.Event()
+
+        async def waits() -> None:
+            with loop_deadline(30):
+                started.set()
+                await asyncio.Event().wait()
+
+        task = asyncio.create_task(waits())
+        await started.wait()
+        loop.skip(29.999)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert not task.done()
+        loop.skip(0.102)
+        with pytest.raises(TimeoutError):
+            await task
+
+    on_timer_loop(main, fake_clock=True)
 
 
 @needs_311
@@ -437,6 +464,46 @@ def test_a_loop_deadline_ends_its_block_with_a_timeout_error() -> None:
 
 
 @needs_311
+def test_a_block_that_swallows_the_deadline_gives_its_cancellation_back() -> None:
+    """Like asyncio.timeout: the task is not left counted as cancelled, so an outer timeout
+    still ends in TimeoutError, not in a CancelledError that would end the task."""
+    from chatplug._deadline import loop_deadline
+
+    async def swallows() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            return
+
+    async def main(loop: TimerLoop) -> int:
+        task = asyncio.current_task()
+        assert task is not None
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.2):
+                with loop_deadline(0.01):
+                    await swallows()
+                assert task.cancelling() == 0
+                await asyncio.Event().wait()
+        return task.cancelling()
+
+    cancelling, _ = on_timer_loop(main)
+    assert cancelling == 0
+
+
+@needs_311
+def test_a_timeout_too_large_to_round_is_kept_as_it_is(yielding: str) -> None:
+    from chatplug._deadline import loop_deadline
+
+    async def main(loop: TimerLoop) -> LLMResponse:
+        with loop_deadline(1e308):
+            await asyncio.sleep(0)
+        return await chatplug.generate_completion_async("hi", backend=yielding, timeout=1e308)
+
+    response, _ = on_timer_loop(main)
+    assert response.success, response.error
+
+
+@needs_311
 @pytest.mark.parametrize("deadline_passed", [False, True])
 def test_a_cancellation_from_elsewhere_stays_a_cancellation(deadline_passed: bool) -> None:
     """Cancelled by its caller, a task in a deadline sees CancelledError, not TimeoutError, even
@@ -448,24 +515,28 @@ def test_a_cancellation_from_elsewhere_stays_a_cancellation(deadline_passed: boo
             started.set()
             await asyncio.Event().wait()
 
-    async def main(loop: TimerLoop) -> str:
+    async def main(loop: TimerLoop) -> tuple[str, bool]:
         started = asyncio.Event()
         task = asyncio.create_task(waits(0.01 if deadline_passed else 10, started))
         await started.wait()
+        [(when, timer)] = loop.timers
         if deadline_passed:  # cancelled in the same turn as the deadline fires, before the task runs
-            loop.call_at(loop.timers[0][0], task.cancel)
+            loop.call_at(when, task.cancel)
         else:
             loop.call_soon(task.cancel)
         try:
             await task
+            outcome = "finished"
         except asyncio.CancelledError:
-            return "cancelled"
+            outcome = "cancelled"
         except TimeoutError:
-            return "timeout"
-        return "finished"
+            outcome = "timeout"
+        fired = not timer.cancelled() and timer not in loop.pending()
+        return outcome, fired
 
-    outcome, _ = on_timer_loop(main)
+    (outcome, fired), _ = on_timer_loop(main)
     assert outcome == "cancelled"
+    assert fired is deadline_passed
 
 
 @needs_311
@@ -481,7 +552,7 @@ def test_deadlines_far_apart_keep_timers_of_their_own() -> None:
         await one(120)  # a new group: the ones left empty are cancelled
         return loop.pending()
 
-    pending, loop = on_timer_loop(main)
+    pending, loop = on_timer_loop(main, fake_clock=True)
     # near ones exact (one each), far ones rounded up together
     assert len(loop.timers) == 5
     assert pending == [loop.timers[-1][1]]
@@ -506,7 +577,7 @@ def test_a_closed_loop_is_not_kept_alive_by_its_deadline_timers() -> None:
 
 
 class NoAttributesLoop(TimerLoop):
-    """A loop that takes no attributes of chatplug's (as uvloop's takes none at all)."""
+    """A loop that takes no attributes of chatplug's (as one whose class has ``__slots__``)."""
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name.startswith("_chatplug"):
@@ -515,16 +586,26 @@ class NoAttributesLoop(TimerLoop):
 
 
 @needs_311
-def test_a_loop_that_takes_no_attributes_keeps_its_timers_aside() -> None:
+def test_a_loop_that_takes_no_attributes_keeps_its_timers_aside_and_is_freed() -> None:
+    import gc
+    import weakref
+
     from chatplug._deadline import _TIMERS, loop_deadline
 
     async def main() -> bool:
         with pytest.raises(TimeoutError), loop_deadline(0.01):
             await asyncio.Event().wait()
+        with loop_deadline(30):  # left in time: no timer kept for later ones
+            await asyncio.sleep(0)
         return asyncio.get_running_loop() in _TIMERS
 
     loop = NoAttributesLoop()
     try:
         assert loop.run_until_complete(main())
+        assert loop.pending() == []
     finally:
         loop.close()
+    gone = weakref.ref(loop)
+    del loop
+    gc.collect()
+    assert gone() is None

@@ -87,9 +87,10 @@ class ClientCache(Generic[S, A]):
         self._lock = threading.Lock()
         self._sync: dict[Hashable, _Slot[S]] = {}
         # Per loop: on the loop object itself where it takes attributes (the state dies with
-        # the loop), else in a weak dictionary (uvloop's loops take none).
+        # the loop; uvloop's Loop is a Python subclass, and takes them), else in a weak
+        # dictionary (a loop class with __slots__).
         self._attr = f"_chatplug_clients_{id(self)}"
-        # (That dictionary keeps its loops alive, as its values hold them: only for loops like uvloop's.)
+        # (That dictionary keeps its loops alive, as its values hold them: only for such loops.)
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopClients] = weakref.WeakKeyDictionary()
         self._every_loop: weakref.WeakSet[_LoopClients] = weakref.WeakSet()
         self._closing: set[asyncio.Future[Any]] = set()  # the loop holds tasks only weakly
@@ -219,7 +220,7 @@ def _close_with(loop: asyncio.AbstractEventLoop, clients: _LoopClients) -> None:
     """Close ``clients`` in ``loop.close()`` too, for a loop closed without ``shutdown_asyncgens()``
     (``new_event_loop()``, ``run_until_complete()``, ``close()``): its sockets would otherwise stay
     open until collected, each with an "unclosed transport" warning. Nothing else changes:
-    ``asyncio.run()`` has closed them by then, and a loop that takes no attributes (uvloop's) is
+    ``asyncio.run()`` has closed them by then, and a loop that takes no attributes (a class with ``__slots__``) is
     left as it is. The wrapper holds the loop weakly, so the loop is still freed with its last user.
     """
     if "close" in getattr(loop, "__dict__", {"close": None}):  # no instance dict, or patched already

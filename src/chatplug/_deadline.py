@@ -212,25 +212,29 @@ def deadline_client(client: T) -> T:
     return client
 
 
-# -- async: one timer per tenth of a second, not one per attempt ------------------------------
+# -- async: attempts whose deadlines end together share one timer -----------------------------
 
 #: Deadlines this many seconds away or more are rounded up to the next ``_GRAIN`` seconds, so that
 #: the attempts of a busy loop share one timer per grain (aiohttp's ``ceil_timeout`` rounds to whole
-#: seconds from 5 s for the same reason): they end at most 0.1 s (2%) late. Nearer ones are exact.
+#: seconds from 5 s for the same reason): they end at most 0.1 s (2%) late. Nearer ones are exact,
+#: and have a timer each, as with ``asyncio.timeout``.
 _ROUNDED_FROM, _GRAIN = 5.0, 0.1
+_ROUNDED_BELOW = 1e9  # seconds: a timeout of 1e308, which LLM_TIMEOUT takes, is left exact (no float overflow)
 
 
 class _Timers:
     """The deadlines of one event loop's attempts, grouped by the time they end at: one
-    ``TimerHandle`` per group. A group left empty keeps its timer for the attempts that start
-    within the same 0.1 s (one after another, they would otherwise make and cancel a timer each);
-    it is cancelled when the next group is made, and firing empty does nothing."""
+    ``TimerHandle`` per group. A group left empty keeps its timer for the attempts whose deadlines
+    end at the same time (one after another, far ones rounded, they would otherwise make and
+    cancel a timer each) until the next group is made, which cancels it; firing empty, it does
+    nothing. Timers kept aside (``_TIMERS``) keep none: a timer holds its loop, and would keep it alive."""
 
-    __slots__ = ("groups", "idle")
+    __slots__ = ("groups", "idle", "keep_idle")
 
-    def __init__(self) -> None:
+    def __init__(self, keep_idle: bool) -> None:
         self.groups: dict[float, tuple[asyncio.TimerHandle, set[loop_deadline]]] = {}
         self.idle: list[float] = []  # the groups left empty, by when they end
+        self.keep_idle = keep_idle
 
     def group(self, loop: asyncio.AbstractEventLoop, when: float) -> set[loop_deadline]:
         """The group of the deadlines that end at ``when``, made (with its timer) if need be."""
@@ -249,8 +253,12 @@ class _Timers:
 
     def left(self, when: float) -> None:
         """The group ending at ``when`` is empty now."""
-        if not self.idle or self.idle[-1] != when:
-            self.idle.append(when)
+        if self.keep_idle:
+            if not self.idle or self.idle[-1] != when:
+                self.idle.append(when)
+        else:
+            handle, _ = self.groups.pop(when)
+            handle.cancel()
 
     def expire(self, when: float) -> None:
         _, group = self.groups.pop(when)
@@ -260,8 +268,8 @@ class _Timers:
 
 
 _ATTRIBUTE = "_chatplug_deadline_timers"
-#: The timers of loops that take no attributes (uvloop's). Its values hold their loops (through the
-#: timer handles), so those loops stay alive, as in the client cache's dictionary of the same kind.
+#: The timers of loops that take no attributes (a loop class with ``__slots__``), which keep no
+#: timer longer than its attempts: the dictionary's values would otherwise hold their loops.
 _TIMERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Timers] = weakref.WeakKeyDictionary()
 
 
@@ -272,20 +280,20 @@ def _timers(loop: asyncio.AbstractEventLoop) -> _Timers:
     if timers is None:
         timers = _TIMERS.get(loop)
         if timers is None:
-            timers = _Timers()
             try:
+                timers = _Timers(keep_idle=True)
                 setattr(loop, _ATTRIBUTE, timers)
             except AttributeError:
-                _TIMERS[loop] = timers
+                timers = _TIMERS[loop] = _Timers(keep_idle=False)
     return timers
 
 
 class loop_deadline:
     """``with loop_deadline(seconds):`` in a task cancels the task when ``seconds`` pass, and the
-    block raises ``TimeoutError``: ``asyncio.timeout(seconds)`` as a plain ``with``, its timer
-    shared with the loop's other deadlines that end at the same time (those 5 s away or more are
-    rounded up to the tenth of a second: see ``_GRAIN``).
-    A cancellation from elsewhere stays a cancellation, as with ``asyncio.timeout``."""
+    block raises ``TimeoutError``: ``asyncio.timeout(seconds)`` as a plain ``with`` (the same
+    bookkeeping of the task's cancellations: one from elsewhere stays a ``CancelledError``), its
+    timer shared with the loop's other deadlines that end at the same time. Those 5 s away or
+    more are rounded up to the tenth of a second (``_GRAIN``) so that they do."""
 
     __slots__ = ("_cancelling", "_group", "_loop", "_timers", "_when", "expired", "task")
 
@@ -296,7 +304,7 @@ class loop_deadline:
             raise RuntimeError("loop_deadline must be used inside a task")
         self.task, self.expired = task, False
         when = loop.time() + seconds
-        if seconds >= _ROUNDED_FROM:
+        if _ROUNDED_FROM <= seconds < _ROUNDED_BELOW:
             when = math.ceil(when / _GRAIN) * _GRAIN
         self._loop, self._when = loop, when
         self._timers = _timers(loop)
@@ -312,5 +320,7 @@ class loop_deadline:
         group.discard(self)
         if not group and not self.expired:
             self._timers.left(self._when)
-        if self.expired and kind is asyncio.CancelledError and self.task.uncancel() <= self._cancelling:  # type: ignore[attr-defined]
-            raise TimeoutError from exc
+        if self.expired:  # the cancellation it made is taken back, however the block ended (as asyncio.timeout)
+            cancelled = kind is not None and issubclass(kind, asyncio.CancelledError)
+            if self.task.uncancel() <= self._cancelling and cancelled:  # type: ignore[attr-defined]
+                raise TimeoutError from exc

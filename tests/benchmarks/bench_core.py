@@ -15,6 +15,8 @@
    (translation, client lease, ``ChatResult``), then the whole call (the dispatcher). The
    dispatcher is also measured directly: a raw SDK call followed by a call to a backend that
    answers at once, against the raw call alone; and in a tight loop.
+4. An async attempt's hard deadline: ``asyncio.timeout`` against chatplug's ``loop_deadline``, one
+   attempt at a time and 1,000 in flight.
 
 Batches alternate between the contenders so that drift on the machine hits both alike; the
 median batch is reported.
@@ -31,6 +33,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -186,7 +189,48 @@ def main() -> None:
         f"async per call: raw AsyncClient {a_floor:.0f} us, chatplug {a_cp:.0f} us -> {a_cp / a_floor:.3f}x "
         f"({a_cp - a_floor:+.1f} us per call: chatplug's async clients go over aiohttp, the raw SDK's over httpx)"
     )
+    for concurrency in (1, 1000):
+        costs = async_deadline_us(concurrency)
+        print(
+            f"an async attempt's deadline, {concurrency:,} in flight (each attempt yields to the loop once; "
+            f"{costs['none']:.1f} us without one): asyncio.timeout {costs['asyncio.timeout'] - costs['none']:+.1f} us, "
+            f"chatplug's loop_deadline {costs['loop_deadline'] - costs['none']:+.1f} us"
+        )
     server.communicate("")  # closing its stdin stops the server
+
+
+def async_deadline_us(concurrency: int, attempts: int = 20_000, rounds: int = 7) -> dict[str, float]:
+    """Per attempt, with ``concurrency`` attempts in flight, each yielding to the loop once: no
+    deadline, ``asyncio.timeout`` (a timer per attempt, in the loop's heap until it is cleaned out),
+    and chatplug's ``loop_deadline`` (a timer per group of deadlines that end together). Medians of
+    ``rounds`` rounds in which the three take turns."""
+    from chatplug._deadline import loop_deadline
+
+    async def none() -> None:
+        await asyncio.sleep(0)
+
+    async def stdlib() -> None:
+        async with asyncio.timeout(600):
+            await asyncio.sleep(0)
+
+    async def ours() -> None:
+        with loop_deadline(600):
+            await asyncio.sleep(0)
+
+    async def batch(attempt: Callable[[], Any]) -> float:
+        async def worker() -> None:
+            for _ in range(attempts // concurrency):
+                await attempt()
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return (time.perf_counter() - start) / attempts * 1e6
+
+    times: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        for name, attempt in (("none", none), ("asyncio.timeout", stdlib), ("loop_deadline", ours)):
+            times.setdefault(name, []).append(asyncio.run(batch(attempt)))
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def instant_call() -> Callable[[], object]:
