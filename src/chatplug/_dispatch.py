@@ -70,7 +70,8 @@ _loop_deadline: type[loop_deadline] | None = None
 
 
 def loop_deadline_class() -> type[loop_deadline]:
-    """``_deadline.loop_deadline``, imported on first use (with asyncio, which sync programs need not load)."""
+    """``_deadline.loop_deadline``, imported on first use: ``import chatplug`` loads neither that
+    module nor asyncio, which it imports (~20 ms); as ``deadline_var`` does for the sync deadline."""
     global _loop_deadline
     if _loop_deadline is None:
         from ._deadline import loop_deadline
