@@ -136,6 +136,46 @@ def test_settings_errors_come_in_the_order_they_always_did(monkeypatch: pytest.M
     assert response.error_kind is ErrorKind.CONFIG and "LLM_MAX_RETRIES='lots'" in (response.error or "")
 
 
+def test_settings_errors_keep_their_order_when_no_option_is_passed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A call with no keyword option skips the step that takes them, and still reads the settings
+    in its order: a bad LLM_MAX_RETRIES is reported before a bad LLM_FALLBACKS; fallbacks
+    configured in the environment alone still take over."""
+    monkeypatch.setattr(settings, "max_retries", None)  # (the suite sets 0 in code)
+    monkeypatch.setenv("LLM_MAX_RETRIES", "lots")
+    monkeypatch.setenv("LLM_FALLBACKS", "nosuch")
+    assert "LLM_MAX_RETRIES='lots'" in (generate_completion_sync("Hi", backend="testing").error or "")
+    monkeypatch.setenv("LLM_MAX_RETRIES", "0")
+    error = generate_completion_sync("Hi", backend="testing").error or ""
+    assert "fallback 'nosuch' names no installed backend" in error
+
+
+def test_llm_response_of_is_the_constructor_with_the_defaults() -> None:
+    """The dispatcher's ``LLMResponse._of`` makes what ``LLMResponse(**fields)`` makes, every
+    default included, and each response its own lists."""
+    fields = {"content": "x", "tokens_used": 3, "response_time": 0.5, "model_used": "m", "success": True}
+    made, other = chatplug.LLMResponse._of(dict(fields, reasoning="r")), chatplug.LLMResponse._of(fields)
+    assert made == chatplug.LLMResponse(**fields, reasoning="r")
+    assert vars(made) == vars(chatplug.LLMResponse(**fields, reasoning="r"))
+    made.tool_calls.append("call")  # type: ignore[arg-type]
+    made.attempt_errors.append("e")
+    assert other.tool_calls == [] and other.attempt_errors == []
+
+
+def test_env_reads_each_new_value_and_keeps_few(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``env()`` decodes each raw value once; a variable set again is read again, and values that
+    keep changing do not pile up."""
+    from chatplug import _config
+
+    for i in range(600):
+        monkeypatch.setenv("CHATPLUG_TEST_VALUE", f" value {i} \n")
+        assert _config.env("CHATPLUG_TEST_VALUE") == f"value {i}"
+    assert len(_config._READ) <= 256
+    monkeypatch.setenv("CHATPLUG_TEST_VALUE", "  ")
+    assert _config.env("CHATPLUG_TEST_VALUE") == ""
+    monkeypatch.delenv("CHATPLUG_TEST_VALUE")
+    assert _config.env("CHATPLUG_TEST_VALUE") is None
+
+
 def test_a_requests_options_are_read_only_with_or_without_options(monkeypatch: pytest.MonkeyPatch) -> None:
     from chatplug.testing import scripted
 

@@ -105,3 +105,13 @@ def test_errors(
     openai_server: FakeServer, monkeypatch: pytest.MonkeyPatch, chatplug_log: pytest.LogCaptureFixture, case: ErrorCase
 ) -> None:
     check_error(OPENAI, openai_server, monkeypatch, chatplug_log, case, MISSING)
+
+
+def test_a_connection_never_shows_its_key() -> None:
+    """What a Stainless backend reads from the environment at each call is a named tuple whose
+    repr leaves the key and token out."""
+    from chatplug.backends._stainless import Connection
+
+    conn = Connection("http://127.0.0.1:1/v1", "sk-secret-key", "OpenAI at http://127.0.0.1:1/v1", "tok-secret")
+    assert "secret" not in repr(conn) and "OpenAI at" in repr(conn)
+    assert conn.api_key == "sk-secret-key" and conn.auth_token == "tok-secret"

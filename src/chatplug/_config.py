@@ -47,12 +47,22 @@ def env(name: str) -> str | None:
         key = _KEYS.get(name)
         if key is None:
             key = _KEYS[name] = environ.encodekey(name)
-        return _decoded(environ._data.get(key))  # type: ignore[attr-defined]
+        raw = environ._data.get(key)  # type: ignore[attr-defined]
+        if raw is None:
+            return None
+        # Each value decoded and stripped once (a dict keyed by the raw bytes, which keep their hash).
+        value = _READ.get(raw)
+        if value is None:
+            if len(_READ) >= 256:  # values that keep changing (a rotated key) do not pile up
+                _READ.clear()
+            value = _READ[raw] = _decoded(raw)
+        return value
     return _decoded(environ.get(name))  # os.environ replaced by another mapping (a test's, say)
 
 
 _Environ = type(os.environ)
 _KEYS: dict[str, Any] = {}
+_READ: dict[Any, str | None] = {}  # raw value -> as env() returns it
 
 
 def _real(value: object) -> float | None:

@@ -113,11 +113,19 @@ class Call:
         self.messages: tuple[Message, ...] | None = None
         self.temperature, self.limit = temperature, limit  # None: from the settings, when the request is built
         targets = [Target(name, model)]
-        try:
-            timeout, retries, kinds, use_cache = self._take(dict(options), targets, is_backend)
-        except InvalidInputError as exc:
-            exc.backend = name  # the error names the backend the call was for, like every other
-            raise
+        # The common case, no keyword option and no fallback configured, skips the option-taking
+        # step (the settings read in its order all the same, and so their errors).
+        if not options:
+            retries = config.max_retries
+        if options or config.fallbacks or config.fallback_on:
+            try:
+                timeout, retries, kinds, use_cache = self._take(dict(options), targets, is_backend)
+            except InvalidInputError as exc:
+                exc.backend = name  # the error names the backend the call was for, like every other
+                raise
+        else:
+            timeout, kinds, use_cache = None, NO_KINDS, True
+            self.features = self.options = EMPTY
         self.timeout = config.timeout if timeout is None else timeout
         self.plan = Plan(targets, retries, self.timeout, kinds)
         place = config.cache if use_cache else None

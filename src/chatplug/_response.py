@@ -42,18 +42,20 @@ def succeeded(result: ChatResult, request: ChatRequest, start: float, describe: 
 
 def _response(result: ChatResult, request: ChatRequest, start: float) -> LLMResponse:
     prompt, completion = result.prompt_tokens, result.completion_tokens
-    return LLMResponse(
-        content=result.content,
-        tokens_used=(prompt or 0) + (completion or 0),
-        response_time=time.perf_counter() - start,
-        model_used=result.model or request.model,
-        success=True,
-        prompt_tokens=prompt or 0,
-        completion_tokens=completion or 0,
-        finish_reason=FINISH_REASONS.get(result.finish_reason, result.finish_reason),  # type: ignore[arg-type]
-        backend=request.backend,
-        reasoning=result.reasoning,
-        usage_reported=prompt is not None or completion is not None,
+    return LLMResponse._of(
+        {
+            "content": result.content,
+            "tokens_used": (prompt or 0) + (completion or 0),
+            "response_time": time.perf_counter() - start,
+            "model_used": result.model or request.model,
+            "success": True,
+            "prompt_tokens": prompt or 0,
+            "completion_tokens": completion or 0,
+            "finish_reason": FINISH_REASONS.get(result.finish_reason, result.finish_reason),  # type: ignore[arg-type]
+            "backend": request.backend,
+            "reasoning": result.reasoning,
+            "usage_reported": prompt is not None or completion is not None,
+        }
     )
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
 from operator import itemgetter
 
 from ._exceptions import APITimeoutError, ChatplugError, ErrorKind
@@ -69,7 +68,7 @@ class Plan:
 
     def __init__(
         self,
-        targets: Sequence[Target],
+        targets: list[Target],
         max_retries: int,
         timeout: float,
         fallback_on: frozenset[ErrorKind] = frozenset(),
@@ -78,8 +77,9 @@ class Plan:
         self.timeout = timeout
         self.max_retries = max_retries
         self.fallback_on = TRANSIENT | fallback_on if fallback_on else TRANSIENT
-        # A target cooling down is skipped while another is left to try.
-        self.targets = list(targets) if len(targets) == 1 else [t for t in targets if not _cooling(t)] or [targets[0]]
+        # A target cooling down is skipped while another is left to try. (``targets``, the call's
+        # own list, is kept as it is when it holds one: every call makes one.)
+        self.targets = targets if len(targets) == 1 else [t for t in targets if not _cooling(t)] or [targets[0]]
         self.index = 0
         #: Where the next attempt goes: ``targets[index]``.
         self.target: Target = self.targets[0]

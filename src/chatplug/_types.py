@@ -287,6 +287,17 @@ class LLMResponse(_Record):
             raise self.exception
         return self
 
+    @classmethod
+    def _of(cls, fields: dict[str, Any]) -> LLMResponse:
+        """``LLMResponse(**fields)`` for the dispatcher, which makes one per call: the defaults
+        filled in at once (the generated ``__init__`` of 22 fields costs 4x as many bytecodes)."""
+        response = object.__new__(cls)
+        values = response.__dict__
+        values.update(_RESPONSE_DEFAULTS)
+        values["tool_calls"], values["attempt_errors"] = [], []  # the list fields' factories, as __init__
+        values.update(fields)
+        return response
+
     def to_dict(self) -> dict[str, Any]:
         """The response as JSON-ready data (the exception object left out)."""
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "exception"}
@@ -296,3 +307,9 @@ class LLMResponse(_Record):
         if self.parsed is not None and hasattr(self.parsed, "model_dump"):
             data["parsed"] = self.parsed.model_dump(mode="json")
         return data
+
+
+#: ``LLMResponse``'s defaults by field (its list fields aside: each response gets its own lists).
+_RESPONSE_DEFAULTS = {
+    f.name: f.default for f in dataclasses.fields(LLMResponse) if f.default is not dataclasses.MISSING
+}

@@ -19,9 +19,8 @@ import json
 import time
 from abc import abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from chatplug import (
     APIConnectionError,
@@ -95,9 +94,9 @@ def text_of(content: Any) -> str:
     return "".join(part.get("text", "") for part in parts_of(content) if part.get("type") == "text")
 
 
-@dataclass(frozen=True)
-class Connection:
-    """Where and as whom a backend connects, read from the environment at each call."""
+class Connection(NamedTuple):
+    """Where and as whom a backend connects, read from the environment at each call. (A named
+    tuple: one is made per call, and a frozen dataclass's ``__init__`` costs several times more.)"""
 
     base_url: str | None  # None: the SDK's default, the hosted service
     api_key: str | None

@@ -74,6 +74,9 @@ class AnthropicBackend(StainlessBackend):
     def __init__(self) -> None:
         anthropic = import_sdk("anthropic", "anthropic")
         super().__init__(anthropic, anthropic.Anthropic, anthropic.AsyncAnthropic, anthropic.resources.Messages.create)
+        #: What is said, at debug level, of the temperature every request leaves out.
+        said = f"{anthropic.__name__} {anthropic.__version__} takes no sampling parameters"
+        self._no_sampling = {"temperature": said}
 
     def connection(self) -> Connection:
         url = env_url("ANTHROPIC_BASE_URL", self.hosted_url)
@@ -92,9 +95,8 @@ class AnthropicBackend(StainlessBackend):
     def arguments(self, request: ChatRequest, conn: Connection) -> dict[str, Any]:
         stop = request.options.get("stop")
         system, messages = _to_anthropic(request.messages)
-        no_sampling = {"temperature": f"{self.sdk.__name__} {self.sdk.__version__} takes no sampling parameters"}
         arguments = {
-            **self.pass_through(request, handled=("stop",), ignored=no_sampling),
+            **self.pass_through(request, handled=("stop",), ignored=self._no_sampling),
             "model": request.model,
             "max_tokens": request.max_tokens,
             "messages": messages,
@@ -141,20 +143,21 @@ class AnthropicBackend(StainlessBackend):
         return client.messages.create  # type: ignore[no-any-return]
 
     def result(self, response: Any) -> ChatResult:
-        text = "".join(block.text for block in response.content if block.type == "text")
-        thinking = "".join(block.thinking for block in response.content if block.type == "thinking")
-        return ChatResult(
-            content=text,
-            model=response.model or "",
-            prompt_tokens=response.usage.input_tokens or 0,
-            completion_tokens=response.usage.output_tokens or 0,
-            finish_reason=response.stop_reason,
-            reasoning=thinking,
-            tool_calls=tuple(
+        blocks, usage = response.content, response.usage
+        calls: tuple[ToolCallDelta, ...]
+        if len(blocks) == 1 and blocks[0].type == "text":  # the common reply: one text block
+            text, thinking, calls = blocks[0].text, "", ()
+        else:
+            text = "".join(block.text for block in blocks if block.type == "text")
+            thinking = "".join(block.thinking for block in blocks if block.type == "thinking")
+            calls = tuple(
                 ToolCallDelta(i, block.id, block.name, arguments_json(block.input))
-                for i, block in enumerate(block for block in response.content if block.type == "tool_use")
-            ),
-        )
+                for i, block in enumerate(block for block in blocks if block.type == "tool_use")
+            )
+        return ChatResult(
+            text, response.model or "", usage.input_tokens or 0, usage.output_tokens or 0, response.stop_reason,
+            thinking, calls,
+        )  # fmt: skip
 
     def chunk(self, event: Any) -> ChatChunk | None:
         kind = getattr(event, "type", None)  # an event type newer than the SDK may come as a dict
@@ -194,19 +197,23 @@ def _tokens(usage: Any, name: str) -> int | None:
 def _to_anthropic(messages: tuple[Message, ...]) -> tuple[str, list[dict[str, Any]]]:
     """System messages joined into one ``system`` text; the others as turns, consecutive
     same-role ones merged (tool results are user turns): texts joined, blocks put together."""
-    system = "\n\n".join(text_of(m["content"]) for m in messages if m["role"] == "system")
+    systems: list[str] = []
     turns: list[dict[str, Any]] = []
     for message in messages:
-        if message["role"] == "system":
+        role: str = message["role"]
+        content = message.get("content")
+        if role == "system":
+            systems.append(text_of(content))
             continue
-        role, content = _turn(message)
+        if len(message) > 2 or type(content) is not str or role == "tool":  # else plain text, as it is
+            role, content = _turn(message)
         if turns and turns[-1]["role"] == role:
             turns[-1] = {"role": role, "content": _merged(turns[-1]["content"], content)}
         else:
             turns.append({"role": role, "content": content})
     if not turns:
         raise InvalidInputError("Anthropic needs at least one user message besides the system messages.")
-    return system, turns
+    return "\n\n".join(systems), turns
 
 
 def _turn(message: Message) -> tuple[str, str | list[dict[str, Any]]]:
