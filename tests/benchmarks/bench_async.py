@@ -114,8 +114,22 @@ def start_server(delay: float = DELAY) -> tuple[subprocess.Popen[str], str]:
     server = subprocess.Popen(
         [sys.executable, __file__, "--serve", str(delay)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
+    pin(server.pid, SERVER_CORES)
     assert server.stdout is not None
     return server, server.stdout.readline().strip()
+
+
+#: Which cores the server and the clients run on (``BENCH_PIN=0``: wherever the kernel puts them).
+#: Left to the kernel on 2 cores, a client now and then shared a core with the server for a whole
+#: run, and ran 30% slower than the next.
+_CORES = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+PINNED = os.environ.get("BENCH_PIN", "1") != "0" and len(_CORES) >= 2
+SERVER_CORES, CLIENT_CORES = set(_CORES[-1:]), set(_CORES[:-1])
+
+
+def pin(pid: int, cores: set[int]) -> None:
+    if PINNED:
+        os.sched_setaffinity(pid, cores)
 
 
 # -- the client ---------------------------------------------------------------------------
@@ -330,6 +344,7 @@ def run_apart(backend: str, name: str, concurrency: int, url: str) -> dict[str, 
 def one(backend: str, name: str, concurrency: int, url: str) -> None:
     """The child of ``run_apart``: prints any failures, then the run's numbers as JSON."""
     more_files()
+    pin(0, CLIENT_CORES)
     if backend == "local":
         fake_local_model(url)
     result = run(contenders(backend, url)[name], concurrency, REQUESTS.get(concurrency, concurrency * 6))
@@ -343,11 +358,14 @@ def main() -> None:
 
     more_files()
     server, url = start_server()
+    pin(0, CLIENT_CORES)  # and the children with it
     os.environ.update(
         OLLAMA_HOST=url, OPENAI_BASE_URL=f"{url}/v1", OPENAI_API_KEY="sk-bench", ANTHROPIC_BASE_URL=url,
         ANTHROPIC_API_KEY="sk-ant-bench", LLM_MAX_RETRIES="2", LLM_TIMEOUT="600",
     )  # fmt: skip
     print(f"{os.cpu_count()} cores; server: aiohttp on 127.0.0.1 in its own process, +{DELAY * 1e3:.0f} ms per request")
+    if PINNED:
+        print(f"server on core {sorted(SERVER_CORES)}, clients on {sorted(CLIENT_CORES)}")
     for concurrency in CONCURRENCY:
         top = ceiling(url, concurrency, REQUESTS[concurrency])
         print(f"server ceiling at concurrency {concurrency} (bare aiohttp client): {top['rps']:.0f} req/s")
