@@ -138,13 +138,17 @@ def test_settings_errors_come_in_the_order_they_always_did(monkeypatch: pytest.M
 
 def test_settings_errors_keep_their_order_when_no_option_is_passed(monkeypatch: pytest.MonkeyPatch) -> None:
     """A call with no keyword option skips the step that takes them, and still reads the settings
-    in its order: a bad LLM_MAX_RETRIES is reported before a bad LLM_FALLBACKS; fallbacks
-    configured in the environment alone still take over."""
+    in its order: a bad LLM_MAX_RETRIES is reported before a bad LLM_FALLBACK_ON; fallbacks and
+    fallback kinds configured in the environment alone are still taken and checked."""
     monkeypatch.setattr(settings, "max_retries", None)  # (the suite sets 0 in code)
     monkeypatch.setenv("LLM_MAX_RETRIES", "lots")
-    monkeypatch.setenv("LLM_FALLBACKS", "nosuch")
+    monkeypatch.setenv("LLM_FALLBACK_ON", "a,,b")  # not valid when read
     assert "LLM_MAX_RETRIES='lots'" in (generate_completion_sync("Hi", backend="testing").error or "")
     monkeypatch.setenv("LLM_MAX_RETRIES", "0")
+    monkeypatch.setenv("LLM_FALLBACK_ON", "bogus")  # read, and refused when taken
+    assert "fallback_on takes" in (generate_completion_sync("Hi", backend="testing").error or "")
+    monkeypatch.delenv("LLM_FALLBACK_ON")
+    monkeypatch.setenv("LLM_FALLBACKS", "nosuch")
     error = generate_completion_sync("Hi", backend="testing").error or ""
     assert "fallback 'nosuch' names no installed backend" in error
 
@@ -155,7 +159,7 @@ def test_llm_response_of_is_the_constructor_with_the_defaults() -> None:
     fields = {"content": "x", "tokens_used": 3, "response_time": 0.5, "model_used": "m", "success": True}
     made, other = chatplug.LLMResponse._of(dict(fields, reasoning="r")), chatplug.LLMResponse._of(fields)
     assert made == chatplug.LLMResponse(**fields, reasoning="r")
-    assert vars(made) == vars(chatplug.LLMResponse(**fields, reasoning="r"))
+    assert list(vars(made).items()) == list(vars(chatplug.LLMResponse(**fields, reasoning="r")).items())
     made.tool_calls.append("call")  # type: ignore[arg-type]
     made.attempt_errors.append("e")
     assert other.tool_calls == [] and other.attempt_errors == []

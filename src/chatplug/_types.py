@@ -293,7 +293,7 @@ class LLMResponse(_Record):
         filled in at once (the generated ``__init__`` of 22 fields costs 4x as many bytecodes)."""
         response = object.__new__(cls)
         values = response.__dict__
-        values.update(_RESPONSE_DEFAULTS)
+        values.update(_RESPONSE_FIELDS)  # every field, in order (as vars() shows them after __init__)
         values["tool_calls"], values["attempt_errors"] = [], []  # the list fields' factories, as __init__
         values.update(fields)
         return response
@@ -309,7 +309,8 @@ class LLMResponse(_Record):
         return data
 
 
-#: ``LLMResponse``'s defaults by field (its list fields aside: each response gets its own lists).
-_RESPONSE_DEFAULTS = {
-    f.name: f.default for f in dataclasses.fields(LLMResponse) if f.default is not dataclasses.MISSING
+#: ``LLMResponse``'s fields in order, with their defaults (``None`` for those without one, which
+#: ``_of`` is always given, and for the list fields, whose factories it calls).
+_RESPONSE_FIELDS = {
+    f.name: None if f.default is dataclasses.MISSING else f.default for f in dataclasses.fields(LLMResponse)
 }
