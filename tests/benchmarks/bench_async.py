@@ -353,16 +353,21 @@ def one(backend: str, name: str, concurrency: int, url: str) -> None:
     print(json.dumps(result))
 
 
+def environment(url: str) -> dict[str, str]:
+    """The variables that point every backend (chatplug's and the raw SDKs') at the server at ``url``."""
+    return {
+        "OLLAMA_HOST": url, "OPENAI_BASE_URL": f"{url}/v1", "OPENAI_API_KEY": "sk-bench", "ANTHROPIC_BASE_URL": url,
+        "ANTHROPIC_API_KEY": "sk-ant-bench", "LLM_MAX_RETRIES": "2", "LLM_TIMEOUT": "600",
+    }  # fmt: skip
+
+
 def main() -> None:
     import chatplug
 
     more_files()
     server, url = start_server()
     pin(0, CLIENT_CORES)  # and the children with it
-    os.environ.update(
-        OLLAMA_HOST=url, OPENAI_BASE_URL=f"{url}/v1", OPENAI_API_KEY="sk-bench", ANTHROPIC_BASE_URL=url,
-        ANTHROPIC_API_KEY="sk-ant-bench", LLM_MAX_RETRIES="2", LLM_TIMEOUT="600",
-    )  # fmt: skip
+    os.environ.update(environment(url))
     print(f"{os.cpu_count()} cores; server: aiohttp on 127.0.0.1 in its own process, +{DELAY * 1e3:.0f} ms per request")
     if PINNED:
         print(f"server on core {sorted(SERVER_CORES)}, clients on {sorted(CLIENT_CORES)}")

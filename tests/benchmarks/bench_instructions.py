@@ -7,7 +7,7 @@ Needs ``valgrind`` (Debian/Ubuntu: ``apt install valgrind``). ``bench_async`` me
 second, which is what the issue's goals are stated in; but on a shared 2-core machine a run
 drifts by 20-30% over minutes and one process may run 30% slower than the next, so no single run
 settles a 5% difference. Instructions do not drift: ``valgrind --tool=callgrind`` counts them the
-same whatever else the machine does (within ~0.3% here, from how the event loop's turns fall).
+same whatever else the machine does (within about 1% here, from how the event loop's turns fall).
 
 For each backend, each contender (``sdk aiohttp``: the raw SDK's async client on the aiohttp
 transport chatplug uses; ``chatplug``) runs in its own process under callgrind, twice: 200 and
@@ -74,7 +74,7 @@ def instructions(backend: str, name: str, total: int, url: str) -> int:
             "valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__, "--child",
             backend, name, str(total), url,
         ],
-        capture_output=True, text=True, env={**os.environ, **environment(url)},
+        capture_output=True, text=True, env={**os.environ, **bench_async.environment(url)},
     )  # fmt: skip
     found = re.search(r"Collected : (\d+)", proc.stderr)
     if proc.returncode != 0 or found is None:
@@ -85,13 +85,6 @@ def instructions(backend: str, name: str, total: int, url: str) -> int:
 def per_request(backend: str, name: str, url: str, pool: ThreadPoolExecutor) -> float:
     small, large = pool.map(lambda total: instructions(backend, name, total, url), SIZES)
     return (large - small) / (SIZES[1] - SIZES[0])
-
-
-def environment(url: str) -> dict[str, str]:
-    return {
-        "OLLAMA_HOST": url, "OPENAI_BASE_URL": f"{url}/v1", "OPENAI_API_KEY": "sk-bench", "ANTHROPIC_BASE_URL": url,
-        "ANTHROPIC_API_KEY": "sk-ant-bench", "LLM_MAX_RETRIES": "2", "LLM_TIMEOUT": "600",
-    }  # fmt: skip
 
 
 def main() -> None:
