@@ -200,13 +200,10 @@ def _to_anthropic(messages: tuple[Message, ...]) -> tuple[str, list[dict[str, An
     systems: list[str] = []
     turns: list[dict[str, Any]] = []
     for message in messages:
-        role: str = message["role"]
-        content = message.get("content")
-        if role == "system":
-            systems.append(text_of(content))
+        if message["role"] == "system":
+            systems.append(text_of(message.get("content")))
             continue
-        if len(message) > 2 or type(content) is not str or role == "tool":  # else plain text, as it is
-            role, content = _turn(message)
+        role, content = _turn(message)
         if turns and turns[-1]["role"] == role:
             turns[-1] = {"role": role, "content": _merged(turns[-1]["content"], content)}
         else:
