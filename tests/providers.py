@@ -325,6 +325,27 @@ class StainlessContract:
         assert server.requests[0].json()["cache_prompt"] is True
         assert headers_of(server.requests[0])["x-trace"] == "t-1"
 
+    def test_extra_query_goes_in_the_url_and_the_body_stays_the_requests(self, server: FakeServer) -> None:
+        """``create()``'s request options (sent through ``post()``) go where ``create()`` puts
+        them: none of them in the body."""
+        assert all(r.success for r in both("Hi", extra_query={"trace": "q-1"}, extra_headers={"X-Trace": "t-1"}))
+        for request in server.requests:
+            assert request.path.endswith("?trace=q-1")
+            assert headers_of(request)["x-trace"] == "t-1"
+            assert not {"extra_query", "extra_headers", "extra_body", "timeout"} & set(request.json())
+
+    def test_a_json_reply_under_another_content_type_is_read(self, server: FakeServer) -> None:
+        """A server that labels its JSON ``text/plain``: the SDK hands over the text, which is read
+        as JSON all the same (as the SDK's typed models read it)."""
+        self.PROVIDER.route(server, self.PROVIDER.reply(self.PROVIDER.success, headers={"Content-Type": "text/plain"}))
+        for response in both("Hi"):
+            assert response.success, response.error
+            assert response.content and response.tokens_used > 0
+
+    def test_a_reply_that_is_no_json_is_invalid_response(self, server: FakeServer) -> None:
+        self.PROVIDER.route(server, self.PROVIDER.reply(b"<html>gateway</html>", headers={"Content-Type": "text/html"}))
+        assert_failed(both("Hi"), ErrorKind.SERVER, "sent a reply chatplug could not read")
+
     @pytest.mark.parametrize("option", [{"model": "other"}, {"messages": []}, {"stream": True}])
     def test_options_chatplug_sets_are_invalid_input(self, server: FakeServer, option: dict[str, Any]) -> None:
         assert_failed(both("Hi", **option), ErrorKind.INVALID_INPUT, f"option {next(iter(option))!r}")

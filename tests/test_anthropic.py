@@ -132,3 +132,31 @@ def test_errors(
     case: ErrorCase,
 ) -> None:
     check_error(ANTHROPIC, anthropic_server, monkeypatch, chatplug_log, case, MISSING)
+
+
+def test_parameters_the_sdk_sends_as_headers_go_as_headers(anthropic_server: FakeServer) -> None:
+    """``workspace_id`` and ``user_profile_id`` are ``messages.create()`` parameters that it sends as
+    headers; chatplug posts the body itself and sends them as ``create()`` does, a caller's own
+    ``extra_headers`` winning."""
+    responses = both(
+        "Hi", workspace_id="ws-1", user_profile_id="up-1", extra_headers={"anthropic-user-profile-id": "up-2"}
+    )
+    assert all(response.success for response in responses)
+    for request in anthropic_server.requests:
+        headers = headers_of(request)
+        assert (headers["anthropic-workspace-id"], headers["anthropic-user-profile-id"]) == ("ws-1", "up-2")
+        assert not {"workspace_id", "user_profile_id", "extra_headers"} & set(request.json())
+
+
+def test_the_sdks_model_warnings_are_given(anthropic_server: FakeServer) -> None:
+    """``messages.create()`` warns of a deprecated model and of ``thinking.type=enabled`` on a
+    model that wants ``adaptive``; chatplug, which posts the body itself, warns the same, from the
+    SDK's own tables."""
+    import anthropic.resources.messages.messages as tables
+
+    deprecated, adaptive = next(iter(tables.DEPRECATED_MODELS)), next(iter(tables.MODELS_TO_WARN_WITH_THINKING_ENABLED))
+    with pytest.warns(DeprecationWarning, match=f"The model '{deprecated}' is deprecated"):
+        assert generate_completion_sync("Hi", f"anthropic:{deprecated}").success
+    with pytest.warns(UserWarning, match="'thinking.type=enabled' is deprecated"):
+        thinking = {"type": "enabled", "budget_tokens": 1024}
+        assert generate_completion_sync("Hi", f"anthropic:{adaptive}", thinking=thinking).success

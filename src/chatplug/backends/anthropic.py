@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import socket
 import sys
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
@@ -67,13 +68,24 @@ class AnthropicBackend(StainlessBackend):
     }
     hosted_url = "https://api.anthropic.com"
     capabilities = CAPABILITIES
+    path = "/v1/messages"
+    header_parameters: ClassVar[Mapping[str, str]] = {
+        "user_profile_id": "anthropic-user-profile-id",
+        "workspace_id": "anthropic-workspace-id",
+    }
 
     #: TCP keep-alive, as the SDK's own async transport sets it (a long request is not cut by a NAT).
     socket_options = _keepalive()
 
     def __init__(self) -> None:
         anthropic = import_sdk("anthropic", "anthropic")
-        super().__init__(anthropic, anthropic.Anthropic, anthropic.AsyncAnthropic, anthropic.resources.Messages.create)
+        create = anthropic.resources.Messages.create
+        super().__init__(anthropic, anthropic.Anthropic, anthropic.AsyncAnthropic, create)
+        # The models create() warns of, from the tables it reads: chatplug posts the body itself,
+        # so it warns as create() would (an older SDK without the tables: no warning).
+        tables = sys.modules[create.__module__]
+        self._deprecated: Mapping[str, str] = getattr(tables, "DEPRECATED_MODELS", {})
+        self._adaptive = frozenset(getattr(tables, "MODELS_TO_WARN_WITH_THINKING_ENABLED", ()))
         #: What is said, at debug level, of the temperature every request leaves out.
         said = f"{anthropic.__name__} {anthropic.__version__} takes no sampling parameters"
         self._no_sampling = {"temperature": said}
@@ -111,7 +123,29 @@ class AnthropicBackend(StainlessBackend):
             arguments["tool_choice"] = _tool_choice(request.tool_choice)
         if request.response_format is not None:
             arguments["output_config"] = self._output_config(request.response_format, arguments.get("output_config"))
+        if request.model in self._deprecated or request.model in self._adaptive:
+            self._warn(request.model, arguments.get("thinking"))
         return arguments
+
+    def _warn(self, model: str, thinking: object) -> None:
+        """The SDK's warnings, in its words, of a deprecated model and of ``thinking.type=enabled``
+        on a model that wants ``adaptive``."""
+        if model in self._deprecated:
+            warnings.warn(
+                f"The model '{model}' is deprecated and will reach end-of-life on {self._deprecated[model]}.\n"
+                "Please migrate to a newer model. Visit "
+                "https://docs.anthropic.com/en/docs/resources/model-deprecations for more information.",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+        if model in self._adaptive and isinstance(thinking, Mapping) and thinking.get("type") == "enabled":
+            warnings.warn(
+                f"Using Claude with {model} and 'thinking.type=enabled' is deprecated. Use "
+                "'thinking.type=adaptive' instead which results in better model performance in our testing: "
+                "https://platform.claude.com/docs/en/build-with-claude/adaptive-thinking",
+                UserWarning,
+                stacklevel=2,
+            )
 
     def _output_config(self, response_format: ResponseFormat, given: object) -> dict[str, Any]:
         """``output_config`` asking for ``response_format``, with what else a caller's own
@@ -138,59 +172,56 @@ class AnthropicBackend(StainlessBackend):
         config["format"] = {"type": "json_schema", "schema": schema}
         return config
 
-    @staticmethod
-    def create(client: Any) -> Callable[..., Any]:
-        return client.messages.create  # type: ignore[no-any-return]
-
     def result(self, response: Any) -> ChatResult:
-        blocks, usage = response.content, response.usage
+        blocks, usage = response["content"], response["usage"]
         calls: tuple[ToolCallDelta, ...]
-        if len(blocks) == 1 and blocks[0].type == "text":  # the common reply: one text block
-            text, thinking, calls = blocks[0].text, "", ()
+        if len(blocks) == 1 and blocks[0]["type"] == "text":  # the common reply: one text block
+            text, thinking, calls = blocks[0]["text"], "", ()
         else:
-            text = "".join(block.text for block in blocks if block.type == "text")
-            thinking = "".join(block.thinking for block in blocks if block.type == "thinking")
+            text = "".join(block["text"] for block in blocks if block["type"] == "text")
+            thinking = "".join(block["thinking"] for block in blocks if block["type"] == "thinking")
             calls = tuple(
-                ToolCallDelta(i, block.id, block.name, arguments_json(block.input))
-                for i, block in enumerate(block for block in blocks if block.type == "tool_use")
+                ToolCallDelta(i, block["id"], block["name"], arguments_json(block["input"]))
+                for i, block in enumerate(block for block in blocks if block["type"] == "tool_use")
             )
         return ChatResult(
-            text, response.model or "", usage.input_tokens or 0, usage.output_tokens or 0, response.stop_reason,
-            thinking, calls,
+            text, response.get("model") or "", usage.get("input_tokens") or 0, usage.get("output_tokens") or 0,
+            response.get("stop_reason"), thinking, calls,
         )  # fmt: skip
 
     def chunk(self, event: Any) -> ChatChunk | None:
-        kind = getattr(event, "type", None)  # an event type newer than the SDK may come as a dict
+        kind = event.get("type")
         if kind == "content_block_delta":
-            delta = event.delta
-            if delta.type == "text_delta":
-                return ChatChunk(text=delta.text or "")
-            if delta.type == "thinking_delta":
-                return ChatChunk(reasoning=delta.thinking or "")
-            if delta.type == "input_json_delta":  # a fragment of the arguments of the block's tool call
-                return ChatChunk(tool_calls=(ToolCallDelta(event.index, arguments=delta.partial_json or ""),))
+            delta = event["delta"]
+            kind = delta.get("type")
+            if kind == "text_delta":
+                return ChatChunk(text=delta.get("text") or "")
+            if kind == "thinking_delta":
+                return ChatChunk(reasoning=delta.get("thinking") or "")
+            if kind == "input_json_delta":  # a fragment of the arguments of the block's tool call
+                return ChatChunk(tool_calls=(ToolCallDelta(event["index"], arguments=delta.get("partial_json") or ""),))
             return None  # signature_delta, citations_delta ...
         if kind == "content_block_start":
-            block = event.content_block
-            if getattr(block, "type", None) == "tool_use":  # its input ({}) comes in the deltas
-                return ChatChunk(tool_calls=(ToolCallDelta(event.index, block.id, block.name),))
+            block = event["content_block"]
+            if block.get("type") == "tool_use":  # its input ({}) comes in the deltas
+                return ChatChunk(tool_calls=(ToolCallDelta(event["index"], block.get("id"), block.get("name")),))
             return None
         if kind == "message_start":
-            message = event.message
-            usage = getattr(message, "usage", None)  # always sent by Anthropic; not by every look-alike
-            return ChatChunk(model=message.model or None, prompt_tokens=_tokens(usage, "input_tokens"))
+            message = event["message"]
+            usage = message.get("usage")  # always sent by Anthropic; not by every look-alike
+            return ChatChunk(model=message.get("model") or None, prompt_tokens=_tokens(usage, "input_tokens"))
         if kind == "message_delta":
-            usage = getattr(event, "usage", None)  # cumulative: the final counts
+            usage = event.get("usage")  # cumulative: the final counts
             return ChatChunk(
                 prompt_tokens=_tokens(usage, "input_tokens"),
                 completion_tokens=_tokens(usage, "output_tokens"),
-                finish_reason=event.delta.stop_reason,
+                finish_reason=event["delta"].get("stop_reason"),
             )
         return None  # content_block_stop, message_stop (the SDK skips ping itself)
 
 
-def _tokens(usage: Any, name: str) -> int | None:
-    value = getattr(usage, name, None)
+def _tokens(usage: object, name: str) -> int | None:
+    value = usage.get(name) if isinstance(usage, Mapping) else None
     return value if isinstance(value, int) else None
 
 

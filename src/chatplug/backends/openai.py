@@ -56,6 +56,8 @@ class OpenAIBackend(StainlessBackend):
     }
     hosted_url = HOSTED
     capabilities = CAPABILITIES
+    path = "/chat/completions"
+    request_options: ClassVar[Mapping[str, Any]] = {"security": {"bearer_auth": True}}  # as create() sends
 
     def __init__(self) -> None:
         openai = import_sdk("openai", "openai")
@@ -93,22 +95,19 @@ class OpenAIBackend(StainlessBackend):
             arguments["response_format"] = _response_format(request.response_format)
         return arguments
 
-    @staticmethod
-    def create(client: Any) -> Callable[..., Any]:
-        return client.chat.completions.create  # type: ignore[no-any-return]
-
     def result(self, response: Any) -> ChatResult:
-        choice = response.choices[0]
-        usage = response.usage  # None from servers that do not count: usage_reported=False
+        choice = response["choices"][0]
+        message = choice["message"]
+        usage = response.get("usage")  # None (or absent) from servers that do not count: usage_reported=False
         return ChatResult(
-            content=choice.message.content or "",
-            model=response.model or "",
-            prompt_tokens=usage.prompt_tokens if usage else None,
-            completion_tokens=usage.completion_tokens if usage else None,
-            finish_reason=choice.finish_reason,
-            reasoning=_reasoning(choice.message),
+            content=message.get("content") or "",
+            model=response.get("model") or "",
+            prompt_tokens=usage.get("prompt_tokens") if usage else None,
+            completion_tokens=usage.get("completion_tokens") if usage else None,
+            finish_reason=choice.get("finish_reason"),
+            reasoning=_reasoning(message),
             tool_calls=tuple(
-                _tool_call(i, call) for i, call in enumerate(choice.message.tool_calls or ()) if _is_function(call)
+                _tool_call(i, call) for i, call in enumerate(message.get("tool_calls") or ()) if _is_function(call)
             ),
         )
 
@@ -118,17 +117,17 @@ class OpenAIBackend(StainlessBackend):
         return {} if "stream_options" in request.options else {"stream_options": {"include_usage": True}}
 
     def chunk(self, event: Any) -> ChatChunk | None:
-        choice = next((choice for choice in event.choices or () if getattr(choice, "index", 0) == 0), None)
-        delta = choice.delta if choice is not None else None
-        pieces = getattr(delta, "tool_calls", None) or ()
-        usage = event.usage  # on the last chunk (choices: []) when asked for; else None or absent
+        choice = next((choice for choice in event.get("choices") or () if choice.get("index", 0) == 0), None)
+        delta = choice.get("delta") if choice is not None else None
+        pieces = (delta.get("tool_calls") if delta else None) or ()
+        usage = event.get("usage")  # on the last chunk (choices: []) when asked for; else None or absent
         return ChatChunk(
-            text=(delta.content or "") if delta is not None else "",
-            reasoning=_reasoning(delta) if delta is not None else "",
-            model=event.model or None,
-            prompt_tokens=usage.prompt_tokens if usage else None,
-            completion_tokens=usage.completion_tokens if usage else None,
-            finish_reason=choice.finish_reason if choice is not None else None,
+            text=(delta.get("content") or "") if delta else "",
+            reasoning=_reasoning(delta) if delta else "",
+            model=event.get("model") or None,
+            prompt_tokens=usage.get("prompt_tokens") if usage else None,
+            completion_tokens=usage.get("completion_tokens") if usage else None,
+            finish_reason=choice.get("finish_reason") if choice is not None else None,
             tool_calls=tuple(_tool_call(i, call) for i, call in enumerate(pieces) if _is_function(call)),
         )
 
@@ -208,34 +207,30 @@ def _schema_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", name)[:64] or "response"
 
 
-def _is_function(call: Any) -> bool:
+def _is_function(call: Mapping[str, Any]) -> bool:
     """A function tool call, or a piece of one (whose type is said only once), not a custom
     tool's call (chatplug defines none)."""
-    return getattr(call, "type", None) in (None, "function")
+    return call.get("type") in (None, "function")
 
 
-def _tool_call(position: int, call: Any) -> ToolCallDelta:
+def _tool_call(position: int, call: Mapping[str, Any]) -> ToolCallDelta:
     """A tool call of a reply, or a piece of one in a stream (keyed by its ``index``; servers that
     send none get its position)."""
-    index = getattr(call, "index", None)
-    function = getattr(call, "function", None)
+    index = call.get("index")
+    function = call.get("function") or {}
     return ToolCallDelta(
         index if isinstance(index, int) else position,
-        getattr(call, "id", None) or None,
-        getattr(function, "name", None) or None,
-        getattr(function, "arguments", None) or "",
+        call.get("id") or None,
+        function.get("name") or None,
+        function.get("arguments") or "",
     )
 
 
-def _reasoning(message: Any) -> str:
-    """The reasoning an OpenAI-compatible server sent alongside a message or a delta: fields the
-    SDK does not declare, kept on its model as extras (or fields, should it declare them). Read
-    from the two dicts: ``getattr`` of a field that is not there raises and catches an error
-    inside pydantic, twice for every reply and every streamed chunk."""
-    fields = getattr(message, "__dict__", None) or {}
-    extras = getattr(message, "model_extra", None) or {}
+def _reasoning(message: Mapping[str, Any]) -> str:
+    """The reasoning an OpenAI-compatible server sent alongside a message or a delta, in a field
+    OpenAI's API does not have."""
     for name in ("reasoning_content", "reasoning"):
-        value = fields.get(name, extras.get(name))
+        value = message.get(name)
         if isinstance(value, str) and value:
             return value
     return ""
