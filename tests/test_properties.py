@@ -336,6 +336,32 @@ def test_the_ollama_backend_sends_nothing_it_refuses(
         assert response.error_kind not in REFUSED, response.error
 
 
+@pytest.mark.parametrize("depth", [150, 400, 700, 900, 990])
+def test_an_option_nested_short_of_the_recursion_limit_is_invalid_input(ollama_server: FakeServer, depth: int) -> None:
+    """``json.dumps`` takes values nested a few hundred levels short of Python's recursion limit,
+    which the steps after validation did not survive (a ``RecursionError``, reported as a plugin
+    failure, that hypothesis found at 991 levels)."""
+    value = _nest(depth, None)
+    for response in (
+        chatplug.generate_completion_sync("Hi", stop=value),
+        asyncio.run(chatplug.generate_completion_async("Hi", stop=value)),
+    ):
+        assert response.error_kind is ErrorKind.INVALID_INPUT, response.error
+        assert "option 'stop' is nested more than 100 levels deep" in (response.error or "")
+    assert ollama_server.requests == []
+
+
+def test_an_option_nested_100_levels_deep_is_sent(ollama_server: FakeServer) -> None:
+    schema: dict[str, Any] = {}
+    for _ in range(99):
+        schema = {"a": schema}
+    assert chatplug.generate_completion_sync("Hi", format=schema).success  # 100 levels
+    assert ollama_server.requests[-1].json()["format"] == schema
+    response = chatplug.generate_completion_sync("Hi", format={"a": schema})  # 101
+    assert response.error_kind is ErrorKind.INVALID_INPUT, response.error
+    assert len(ollama_server.requests) == 1
+
+
 @pytest.mark.parametrize("name", ["temperature", "max_tokens", "model_name", "timeout", "fallbacks", "tools"])
 def test_a_deeply_nested_argument_is_invalid_input(fake: chatplug.testing.FakeLLM, name: str) -> None:
     response = chatplug.generate_completion_sync("Hi", **{name: _nest(3000, None)})

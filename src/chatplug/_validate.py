@@ -239,9 +239,36 @@ def check_options(options: Mapping[str, Any]) -> None:
             )
 
 
+#: How deeply an option's value or a tool call's arguments may nest: far beyond any real one (a
+#: JSON schema passed as ollama's ``format`` included), and shallow enough that every recursive step
+#: after validation (freezing and thawing, the SDKs' encoders) stays clear of Python's recursion
+#: limit. ``json.dumps`` alone lets through values a few hundred levels short of it, which those
+#: steps, taking more than one frame a level, do not survive.
+MAX_DEPTH = 100
+
+
+def _too_deep(value: object) -> bool:
+    """Whether ``value``'s containers nest more than ``MAX_DEPTH`` levels (a loop, not recursion)."""
+    if not isinstance(value, (Mapping, list, tuple)):  # the common option: a scalar
+        return False
+    level: list[object] = [value]
+    for _ in range(MAX_DEPTH):
+        level = [
+            child
+            for item in level
+            if isinstance(item, (Mapping, list, tuple))
+            for child in (item.values() if isinstance(item, Mapping) else item)
+        ]
+        if not level:
+            return False
+    return any(isinstance(item, (Mapping, list, tuple)) for item in level)
+
+
 def _json(value: object, where: str) -> None:
     """``value`` must be JSON data that can be sent as UTF-8: every provider takes options and
     tool arguments as JSON, so what cannot be sent is caught before sending."""
+    if _too_deep(value):
+        raise InvalidInputError(f"{where} is nested more than {MAX_DEPTH} levels deep; nothing was sent.")
     try:
         import json  # here: only calls with options pay for it
 
