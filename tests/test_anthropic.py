@@ -14,6 +14,7 @@ import pytest
 from chatplug import ErrorKind, generate_completion_sync, generate_completion_with_messages_sync
 from chatplug._dispatch import plugins
 
+from .childproc import python
 from .fakeserver import FakeServer
 from .providers import ANTHROPIC, ErrorCase, StainlessContract, both, check_error, check_success, headers_of
 
@@ -146,6 +147,10 @@ def test_parameters_the_sdk_sends_as_headers_go_as_headers(anthropic_server: Fak
         headers = headers_of(request)
         assert (headers["anthropic-workspace-id"], headers["anthropic-user-profile-id"]) == ("ws-1", "up-2")
         assert not {"workspace_id", "user_profile_id", "extra_headers"} & set(request.json())
+    anthropic_server.requests.clear()
+    assert all(response.success for response in both("Hi", workspace_id=None))  # None: not sent at all
+    for request in anthropic_server.requests:
+        assert "anthropic-workspace-id" not in headers_of(request) and "workspace_id" not in request.json()
 
 
 def test_the_sdks_model_warnings_are_given(anthropic_server: FakeServer) -> None:
@@ -160,3 +165,34 @@ def test_the_sdks_model_warnings_are_given(anthropic_server: FakeServer) -> None
     with pytest.warns(UserWarning, match="'thinking.type=enabled' is deprecated"):
         thinking = {"type": "enabled", "budget_tokens": 1024}
         assert generate_completion_sync("Hi", f"anthropic:{adaptive}", thinking=thinking).success
+
+
+def test_the_sdks_opentelemetry_span_is_made(anthropic_server: FakeServer) -> None:
+    """anthropic 2.x opens an OpenTelemetry span for each ``messages.create()`` and sends its trace
+    context with the request; chatplug's calls, which post the body themselves, get the same (in a
+    child process: the tracer provider is global)."""
+    proc = python(
+        """
+        import asyncio
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        trace.set_tracer_provider(provider)
+        import chatplug
+
+        assert chatplug.generate_completion_sync("Hi").success
+        assert asyncio.run(chatplug.generate_completion_async("Hi")).success
+        for span in exporter.get_finished_spans():
+            print(span.name, span.attributes.get("gen_ai.request.model"))
+        """,
+        LLM_BACKEND="anthropic", ANTHROPIC_BASE_URL=anthropic_server.url, ANTHROPIC_API_KEY="sk-ant-test",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    model = anthropic_server.requests[0].json()["model"]
+    assert proc.stdout.splitlines() == [f"anthropic.messages.create {model}"] * 2
+    assert all("traceparent" in headers_of(request) for request in anthropic_server.requests)

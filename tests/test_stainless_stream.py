@@ -312,6 +312,19 @@ def test_the_padded_anthropic_stream(anthropic_server: FakeServer) -> None:
     check_streamed(ANTHROPIC_STREAMING, stream_both())
 
 
+def test_anthropic_null_events_are_skipped(anthropic_server: FakeServer) -> None:
+    """A named event whose data is ``null``, or a block start without its block, is passed on by the
+    SDK as it is (events are read as JSON, unchecked); the stream skips them, as it did typed."""
+    body = fixture("anthropic/messages_stream_200.sse")
+    first = body.index(b"\n\n") + 2
+    odd = (
+        b"event: message_delta\ndata: null\n\n"
+        b'event: content_block_start\ndata: {"type": "content_block_start", "index": 9}\n\n'
+    )
+    ANTHROPIC_STREAMING.route(anthropic_server, ANTHROPIC_STREAMING.reply(body[:first] + odd + body[first:]))
+    check_streamed(ANTHROPIC_STREAMING, stream_both())
+
+
 def _split_every(body: bytes, size: int) -> list[bytes]:
     return [body[i : i + size] for i in range(0, len(body), size)]
 

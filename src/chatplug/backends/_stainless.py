@@ -26,7 +26,7 @@ import json
 import time
 from abc import abstractmethod
 from collections.abc import AsyncIterator, Iterator, Mapping
-from types import ModuleType
+from types import MappingProxyType, ModuleType
 from typing import Any, ClassVar, NamedTuple
 
 from chatplug import (
@@ -132,7 +132,7 @@ class StainlessBackend(ChatBackend):
     #: The endpoint a chat request is posted to, on the client's base URL.
     path: ClassVar[str]
     #: The request options the SDK's ``create()`` adds of its own (openai: which credential to send).
-    request_options: ClassVar[Mapping[str, Any]] = {}
+    request_options: Mapping[str, Any] = MappingProxyType({})
     #: ``create()``'s parameters that it sends as headers, by header name (anthropic's ``workspace_id``).
     header_parameters: ClassVar[Mapping[str, str]] = {}
     #: Hints added to an error message, per HTTP status; ``{model}`` is the requested model.
@@ -290,7 +290,8 @@ class StainlessBackend(ChatBackend):
         if self._not_body.isdisjoint(arguments):  # the common case
             return arguments, options
         body = dict(arguments)
-        headers = {name: body.pop(key) for key, name in self.header_parameters.items() if body.get(key) is not None}
+        headers = {name: body.pop(key, None) for key, name in self.header_parameters.items()}
+        headers = {name: value for name, value in headers.items() if value is not None}
         for key, option in REQUEST_OPTIONS.items():
             value = body.pop(key, None)
             if value is not None:

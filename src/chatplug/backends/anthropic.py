@@ -86,6 +86,13 @@ class AnthropicBackend(StainlessBackend):
         tables = sys.modules[create.__module__]
         self._deprecated: Mapping[str, str] = getattr(tables, "DEPRECATED_MODELS", {})
         self._adaptive = frozenset(getattr(tables, "MODELS_TO_WARN_WITH_THINKING_ENABLED", ()))
+        # The OpenTelemetry span create() opens for each call (and the trace context it sends), by
+        # the same request options (an SDK without tracing has no attributes function: none).
+        attributes = getattr(tables, "messages_create_request_attributes", None)
+        if attributes is not None:
+            self.request_options = {
+                "span_name": "anthropic.messages.create", "span_route": self.path, "span_attributes": attributes,
+            }  # fmt: skip
         #: What is said, at debug level, of the temperature every request leaves out.
         said = f"{anthropic.__name__} {anthropic.__version__} takes no sampling parameters"
         self._no_sampling = {"temperature": said}
@@ -190,7 +197,7 @@ class AnthropicBackend(StainlessBackend):
         )  # fmt: skip
 
     def chunk(self, event: Any) -> ChatChunk | None:
-        kind = event.get("type")
+        kind = event.get("type") if isinstance(event, Mapping) else None  # a null event is skipped, as before
         if kind == "content_block_delta":
             delta = event["delta"]
             kind = delta.get("type")
@@ -202,7 +209,7 @@ class AnthropicBackend(StainlessBackend):
                 return ChatChunk(tool_calls=(ToolCallDelta(event["index"], arguments=delta.get("partial_json") or ""),))
             return None  # signature_delta, citations_delta ...
         if kind == "content_block_start":
-            block = event["content_block"]
+            block = event.get("content_block") or {}
             if block.get("type") == "tool_use":  # its input ({}) comes in the deltas
                 return ChatChunk(tool_calls=(ToolCallDelta(event["index"], block.get("id"), block.get("name")),))
             return None

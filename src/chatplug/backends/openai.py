@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
@@ -57,7 +58,7 @@ class OpenAIBackend(StainlessBackend):
     hosted_url = HOSTED
     capabilities = CAPABILITIES
     path = "/chat/completions"
-    request_options: ClassVar[Mapping[str, Any]] = {"security": {"bearer_auth": True}}  # as create() sends
+    request_options = MappingProxyType({"security": {"bearer_auth": True}})  # as create() sends
 
     def __init__(self) -> None:
         openai = import_sdk("openai", "openai")
