@@ -294,7 +294,9 @@ def test_first_within_sets_the_deadline_only_for_the_first_item() -> None:
             seen.append(DEADLINE.get())
             yield i
 
-    assert list(first_within(items(), 42.0)) == [0, 1, 2]
+    lazy = first_within(items(), 42.0)
+    assert seen == []  # nothing is read until the iteration starts
+    assert list(lazy) == [0, 1, 2]
     assert seen == [42.0, None, None]
     assert list(first_within(iter(()), 1.0)) == []
     assert DEADLINE.get() is None

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import itertools
 import math
 import time
 import weakref
@@ -64,15 +65,20 @@ def first_within(iterator: Iterable[T], deadline: float | None) -> Iterator[T]:
     stream's deadline bounds the wait for its first chunk (connecting, sending, the headers and
     the first piece of body); the rest is bounded per read by the client's own timeout (the
     request's ``timeout``), as an async stream's is. The scope never spans a ``yield``, so the
-    caller's code between chunks runs outside it."""
-    items = iter(iterator)
+    caller's code between chunks runs outside it. Nothing is read until the iteration starts;
+    past the first item, ``itertools.chain`` hands on the rest with no Python frame per item."""
+    return itertools.chain.from_iterable(_first_within(iter(iterator), deadline))
+
+
+def _first_within(items: Iterator[T], deadline: float | None) -> Iterator[Iterable[T]]:
+    """``(first,)`` read inside the deadline's scope, then ``items`` itself (none if empty)."""
     with deadline_scope(deadline):
         try:
             first = next(items)
         except StopIteration:
             return
-    yield first
-    yield from items
+    yield (first,)
+    yield items
 
 
 def _left(timeout: float | None, expired: type[Exception]) -> float | None:
