@@ -212,10 +212,9 @@ class StainlessBackend(ChatBackend):
         arguments = self.arguments(request, conn)
         with self._clients.sync(_client_key(conn, request), conn, request, credential=_credential(conn)) as client:
             try:
-                body, options = self.wire(arguments)
-                if request.deadline is not None:  # the time left, as the SDK's timeout (and its read-timeout header)
-                    options["timeout"] = max(request.deadline - time.monotonic(), 0.001)
-                return self._read(client.post(self.path, body=body, options=options, cast_to=object), conn)
+                # The time left, as the SDK's timeout (and its read-timeout header).
+                timeout = None if request.deadline is None else max(request.deadline - time.monotonic(), 0.001)
+                return self._read(self._post(client, arguments, timeout), conn)
             except Exception as exc:
                 raise self._mapped(exc, request, conn) from None
 
@@ -224,8 +223,7 @@ class StainlessBackend(ChatBackend):
         arguments = self.arguments(request, conn)
         with self._clients.async_(_client_key(conn, request), conn, request, credential=_credential(conn)) as client:
             try:
-                body, options = self.wire(arguments)
-                return self._read(await client.post(self.path, body=body, options=options, cast_to=object), conn)
+                return self._read(await self._post(client, arguments), conn)
             except Exception as exc:
                 raise self._mapped(exc, request, conn) from None
 
@@ -239,11 +237,8 @@ class StainlessBackend(ChatBackend):
         with self._clients.sync(_client_key(conn, request), conn, request, credential=_credential(conn)) as client:
             events: Any = None
             try:
-                body, options = self.wire(arguments)
                 with deadline_scope(request.deadline):  # the SDK reads the headers here
-                    events = client.post(
-                        self.path, body=body, options=options, cast_to=object, stream=True, stream_cls=self._streams[0]
-                    )
+                    events = self._post(client, arguments, stream_cls=self._streams[0])
                 finished = False
                 for event in first_within(events, request.deadline):  # the first event within the deadline
                     chunk = self._chunk(event, conn)
@@ -264,10 +259,7 @@ class StainlessBackend(ChatBackend):
         with self._clients.async_(_client_key(conn, request), conn, request, credential=_credential(conn)) as client:
             events: Any = None
             try:
-                body, options = self.wire(arguments)
-                events = await client.post(
-                    self.path, body=body, options=options, cast_to=object, stream=True, stream_cls=self._streams[1]
-                )
+                events = await self._post(client, arguments, stream_cls=self._streams[1])
                 finished = False
                 async for event in events:
                     chunk = self._chunk(event, conn)
@@ -281,6 +273,19 @@ class StainlessBackend(ChatBackend):
             finally:
                 if events is not None:
                     await events.close()
+
+    def _post(
+        self, client: Any, arguments: dict[str, Any], timeout: float | None = None, stream_cls: Any = None
+    ) -> Any:
+        """``client.post()`` of ``arguments`` (what ``create()`` would take) to the chat endpoint,
+        the reply as JSON; a stream of JSON events given ``stream_cls``. On an async client, the
+        coroutine."""
+        body, options = self.wire(arguments)
+        if timeout is not None:
+            options["timeout"] = timeout
+        if stream_cls is None:
+            return client.post(self.path, body=body, options=options, cast_to=object)
+        return client.post(self.path, body=body, options=options, cast_to=object, stream=True, stream_cls=stream_cls)
 
     def wire(self, arguments: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """``create()``'s keyword arguments as ``create()`` sends them: the body, and the request
