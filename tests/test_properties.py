@@ -351,6 +351,16 @@ def test_an_option_nested_short_of_the_recursion_limit_is_invalid_input(ollama_s
     assert ollama_server.requests == []
 
 
+def test_a_long_unknown_backend_name_is_shown_cut(fake: chatplug.testing.FakeLLM) -> None:
+    """The error names the backend the call was for, which a caller's ``backend=`` can make any
+    length: shown cut, so ``error`` stays within its bound (hypothesis found 4,501 characters)."""
+    response = chatplug.generate_completion_sync("Hi", backend="a" * 4436, timeout=None)
+    assert response.error_kind is ErrorKind.INVALID_INPUT
+    said = "timeout must be a positive, finite number of seconds, got None."
+    assert response.error == f"{'a' * 200}... (4436 characters): {said}"
+    assert response.backend == "a" * 4436 and response.exception.backend == "a" * 4436  # the name itself is kept
+
+
 def test_an_option_nested_100_levels_deep_is_sent(ollama_server: FakeServer) -> None:
     schema: dict[str, Any] = {}
     for _ in range(99):

@@ -29,6 +29,10 @@ from __future__ import annotations
 
 from enum import Enum
 
+#: The most of a backend's name an error shows before its message (``LLMResponse.error`` holds the
+#: name and a message of at most 4,000 characters).
+NAME_SHOWN = 200
+
 
 class ErrorKind(str, Enum):
     """Why a call failed, for callers that branch on it (``response.error_kind == "timeout"``)."""
@@ -71,7 +75,12 @@ class ChatplugError(Exception):
         self.retry_after = retry_after
 
     def __str__(self) -> str:
-        return f"{self.backend}: {self.message}" if self.backend else self.message
+        backend = self.backend
+        if not backend:
+            return self.message
+        if len(backend) > NAME_SHOWN:  # a caller's unknown backend= can be any length: shown cut, as values are
+            backend = f"{backend[:NAME_SHOWN]}... ({len(backend)} characters)"
+        return f"{backend}: {self.message}"
 
 
 class ConfigError(ChatplugError):
