@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -154,6 +155,74 @@ def test_a_plugin_client_on_the_toolkit_transport(stack: str, ollama: FakeServer
     assert sent == [f"{ollama.url}/api/chat"]
     recorded = ollama.requests[-1]
     assert recorded.json() == {"model": "m"} and recorded.headers["Content-Type"] == "application/json"
+
+
+@pytest.mark.parametrize("stack", ["httpx", "httpx2"])
+@pytest.mark.parametrize("read", ["whole", "streamed and closed early"])
+def test_a_response_is_freed_with_its_last_reference_not_by_the_collector(
+    stack: str, read: str, ollama: FakeServer
+) -> None:
+    """The client wraps the transport's stream in one that refers back to its response (a
+    cycle). Closed, the response lets go of that wrapper, so nothing a request made waits for
+    the garbage collector: at 1,000 requests in flight its collections were a tenth of the CPU."""
+    http = __import__(stack)
+
+    async def go() -> None:
+        async with http.AsyncClient(**async_transport_options(http), timeout=5) as client:
+            await client.post(f"{ollama.url}/api/chat", json={})  # connected, and the first use made
+            if read == "whole":
+                response = await client.post(f"{ollama.url}/api/chat", json={"model": "m"})
+                assert response.json()["done"] is True
+            else:
+                response = await client.send(client.build_request("POST", f"{ollama.url}/api/chat"), stream=True)
+                await response.aclose()
+            assert response.is_closed and response.status_code == 200 and response.elapsed.total_seconds() > 0
+            freed = weakref.ref(response)
+            del response
+            assert freed() is None
+
+    gc.collect()
+    gc.disable()
+    try:
+        asyncio.run(go())
+    finally:
+        gc.enable()
+
+
+@pytest.mark.parametrize("backend", ["ollama", "openai", "anthropic"])
+def test_a_call_leaves_no_garbage_for_the_collector(
+    backend: str, ollama: FakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every object an async call makes, chatplug's, the SDK's and the HTTP stack's, is freed
+    when the call returns: none is left in a reference cycle."""
+    if backend != "ollama":
+        provider = OPENAI if backend == "openai" else ANTHROPIC
+        server = FakeServer()
+        provider.route(server, provider.reply(provider.success))
+        monkeypatch.setenv(provider.base_url_env, server.url + provider.base_url_path)
+        monkeypatch.setenv(provider.key_env, "sk-test")
+
+    async def go() -> list[str]:
+        assert (await generate_completion_async("Hi", backend=backend)).success  # the backend and its client made
+        gc.collect()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            for _ in range(3):
+                assert (await generate_completion_async("Hi", backend=backend)).success
+            gc.collect()
+            return [type(thing).__qualname__ for thing in gc.garbage]
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+
+    gc.disable()
+    try:
+        assert asyncio.run(go()) == []
+    finally:
+        gc.enable()
+        if backend != "ollama":
+            chatplug.close()
+            server.close()
 
 
 def test_the_client_follows_redirects_and_keeps_cookies_not_aiohttp(ollama: FakeServer) -> None:
