@@ -209,10 +209,14 @@ class _ResponseStream:
         # only the garbage collector frees (at 1,000 requests in flight, a tenth of the client's
         # CPU). Closed, the response keeps this stream instead (the wrapper has set its elapsed
         # time by now), and is freed with its last reference. httpx2's wrapper has no such cycle.
-        owner: Any = self._owner
-        self._owner = None
-        if owner is not None and getattr(owner.stream, "_response", None) is owner:
+        owner, self._owner = self._owner, None
+        if owner is not None and _bound_to(owner.stream, owner):
             owner.stream = self
+
+
+def _bound_to(stream: object, response: object) -> bool:
+    """Whether ``stream`` is httpx's wrapper that refers back to ``response``."""
+    return getattr(stream, "_response", None) is response
 
 
 #: TLS contexts by configuration, shared: loading the system's CA certificates takes ~40 ms, and
