@@ -57,6 +57,9 @@ REQUESTS = {100: 3000, 1000: 3000}
 #: Rounds per contender (medians reported): single runs on shared cores vary by up to 30%.
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 BACKENDS = os.environ.get("BENCH_BACKENDS", "ollama,openai,anthropic,local").split(",")
+#: The contenders run (all by default); ``BENCH_CONTENDERS="sdk aiohttp,chatplug"`` leaves out the
+#: slow default clients (minutes a run at 1,000) when only the ratio to the same transport is wanted.
+CONTENDERS = [name for name in os.environ.get("BENCH_CONTENDERS", "").split(",") if name]
 MESSAGES = [{"role": "user", "content": "Why is the sky blue?"}]
 OLLAMA_OPTIONS = {"temperature": 0.7, "num_predict": 500, "top_p": 0.9, "repeat_penalty": 1.1}
 OPENAI_REQUEST = {"model": "gpt-4o-mini", "messages": MESSAGES, "temperature": 0.7, "max_tokens": 500}
@@ -286,6 +289,10 @@ def contenders(backend: str, url: str) -> dict[str, Factory]:
     return found
 
 
+#: What the ratios are to: the raw SDK's default client, and the raw SDK on chatplug's transport.
+FLOORS = ("sdk default", "sdk aiohttp")
+
+
 def _median(results: list[dict[str, float]]) -> dict[str, float]:
     """Each measure's median over the rounds."""
     return {key: statistics.median(result[key] for result in results) for key in results[0]}
@@ -386,16 +393,16 @@ def main() -> None:
                 continue
         for concurrency in CONCURRENCY:
             runs: dict[str, list[dict[str, float]]] = {}
-            names = list(contenders(backend, url))
+            names = [name for name in contenders(backend, url) if not CONTENDERS or name in CONTENDERS]
             for turn in range(ROUNDS):  # the contenders take turns, so that drift hits them alike
                 for name in names if turn % 2 == 0 else reversed(names):  # and in turn in both orders
                     runs.setdefault(name, []).append(run_apart(backend, name, concurrency, url))
             rows = {name: _median(results) for name, results in runs.items()}
             for name, row in rows.items():
-                base, same = _ratio(runs[name], runs["sdk default"]), _ratio(runs[name], runs["sdk aiohttp"])
+                base, same = (f"{_ratio(runs[name], runs[floor]):.2f}x" if floor in runs else "-" for floor in FLOORS)
                 print(
-                    f"| {backend} | {name} | {concurrency:,} | {row['rps']:,.0f} | {base:.2f}x | "
-                    f"{same:.2f}x | {row['cpu_us']:,.0f} | {row['p50']:.1f} | {row['p99']:.1f} |",
+                    f"| {backend} | {name} | {concurrency:,} | {row['rps']:,.0f} | {base} | "
+                    f"{same} | {row['cpu_us']:,.0f} | {row['p50']:.1f} | {row['p99']:.1f} |",
                     flush=True,
                 )
     chatplug.close()
