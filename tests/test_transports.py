@@ -189,12 +189,42 @@ def test_a_response_is_freed_with_its_last_reference_not_by_the_collector(
         gc.enable()
 
 
+@pytest.mark.parametrize("stack", ["httpx", "httpx2"])
+@pytest.mark.parametrize("read", ["whole", "streamed and closed early"])
+def test_a_sync_response_through_a_deadline_client_is_freed_with_its_last_reference(
+    stack: str, read: str, ollama: FakeServer
+) -> None:
+    """The same for the sync clients that ``deadline_client`` bounds (every built-in sync client)."""
+    from chatplug.toolkit import deadline_client
+
+    http = __import__(stack)
+    gc.collect()
+    gc.disable()
+    try:
+        with deadline_client(http.Client(timeout=5)) as client:
+            client.post(f"{ollama.url}/api/chat", json={})
+            if read == "whole":
+                response = client.post(f"{ollama.url}/api/chat", json={"model": "m"})
+                assert response.json()["done"] is True
+            else:
+                response = client.send(client.build_request("POST", f"{ollama.url}/api/chat"), stream=True)
+                assert next(response.iter_raw()).startswith(b"{")
+                response.close()
+            assert response.is_closed and response.status_code == 200 and response.elapsed.total_seconds() > 0
+            freed = weakref.ref(response)
+            del response
+            assert freed() is None
+    finally:
+        gc.enable()
+
+
+@pytest.mark.parametrize("call", ["async", "sync"])
 @pytest.mark.parametrize("backend", ["ollama", "openai", "anthropic"])
 def test_a_call_leaves_no_garbage_for_the_collector(
-    backend: str, ollama: FakeServer, monkeypatch: pytest.MonkeyPatch
+    backend: str, call: str, ollama: FakeServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Every object an async call makes, chatplug's, the SDK's and the HTTP stack's, is freed
-    when the call returns: none is left in a reference cycle."""
+    """Every object a call makes, chatplug's, the SDK's and the HTTP stack's, is freed when the
+    call returns: none is left in a reference cycle (sync clients: ``_deadline._Unbinding``)."""
     if backend != "ollama":
         provider = OPENAI if backend == "openai" else ANTHROPIC
         server = FakeServer()
@@ -202,24 +232,31 @@ def test_a_call_leaves_no_garbage_for_the_collector(
         monkeypatch.setenv(provider.base_url_env, server.url + provider.base_url_path)
         monkeypatch.setenv(provider.key_env, "sk-test")
 
-    async def go() -> list[str]:
-        assert (await generate_completion_async("Hi", backend=backend)).success  # the backend and its client made
-        gc.collect()
-        gc.set_debug(gc.DEBUG_SAVEALL)
-        try:
-            for _ in range(3):
-                assert (await generate_completion_async("Hi", backend=backend)).success
-            gc.collect()
-            return [type(thing).__qualname__ for thing in gc.garbage]
-        finally:
-            gc.set_debug(0)
-            gc.garbage.clear()
+    async def ask_async() -> LLMResponse:
+        return await generate_completion_async("Hi", backend=backend)
 
+    def ask() -> LLMResponse:
+        if call == "sync":
+            return chatplug.generate_completion_sync("Hi", backend=backend)
+        return loop.run_until_complete(ask_async())
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
     gc.disable()
     try:
-        assert asyncio.run(go()) == []
+        assert ask().success  # the backend and its client made
+        gc.collect()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        for _ in range(3):
+            assert ask().success
+        gc.collect()
+        assert [type(thing).__qualname__ for thing in gc.garbage] == []
     finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
         gc.enable()
+        loop.close()
+        asyncio.set_event_loop(None)
         if backend != "ollama":
             chatplug.close()
             server.close()

@@ -37,6 +37,8 @@ from contextvars import ContextVar
 from types import TracebackType
 from typing import Any, TypeVar
 
+from ._transports import bound_to
+
 T = TypeVar("T")
 
 #: When the current sync call must be over, on ``time.monotonic()``'s clock (``None``: no deadline).
@@ -157,6 +159,51 @@ class _Backend:
         self._inner.sleep(seconds)
 
 
+class _Unbinding:
+    """A reply's body, which the response holds instead of httpx's wrapper once closed.
+
+    httpx's sync client wraps the body in a ``BoundSyncStream`` that refers back to the response.
+    That is a cycle, which holds the request, the response and the connection's reply until the
+    garbage collector runs: 46 objects a call on the ollama backend. Closed (the wrapper has set
+    the response's elapsed time by then), the response keeps this stream instead, and is freed
+    with its last reference, as on chatplug's async transport (``_transports``). Iterating
+    hands on the inner stream's own iterator: no frame per chunk.
+    """
+
+    __slots__ = ("_inner", "_owner")
+
+    def __init__(self, inner: Any, owner: Any) -> None:
+        self._inner, self._owner = inner, owner
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._inner)
+
+    def close(self) -> None:
+        self._inner.close()
+        owner, self._owner = self._owner, None
+        if owner is not None and bound_to(owner.stream, owner):
+            owner.stream = self
+
+
+_UNBINDING: dict[str, type[_Unbinding] | None] = {}
+
+
+def _unbinding(stack: str) -> type[_Unbinding] | None:
+    """The ``_Unbinding`` class of HTTP stack ``stack`` (a subclass of its ``SyncByteStream``, which
+    its client asserts), or ``None`` where the client's wrapper keeps no reference to the response
+    (httpx2) or the transport is of no stack known (a custom one)."""
+    if stack not in _UNBINDING:
+        try:
+            http = importlib.import_module(stack)
+            wrapper = importlib.import_module(f"{stack}._client").BoundSyncStream
+            cyclic = "response" in wrapper.__init__.__code__.co_varnames
+            made = type("UnbindingStream", (_Unbinding, http.SyncByteStream), {"__slots__": ()}) if cyclic else None
+        except (ImportError, AttributeError):
+            made = None
+        _UNBINDING[stack] = made
+    return _UNBINDING[stack]
+
+
 class DeadlineTransport:
     """An httpx (or httpx2) sync transport whose requests end at the calling thread's deadline.
 
@@ -167,6 +214,7 @@ class DeadlineTransport:
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
+        self._unbinding = _unbinding(type(inner).__module__.partition(".")[0])
         pool = getattr(inner, "_pool", None)
         backend = getattr(pool, "_network_backend", None)
         if backend is not None and not isinstance(backend, _Backend):
@@ -182,7 +230,10 @@ class DeadlineTransport:
                 left = max(deadline - time.monotonic(), 0.0)
                 if pool is None or left < pool:
                     request.extensions["timeout"] = {**timeouts, "pool": left}
-        return self.inner.handle_request(request)
+        response = self.inner.handle_request(request)
+        if self._unbinding is not None:
+            response.stream = self._unbinding(response.stream, response)
+        return response
 
     def close(self) -> None:
         self.inner.close()
@@ -206,7 +257,8 @@ def deadline_client(client: T) -> T:
     """``client`` (an ``httpx.Client`` or ``httpx2.Client``, e.g. an SDK's ``DefaultHttpxClient``),
     its transports (the default one and each proxy's) wrapped in place by ``deadline_transport``:
     everything else about it (limits, TLS, proxies from the environment, socket options) stays as
-    the client made it. Returns ``client``."""
+    the client made it; its responses, once closed, are freed without the garbage collector
+    (``_Unbinding``). Returns ``client``."""
     transport = getattr(client, "_transport", None)
     mounts = getattr(client, "_mounts", None)
     if transport is None or not isinstance(mounts, dict):

@@ -210,12 +210,13 @@ class _ResponseStream:
         # CPU). Closed, the response keeps this stream instead (the wrapper has set its elapsed
         # time by now), and is freed with its last reference. httpx2's wrapper has no such cycle.
         owner, self._owner = self._owner, None
-        if owner is not None and _bound_to(owner.stream, owner):
+        if owner is not None and bound_to(owner.stream, owner):
             owner.stream = self
 
 
-def _bound_to(stream: object, response: object) -> bool:
-    """Whether ``stream`` is httpx's wrapper that refers back to ``response``."""
+def bound_to(stream: object, response: object) -> bool:
+    """Whether ``stream`` is httpx's wrapper that refers back to ``response`` (its
+    ``BoundAsyncStream`` or ``BoundSyncStream``; ``_deadline`` asks this too)."""
     return getattr(stream, "_response", None) is response
 
 
