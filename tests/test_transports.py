@@ -241,7 +241,6 @@ def test_a_call_leaves_no_garbage_for_the_collector(
         return loop.run_until_complete(ask_async())
 
     loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
     gc.disable()
     try:
         assert ask().success  # the backend and its client made
@@ -256,7 +255,6 @@ def test_a_call_leaves_no_garbage_for_the_collector(
         gc.garbage.clear()
         gc.enable()
         loop.close()
-        asyncio.set_event_loop(None)
         if backend != "ollama":
             chatplug.close()
             server.close()

@@ -37,7 +37,7 @@ from contextvars import ContextVar
 from types import TracebackType
 from typing import Any, TypeVar
 
-from ._transports import bound_to
+from ._transports import unbind
 
 T = TypeVar("T")
 
@@ -164,9 +164,8 @@ class _Unbinding:
 
     httpx's sync client wraps the body in a ``BoundSyncStream`` that refers back to the response.
     That is a cycle, which holds the request, the response and the connection's reply until the
-    garbage collector runs: 46 objects a call on the ollama backend. Closed (the wrapper has set
-    the response's elapsed time by then), the response keeps this stream instead, and is freed
-    with its last reference, as on chatplug's async transport (``_transports``). Iterating
+    garbage collector runs: 46 objects a call on the ollama backend. Closed, the response keeps
+    this stream instead (``_transports.unbind``), as on chatplug's async transport. Iterating
     hands on the inner stream's own iterator: no frame per chunk.
     """
 
@@ -180,9 +179,7 @@ class _Unbinding:
 
     def close(self) -> None:
         self._inner.close()
-        owner, self._owner = self._owner, None
-        if owner is not None and bound_to(owner.stream, owner):
-            owner.stream = self
+        unbind(self)
 
 
 _UNBINDING: dict[str, type[_Unbinding] | None] = {}

@@ -205,19 +205,26 @@ class _ResponseStream:
     async def aclose(self) -> None:
         # Returned to the pool if read to its end; otherwise its connection is closed at once.
         self._response.release()
-        # httpx's client wraps this stream in one that refers back to the response: a cycle, which
-        # only the garbage collector frees (at 1,000 requests in flight, a tenth of the client's
-        # CPU). Closed, the response keeps this stream instead (the wrapper has set its elapsed
-        # time by now), and is freed with its last reference. httpx2's wrapper has no such cycle.
-        owner, self._owner = self._owner, None
-        if owner is not None and bound_to(owner.stream, owner):
-            owner.stream = self
+        unbind(self)
 
 
-def bound_to(stream: object, response: object) -> bool:
-    """Whether ``stream`` is httpx's wrapper that refers back to ``response`` (its
-    ``BoundAsyncStream`` or ``BoundSyncStream``; ``_deadline`` asks this too)."""
-    return getattr(stream, "_response", None) is response
+def unbind(stream: Any) -> None:
+    """Give ``stream._owner``, the client's response for a closed ``stream``, the stream itself
+    back in place of httpx's wrapper (``BoundAsyncStream``, ``BoundSyncStream``), and forget it.
+
+    The wrapper refers back to the response: a cycle, which only the garbage collector frees (at
+    1,000 requests in flight, a tenth of the client's CPU). Without it, the response is freed with
+    its last reference; the wrapper has set its elapsed time by now. httpx2's wrapper keeps no
+    response, and is left in place (its response reads the elapsed time from it). Used by this
+    module's async stream and ``_deadline``'s sync one."""
+    owner, stream._owner = stream._owner, None
+    if owner is not None and _refers_back(owner.stream, owner):
+        owner.stream = stream
+
+
+def _refers_back(wrapper: object, response: object) -> bool:
+    # A function of its own: mypy narrows ``response`` by an ``is`` comparison written inline.
+    return getattr(wrapper, "_response", None) is response
 
 
 #: TLS contexts by configuration, shared: loading the system's CA certificates takes ~40 ms, and
