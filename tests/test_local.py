@@ -164,6 +164,15 @@ def test_the_async_client_reads_cookies_only_from_replies_that_set_one() -> None
     assert asyncio.run(made()).lean  # chatplug.toolkit.lean_cookies
 
 
+def test_the_async_client_parses_the_model_address_once() -> None:
+    async def made() -> type:
+        client = local._async_client()
+        await client.aclose()
+        return type(client)
+
+    assert asyncio.run(made()).lean  # chatplug.toolkit.lean_urls
+
+
 def test_a_prompt_longer_than_the_context_is_a_context_length_error() -> None:
     response = generate_completion_sync("blue sky " * 2000, max_tokens=4)  # ~4,000 tokens; the context is 2,048
     assert not response.success

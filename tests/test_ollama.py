@@ -84,6 +84,22 @@ def test_a_cookie_the_server_sets_goes_back_with_later_requests(ollama: FakeServ
     assert type(slot.client._client.cookies).lean
 
 
+def test_a_host_with_a_path_gets_every_call_under_it(ollama: FakeServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The backend's clients parse ``/api/chat`` against the host once (toolkit.lean_urls): the
+    address each call goes to is the one the SDK would make, call after call, sync and async."""
+    ollama.route("POST", "/proxy/ollama/api/chat", ollama_reply("chat_nonstream_200.json"))
+    monkeypatch.setenv("OLLAMA_HOST", f"{ollama.url}/proxy/ollama")
+
+    async def two_calls() -> list[LLMResponse]:
+        return [await generate_completion_async("Hi") for _ in range(2)]
+
+    assert all(generate_completion_sync("Hi").success for _ in range(2))
+    assert all(response.success for response in asyncio.run(two_calls()))
+    assert [request.path for request in ollama.requests] == ["/proxy/ollama/api/chat"] * 4
+    (slot,) = plugins().backends.get("ollama")._clients._sync.values()  # type: ignore[attr-defined]
+    assert type(slot.client._client).lean
+
+
 def test_arguments_and_extra_options(ollama: FakeServer) -> None:
     generate_completion_sync(
         "Hello",

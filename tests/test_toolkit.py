@@ -408,6 +408,68 @@ def test_lean_cookies_on_an_async_client(cookie_server: FakeServer) -> None:
     assert jar.asked == 1
 
 
+def test_lean_urls_parses_each_address_once_and_sends_what_httpx_would(cookie_server: FakeServer) -> None:
+    other = FakeServer()
+    other.route("GET", "/v2/plain", Reply(200, b"{}", {"Content-Type": "application/json"}))
+    try:
+        base = f"{cookie_server.url}/v1"
+        with httpx.Client(base_url=base) as plain, httpx.Client(base_url=base) as client:
+            assert chatplug.toolkit.lean_urls(client) is client
+            lean = type(client)
+            assert chatplug.toolkit.lean_urls(client) is client and type(client) is lean  # once is enough
+            assert isinstance(client, httpx.Client) and type(plain) is httpx.Client  # httpx's class is untouched
+            for url in ("/plain", "plain", f"{other.url}/v2/plain", "/plain?a=1"):
+                first = client.build_request("GET", url, params={"b": "2"})
+                again = client.build_request("GET", url)
+                assert str(first.url) == str(plain.build_request("GET", url, params={"b": "2"}).url)
+                assert again.url == plain.build_request("GET", url).url
+                assert client._merge_url(url) is client._merge_url(url)  # parsed once, then kept
+            given = httpx.URL(f"{other.url}/v2/plain")
+            assert client._merge_url(given) == given  # an httpx.URL goes as it did
+            client.get("/plain")
+            client.get(f"{other.url}/v2/plain")
+            client.base_url = f"{other.url}/v2"  # a new base URL: the kept ones are not used
+            client.get("/plain")
+            client.base_url = f"{cookie_server.url}/v1"
+            client.get("/plain")
+        assert [r.path for r in cookie_server.requests] == ["/v1/plain", "/v1/plain"]
+        assert [r.path for r in other.requests] == ["/v2/plain", "/v2/plain"]
+    finally:
+        other.close()
+
+
+def test_lean_urls_keeps_a_bounded_number_of_addresses() -> None:
+    with chatplug.toolkit.lean_urls(httpx.Client(base_url="http://127.0.0.1:9")) as client:
+        for i in range(3 * chatplug._lean.URLS_KEPT):
+            assert str(client._merge_url(f"/items/{i}")) == f"http://127.0.0.1:9/items/{i}"
+        kept = client.__dict__["_chatplug_urls"][1]
+        assert 0 < len(kept) <= chatplug._lean.URLS_KEPT
+
+
+def test_lean_urls_on_an_async_client(cookie_server: FakeServer) -> None:
+    async def main() -> list[str]:
+        async with chatplug.toolkit.lean_urls(httpx.AsyncClient(base_url=cookie_server.url)) as client:
+            for path in ("/plain", "/login", "/plain"):
+                await client.get(path)
+            assert client._merge_url("/plain") is client._merge_url("/plain")
+        return [r.path for r in cookie_server.requests]
+
+    assert asyncio.run(main()) == ["/plain", "/login", "/plain"]
+
+
+def test_lean_urls_leaves_other_clients_alone() -> None:
+    assert chatplug.toolkit.lean_urls(None) is None
+
+    class Final:
+        __slots__ = ()  # no instance dict: nowhere to keep URLs
+
+        def _merge_url(self, url: str) -> str:
+            return url
+
+    final = Final()
+    assert chatplug.toolkit.lean_urls(final) is final and type(final) is Final
+
+
 def test_lean_cookies_leaves_other_clients_and_the_class_alone() -> None:
     assert chatplug.toolkit.lean_cookies(None) is None  # nothing with cookies: nothing to do
 

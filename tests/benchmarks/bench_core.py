@@ -312,14 +312,15 @@ def raw_then_dispatcher(raw_sdk: Callable[[], object]) -> Callable[[], object]:
 
 def sdk_client(url: str, *, deadline: bool) -> Callable[[], object]:
     """The raw SDK's call on a client as the ollama backend makes it: its cookie jar consulted
-    only when a reply sets a cookie (``toolkit.lean_cookies``), and with ``deadline`` its sockets
+    only when a reply sets a cookie (``toolkit.lean_cookies``), its URL parsed once
+    (``toolkit.lean_urls``), and with ``deadline`` its sockets
     bounded by the call's deadline (``toolkit.deadline_client``), called inside one."""
     import ollama
 
-    from chatplug.toolkit import deadline_client, deadline_scope, lean_cookies
+    from chatplug.toolkit import deadline_client, deadline_scope, lean_cookies, lean_urls
 
     client = ollama.Client(host=url, timeout=120)
-    lean_cookies(client._client)
+    lean_urls(lean_cookies(client._client))
     if not deadline:
         return lambda: client.chat(**REQUEST)
     deadline_client(client._client)

@@ -65,6 +65,7 @@ from chatplug.toolkit import (
     env_setting,
     invalid_response,
     lean_cookies,
+    lean_urls,
     status_error,
     supported_options,
     thaw,
@@ -333,10 +334,11 @@ def _async_client() -> httpx.AsyncClient:
     import httpx
 
     # trust_env off: a proxy variable must not send loopback calls elsewhere. Timeouts per request.
-    # On aiohttp unless LLM_ASYNC_TRANSPORT=default; cookies looked for only when a reply sets one.
+    # On aiohttp unless LLM_ASYNC_TRANSPORT=default; cookies looked for only when a reply sets one,
+    # the model's address parsed once.
     limits = httpx.Limits(max_keepalive_connections=16)
     transport = async_transport_options(httpx, limits=limits, trust_env=False)
-    return lean_cookies(httpx.AsyncClient(limits=limits, trust_env=False, **transport))
+    return lean_urls(lean_cookies(httpx.AsyncClient(limits=limits, trust_env=False, **transport)))
 
 
 def _sync_client() -> httpx.Client:  # the cache's other half; sync calls go in-process, not over HTTP
