@@ -157,6 +157,24 @@ def test_a_plugin_client_on_the_toolkit_transport(stack: str, ollama: FakeServer
     assert recorded.json() == {"model": "m"} and recorded.headers["Content-Type"] == "application/json"
 
 
+def test_a_client_that_keeps_its_urls_sends_each_request_where_it_is_addressed(ollama: FakeServer) -> None:
+    """The transport reuses aiohttp's form of the URL it sent last when the same ``httpx.URL``
+    comes again (``lean_urls``); any other URL, or one with a user and password, is made anew."""
+    ollama.route("POST", "/other", ollama_reply("chat_nonstream_200.json"))
+    transport = aiohttp_transport(httpx)
+    kept = httpx.URL(f"{ollama.url}/api/chat")
+
+    async def go() -> list[int]:
+        async with chatplug.toolkit.lean_urls(httpx.AsyncClient(base_url=ollama.url, transport=transport)) as client:
+            paths = ["/api/chat", "/other", "/api/chat", "/api/chat", f"http://u:p@127.0.0.1:{ollama.port}/other"]
+            return [(await client.post(path, json={})).status_code for path in paths]
+
+    assert asyncio.run(go()) == [200] * 5
+    assert [r.path for r in ollama.requests] == ["/api/chat", "/other", "/api/chat", "/api/chat", "/other"]
+    assert transport._aiohttp_url(kept) is transport._aiohttp_url(kept)
+    assert str(transport._aiohttp_url(httpx.URL(f"http://u:p@127.0.0.1:{ollama.port}/x"))) == f"{ollama.url}/x"
+
+
 @pytest.mark.parametrize("stack", ["httpx", "httpx2"])
 @pytest.mark.parametrize("read", ["whole", "streamed and closed early"])
 def test_a_response_is_freed_with_its_last_reference_not_by_the_collector(

@@ -83,6 +83,14 @@ def freeze(value: Any) -> Any:
 
 def thaw(value: Any) -> Any:
     """Plain JSON data (dicts and lists) again from what ``freeze`` made, for an SDK or a wire."""
+    kind = type(value)
+    # Exact types first, as in ``freeze``: a backend thaws every request's messages.
+    if kind is str:
+        return value
+    if kind is MappingProxyType or kind is dict:
+        return {key: item if type(item) is str else thaw(item) for key, item in value.items()}
+    if kind is tuple:
+        return [thaw(item) for item in value]
     if isinstance(value, _SCALARS):
         return value
     if isinstance(value, Mapping):

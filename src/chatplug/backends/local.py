@@ -251,12 +251,12 @@ def _usage(usage: Any) -> tuple[int | None, int | None]:
 
 def result(reply: Any, model: LocalModel, status: int = 200) -> ChatResult:
     """The ``ChatResult`` for llama.cpp's whole reply, or the chatplug error it describes."""
-    where = _where(model)
-    if not isinstance(reply, Mapping):
-        raise InvalidResponseError(f"{where} sent a reply chatplug could not read: {reply!r:.200}")
-    error = _failed(reply, where, status)
-    if error is not None:
-        raise error
+    if type(reply) is not dict and not isinstance(reply, Mapping):  # (the ABC check is slow)
+        raise InvalidResponseError(f"{_where(model)} sent a reply chatplug could not read: {reply!r:.200}")
+    if "error" in reply or status >= 400:  # as _failed decides, without a call for each reply
+        error = _failed(reply, _where(model), status)
+        if error is not None:
+            raise error
     try:
         choice = reply["choices"][0]
         message = choice["message"]
@@ -270,7 +270,7 @@ def result(reply: Any, model: LocalModel, status: int = 200) -> ChatResult:
             reasoning=message.get("reasoning_content") or "",
         )
     except (KeyError, IndexError, TypeError, AttributeError) as exc:
-        raise invalid_response(where, exc) from None
+        raise invalid_response(_where(model), exc) from None
 
 
 def chunk(event: Any, model: LocalModel) -> ChatChunk:
@@ -473,13 +473,12 @@ class LocalBackend(ChatBackend):
     async def acomplete(self, request: ChatRequest) -> ChatResult:
         model = await self._amodel(request.model)
         body = request_body(request)
-        where = _where(model)
         with self._clients.async_(CLIENT_KEY) as client:
             try:
                 response = await client.post(f"{model.url}/v1/chat/completions", json=body, timeout=request.timeout)
                 return result(response.json(), model, response.status_code)
             except Exception as exc:
-                raise _mapped(exc, where, request.timeout) from None
+                raise _mapped(exc, _where(model), request.timeout) from None
 
     async def astream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
         """The SSE stream of the loopback API, on the loop's cached client (its lease held until
