@@ -96,8 +96,15 @@ def test_a_host_with_a_path_gets_every_call_under_it(ollama: FakeServer, monkeyp
     assert all(generate_completion_sync("Hi").success for _ in range(2))
     assert all(response.success for response in asyncio.run(two_calls()))
     assert [request.path for request in ollama.requests] == ["/proxy/ollama/api/chat"] * 4
-    (slot,) = plugins().backends.get("ollama")._clients._sync.values()  # type: ignore[attr-defined]
-    assert type(slot.client._client).lean
+    clients = plugins().backends.get("ollama")._clients  # type: ignore[attr-defined]
+
+    async def async_client() -> type:  # made as the calls' async clients were, transport and all
+        client = clients._make_async(ollama.url, None, 5.0)
+        await client.close()
+        return type(client._client)
+
+    (slot,) = clients._sync.values()
+    assert type(slot.client._client).lean and asyncio.run(async_client()).lean
 
 
 def test_arguments_and_extra_options(ollama: FakeServer) -> None:

@@ -281,9 +281,6 @@ class _Transport:
         self._proxy_headers = headers or None
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
-        # The last URL sent and aiohttp's form of it: a client that keeps its URLs
-        # (``lean_urls``) sends the same ``httpx.URL`` object every time.
-        self._last_url: tuple[Any, Any] = (None, None)
 
     def _open(self) -> aiohttp.ClientSession:
         import aiohttp
@@ -363,17 +360,11 @@ class _Transport:
         return made
 
     def _aiohttp_url(self, url: Any) -> Any:
-        last, made = self._last_url
-        if url is last:  # httpx's URLs are immutable
-            return made
         import yarl
 
-        given = url
         if url.userinfo:  # the client has made its auth of it; httpx's transport ignores it, aiohttp would not
             url = url.copy_with(userinfo=b"")
-        made = yarl.URL(str(url), encoded=True)  # sent as httpx encoded it, not re-quoted
-        self._last_url = (given, made)  # one tuple, replaced whole
-        return made
+        return yarl.URL(str(url), encoded=True)  # sent as httpx encoded it, not re-quoted
 
     async def aclose(self) -> None:
         self._closed = True

@@ -10,8 +10,8 @@
    with a reused client; the seed's client-per-call design is measured beside it.
 3. Where a sync call's time goes, layer by layer, each measured inside real calls (chatplug's
    work runs with the CPU caches cold there, and costs several times what it does in a loop):
-   the SDK client as the backend makes it (cookies looked for only when a reply sets one: a
-   saving), the same with chatplug's deadline on its sockets, then the ollama backend
+   the SDK client as the backend makes it (cookies looked for only when a reply sets one, the
+   URL parsed once: a saving), the same with chatplug's deadline on its sockets, then the ollama backend
    (translation, client lease, ``ChatResult``), then the whole call (the dispatcher). The
    dispatcher is also measured directly: a raw SDK call followed by a call to a backend that
    answers at once, against the raw call alone; and in a tight loop.
@@ -134,7 +134,7 @@ def main() -> None:
     sync = compare(
         {
             "raw": raw_sdk,
-            "cookies": sdk_client(url, deadline=False),
+            "lean httpx": sdk_client(url, deadline=False),
             "deadline": sdk_client(url, deadline=True),
             "backend": ollama_backend(url),
             "chatplug": via_chatplug,
@@ -146,11 +146,12 @@ def main() -> None:
         f"sync per call: raw SDK {floor:.0f} us, chatplug {ours:.0f} us -> {sync['chatplug ratio']:.3f}x "
         f"(median of 300 paired rounds' ratios; quartiles {sync['chatplug q1']:.3f}-{sync['chatplug q3']:.3f}x)"
     )
-    layers = [("raw", "cookies"), ("cookies", "deadline"), ("deadline", "backend"), ("backend", "chatplug")]
+    layers = [("raw", "lean httpx"), ("lean httpx", "deadline"), ("deadline", "backend"), ("backend", "chatplug")]
     extra = [(sync[f"{layer} ratio"] - sync[f"{below} ratio"]) * floor for below, layer in layers]
     print(
         "where it goes, inside real calls (each layer's median ratio less the one below, times the raw call): "
-        f"cookies looked for only when set {extra[0]:+.1f} us, the deadline on the sockets {extra[1]:+.1f} us, "
+        f"cookies looked for only when set and URLs parsed once {extra[0]:+.1f} us, "
+        f"the deadline on the sockets {extra[1]:+.1f} us, "
         f"the backend (translation, client lease, ChatResult) {extra[2]:+.1f} us, the dispatcher {extra[3]:+.1f} us"
     )
     hot = dispatcher_alone_us()
