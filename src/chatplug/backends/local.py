@@ -226,7 +226,7 @@ def _where(model: LocalModel) -> str:
 
 def _failed(reply: Mapping[str, Any], where: str, status: int = 200) -> ChatplugError | None:
     """The chatplug error an error reply of llama.cpp describes (``{"error": {"code", "message",
-    "type"}}``), or ``None`` for a reply that is no error."""
+    "type"}}``), or ``None`` for a reply that is no error (``result`` checks the same first)."""
     if "error" not in reply and status < 400:
         return None
     error = reply.get("error")
