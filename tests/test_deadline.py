@@ -418,8 +418,11 @@ def test_calls_one_after_another_leave_one_timer_pending_at_most(yielding: str, 
 
     pending, loop = on_timer_loop(main, fake_clock=True)
     assert set(pending) == {1}
-    # far: one timer per second of calls; near: one per call, as with asyncio.timeout
-    assert len(loop.timers) == (3 if timeout >= 5 else 300)
+    if timeout >= 5:  # far: rounded, one timer per second of calls
+        assert len(loop.timers) == 3
+    else:  # near: not rounded, about one per call as with asyncio.timeout (the time left is read on
+        # the real clock, so two calls' ends can coincide now and then, and share a timer)
+        assert 250 < len(loop.timers) <= 300
 
 
 @needs_311
