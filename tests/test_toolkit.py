@@ -457,6 +457,23 @@ def test_lean_urls_on_an_async_client(cookie_server: FakeServer) -> None:
     assert asyncio.run(main()) == ["/plain", "/login", "/plain"]
 
 
+def test_a_class_made_lean_for_one_trim_still_takes_the_other() -> None:
+    class Both:  # its own cookie jar, and an httpx-like URL merge
+        def __init__(self) -> None:
+            self._base_url, self.cookies = "http://127.0.0.1:9/", self
+
+        def extract_cookies(self, response: object) -> None: ...
+
+        def _merge_url(self, url: str) -> str:
+            return self._base_url + url.lstrip("/")
+
+    client = chatplug.toolkit.lean_cookies(Both())
+    assert type(client).lean and "extract_cookies" in vars(type(client))
+    chatplug.toolkit.lean_urls(client)
+    assert "_merge_url" in vars(type(client)) and client._merge_url("/a") is client._merge_url("/a")
+    assert client._merge_url("/a") == "http://127.0.0.1:9/a"
+
+
 def test_lean_urls_leaves_other_clients_alone() -> None:
     assert chatplug.toolkit.lean_urls(None) is None
 

@@ -35,7 +35,7 @@ def lean_cookies(client: C) -> C:
     check; an HTTP stack whose cookies work otherwise is left as it is. Returns ``client``."""
     cookies = getattr(client, "cookies", None)
     kind: type[Any] = type(cookies)
-    if callable(getattr(kind, "extract_cookies", None)) and not getattr(kind, "lean", False):
+    if callable(getattr(kind, "extract_cookies", None)) and not _made(kind, "extract_cookies"):
         with contextlib.suppress(TypeError):  # a class that takes no subclass: left as it is
             cookies.__class__ = _subclass(kind, "extract_cookies", _lean_extract_cookies)
     return client
@@ -50,7 +50,7 @@ def lean_urls(client: C) -> C:
     ``client``."""
     kind: type[Any] = type(client)
     usable = callable(getattr(kind, "_merge_url", None)) and "_base_url" in getattr(client, "__dict__", ())
-    if usable and not getattr(kind, "lean", False):
+    if usable and not _made(kind, "_merge_url"):
         with contextlib.suppress(TypeError):
             client.__class__ = _subclass(kind, "_merge_url", _lean_merge_url)
     return client
@@ -86,9 +86,15 @@ def _lean_merge_url(cls: type[Any]) -> Any:
     return _merge_url
 
 
+def _made(cls: type[Any], name: str) -> bool:
+    """Whether ``cls`` is a class ``_subclass`` made for ``name`` (once is enough): a mark per
+    method, so that a class made lean for one is still made lean for the other."""
+    return bool(cls.__dict__.get("lean")) and name in cls.__dict__
+
+
 def _subclass(cls: type[Any], name: str, method: Any) -> type[Any]:
     """``cls`` with ``name`` replaced by ``method(cls)``: a subclass of the same layout, made
-    once per class (``lean`` marks it, so that it is not made lean again)."""
+    once per class (``lean`` marks it, with ``name`` in its own namespace: see ``_made``)."""
     lean = _LEAN.get((cls, name))
     if lean is None:
         namespace = {"__slots__": (), "__module__": __name__, "lean": True, name: method(cls)}
