@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import subprocess
@@ -468,10 +469,12 @@ def test_the_cli_resumes_sending_only_what_is_missing(tmp_path: Path, ollama: Fa
     assert resent == ["first", "second"]  # only the missing ones
     out = lines(tmp_path / "out.jsonl")
     assert [o["index"] for o in out] == list(range(5)) and all(o["success"] for o in out)
-    assert not partial.exists()
+    assert len(partial.read_text().splitlines()) == 1  # only the header naming the job is kept
 
-    third = cli(*args, "--model", "other", cwd=tmp_path, OLLAMA_HOST=ollama.url)  # done: starts over
-    assert third.returncode == 0 and len(ollama.requests) == 12
+    third = cli(*args, "--model", "other", cwd=tmp_path, OLLAMA_HOST=ollama.url)  # done, but another job
+    assert third.returncode == 2 and len(ollama.requests) == 7
+    fourth = cli(*args, "--model", "other", "--restart", cwd=tmp_path, OLLAMA_HOST=ollama.url)
+    assert fourth.returncode == 0 and len(ollama.requests) == 12
 
 
 def test_an_interrupted_run_keeps_what_it_received(tmp_path: Path, ollama: FakeServer) -> None:
@@ -495,8 +498,6 @@ def test_an_interrupted_run_keeps_what_it_received(tmp_path: Path, ollama: FakeS
 
 
 def _sha256(path: Path) -> str:
-    import hashlib
-
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -505,10 +506,157 @@ def test_the_cli_refuses_to_mix_two_jobs(tmp_path: Path, ollama: FakeServer) -> 
     ollama.route("POST", "/api/chat", ollama_reply("error_internal_500.json", 500))
     assert cli("in.jsonl", "-o", "out.jsonl", cwd=tmp_path, OLLAMA_HOST=ollama.url).returncode == 1
     other = cli("in.jsonl", "-o", "out.jsonl", "--temperature", "0", cwd=tmp_path, OLLAMA_HOST=ollama.url)
-    assert other.returncode == 2 and "holds the responses of another job" in other.stderr
+    assert other.returncode == 2 and "names another job: --temperature" in other.stderr
     (tmp_path / "in.jsonl").write_text('"a"\n"c"\n')
     changed = cli("in.jsonl", "-o", "out.jsonl", cwd=tmp_path, OLLAMA_HOST=ollama.url)
     assert changed.returncode == 2 and len(ollama.requests) == 2
+
+
+# -- a rerun pays for nothing twice: the output remembers what was answered -----------------------------
+
+
+def sent(ollama: FakeServer, since: int = 0) -> list[str]:
+    """The last user message of each request the server got after the first ``since``."""
+    return [request.json()["messages"][-1]["content"] for request in ollama.requests[since:]]
+
+
+def without_time(line: bytes) -> dict[str, Any]:
+    """A response line without its ``response_time``, the one field that differs between two sends."""
+    record: dict[str, Any] = json.loads(line)
+    del record["response_time"]
+    return record
+
+
+JOB = ("in.jsonl", "-o", "out.jsonl", "--model", "llama3.2", "--temperature", "0")
+
+
+def finished_job(tmp_path: Path, ollama: FakeServer) -> bytes:
+    """The five INPUTS answered into out.jsonl; its bytes."""
+    (tmp_path / "in.jsonl").write_text("\n".join(INPUTS) + "\n")
+    proc = cli(*JOB, cwd=tmp_path, OLLAMA_HOST=ollama.url)
+    assert proc.returncode == 0 and len(ollama.requests) == 5, proc.stderr
+    return (tmp_path / "out.jsonl").read_bytes()
+
+
+def test_a_finished_job_run_again_sends_nothing_and_leaves_the_output_as_it_was(
+    tmp_path: Path, ollama: FakeServer
+) -> None:
+    first = finished_job(tmp_path, ollama)
+    again = cli(*JOB, cwd=tmp_path, OLLAMA_HOST=ollama.url)
+    assert again.returncode == 0, again.stderr
+    assert len(ollama.requests) == 5
+    assert "all 5 inputs answered by an earlier run; nothing sent" in again.stderr
+    assert hashlib.sha256((tmp_path / "out.jsonl").read_bytes()).digest() == hashlib.sha256(first).digest()
+    # The kept record is one line: the job's name, not a second copy of the responses.
+    assert len((tmp_path / "out.jsonl.partial").read_bytes().splitlines()) == 1
+
+
+def test_lines_deleted_from_the_output_are_the_only_inputs_sent_again(tmp_path: Path, ollama: FakeServer) -> None:
+    first = finished_job(tmp_path, ollama).splitlines(keepends=True)
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(b"".join(line for number, line in enumerate(first) if number not in (1, 3)))
+    proc = cli(*JOB, cwd=tmp_path, OLLAMA_HOST=ollama.url)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(sent(ollama, 5)) == ["fourth", "second"]  # inputs 1 and 3, nothing else
+    assert "3 of 5 inputs answered by an earlier run; sending the other 2" in proc.stderr
+    rerun = out.read_bytes().splitlines(keepends=True)
+    assert [json.loads(line)["index"] for line in rerun] == list(range(5))
+    assert [rerun[i] for i in (0, 2, 4)] == [first[i] for i in (0, 2, 4)]  # byte for byte
+    assert [without_time(rerun[i]) for i in (1, 3)] == [without_time(first[i]) for i in (1, 3)]
+
+    # Lines put out of order are put back in order, and nothing is sent for them.
+    out.write_bytes(b"".join(reversed(rerun)))
+    reordered = cli(*JOB, cwd=tmp_path, OLLAMA_HOST=ollama.url)
+    assert reordered.returncode == 0 and len(ollama.requests) == 7
+    assert out.read_bytes() == b"".join(rerun)
+
+
+def test_only_the_failed_inputs_are_sent_again_then_nothing(tmp_path: Path, ollama: FakeServer) -> None:
+    (tmp_path / "in.jsonl").write_text("\n".join(INPUTS) + "\n")
+    ok, failure = ollama_reply("chat_nonstream_200.json"), ollama_reply("error_internal_500.json", 500)
+    ollama.route("POST", "/api/chat", ok, failure, ok, failure, ok)  # inputs 1 and 3 fail (one at a time)
+    args = (*JOB, "--concurrency", "1")
+    first = cli(*args, cwd=tmp_path, OLLAMA_HOST=ollama.url)
+    assert first.returncode == 1 and "2 of 5 inputs failed" in first.stderr
+    out = tmp_path / "out.jsonl"
+    before = out.read_bytes().splitlines(keepends=True)
+    assert [json.loads(line)["success"] for line in before] == [True, False, True, False, True]
+    # The failures are read from the output itself: the partial file keeps only the job's name.
+    assert len((tmp_path / "out.jsonl.partial").read_bytes().splitlines()) == 1
+
+    second = cli(*args, cwd=tmp_path, OLLAMA_HOST=ollama.url)
+    assert second.returncode == 0, second.stderr
+    assert sent(ollama, 5) == ["second", "fourth"]
+    after = out.read_bytes()
+    assert [json.loads(line)["success"] for line in after.splitlines()] == [True] * 5
+    assert [after.splitlines(keepends=True)[i] for i in (0, 2, 4)] == [before[i] for i in (0, 2, 4)]
+
+    third = cli(*args, cwd=tmp_path, OLLAMA_HOST=ollama.url)
+    assert third.returncode == 0 and len(ollama.requests) == 7 and out.read_bytes() == after
+
+
+def test_another_input_or_other_options_are_refused_and_the_output_left_alone(
+    tmp_path: Path, ollama: FakeServer
+) -> None:
+    first = finished_job(tmp_path, ollama)
+    out = tmp_path / "out.jsonl"
+    model = cli(*JOB, "--model", "phi3", cwd=tmp_path, OLLAMA_HOST=ollama.url)
+    assert model.returncode == 2
+    assert "--model (or LLM_MODEL_NAME) was 'llama3.2', now 'phi3'" in model.stderr and "--restart" in model.stderr
+    environment = cli("in.jsonl", "-o", "out.jsonl", "--temperature", "0", cwd=tmp_path, OLLAMA_HOST=ollama.url,
+                      LLM_MODEL_NAME="phi3")  # fmt: skip
+    assert environment.returncode == 2 and "now 'phi3'" in environment.stderr
+    (tmp_path / "in.jsonl").write_text("\n".join([*INPUTS, '"sixth"']) + "\n")
+    changed = cli(*JOB, cwd=tmp_path, OLLAMA_HOST=ollama.url)
+    assert changed.returncode == 2 and "the input file is not the one it answers (5 inputs" in changed.stderr
+    assert "now 6" in changed.stderr
+    assert len(ollama.requests) == 5 and out.read_bytes() == first
+
+    restarted = cli(*JOB, "--restart", cwd=tmp_path, OLLAMA_HOST=ollama.url)
+    assert restarted.returncode == 0, restarted.stderr
+    assert len(ollama.requests) == 11 and len(out.read_bytes().splitlines()) == 6
+
+
+def test_an_output_the_job_cannot_vouch_for_is_refused(tmp_path: Path, ollama: FakeServer) -> None:
+    """An output without its partial file (whose job is unknown), or with a line that is no response
+    of the job: rewriting it would drop or mix answers, so nothing is sent and it is left alone."""
+    first = finished_job(tmp_path, ollama)
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(first + b'{"note": "checked by hand"}\n')
+    stray = cli(*JOB, cwd=tmp_path, OLLAMA_HOST=ollama.url)
+    assert stray.returncode == 2 and "out.jsonl line 6 is no response to one of the 5 inputs" in stray.stderr
+    out.write_bytes(first + first.splitlines(keepends=True)[2])
+    twice = cli(*JOB, cwd=tmp_path, OLLAMA_HOST=ollama.url)
+    assert twice.returncode == 2 and "two responses to input 2" in twice.stderr
+    out.write_bytes(first)
+    (tmp_path / "out.jsonl.partial").unlink()
+    unknown = cli(*JOB, cwd=tmp_path, OLLAMA_HOST=ollama.url)
+    assert unknown.returncode == 2 and "out.jsonl exists, but out.jsonl.partial, which names" in unknown.stderr
+    assert not (tmp_path / "out.jsonl.partial").exists()
+    (tmp_path / "out.jsonl.partial").write_bytes(b"")  # as a kill before its header was written leaves it
+    assert cli(*JOB, cwd=tmp_path, OLLAMA_HOST=ollama.url).returncode == 2
+    assert len(ollama.requests) == 5 and out.read_bytes() == first
+
+
+def test_a_rerun_interrupted_after_lines_were_deleted_resumes_from_both_files(
+    tmp_path: Path, ollama: FakeServer
+) -> None:
+    """Inputs 1 and 3 deleted from the output, then a rerun killed after input 3's response
+    arrived: the output is as it was, the partial file holds that response; the next run sends
+    input 1 only and writes all five in order."""
+    first = finished_job(tmp_path, ollama).splitlines(keepends=True)
+    out, partial = tmp_path / "out.jsonl", tmp_path / "out.jsonl.partial"
+    out.write_bytes(b"".join(line for number, line in enumerate(first) if number not in (1, 3)))
+    received = json.loads(first[3]) | {"response_time": 9.5}
+    with partial.open("ab") as file:
+        file.write(json.dumps(received).encode() + b"\n")
+    proc = cli(*JOB, cwd=tmp_path, OLLAMA_HOST=ollama.url)
+    assert proc.returncode == 0, proc.stderr
+    assert sent(ollama, 5) == ["second"]
+    rerun = out.read_bytes().splitlines(keepends=True)
+    assert [json.loads(line)["index"] for line in rerun] == list(range(5))
+    assert json.loads(rerun[3]) == received and [rerun[i] for i in (0, 2, 4)] == [first[i] for i in (0, 2, 4)]
+    assert len(partial.read_bytes().splitlines()) == 1
 
 
 def test_cli_usage_errors_exit_2(tmp_path: Path) -> None:
@@ -517,6 +665,8 @@ def test_cli_usage_errors_exit_2(tmp_path: Path) -> None:
         proc = cli(*args, cwd=tmp_path, LLM_BACKEND="testing")
         assert proc.returncode == 2, (args, proc.stderr)
         assert "Traceback" not in proc.stderr
+    bad = cli("in.jsonl", "-o", "out.jsonl", cwd=tmp_path, LLM_BACKEND="testing", LLM_TEMPERATURE="hot")
+    assert bad.returncode == 2 and "LLM_TEMPERATURE='hot' is not valid" in bad.stderr  # before anything is sent
     assert not (tmp_path / "out.jsonl").exists()
 
 
@@ -524,4 +674,6 @@ def test_an_empty_input_file(tmp_path: Path) -> None:
     (tmp_path / "in.jsonl").write_text("\n")
     proc = cli("in.jsonl", "-o", "out.jsonl", cwd=tmp_path, LLM_BACKEND="testing")
     assert proc.returncode == 0 and (tmp_path / "out.jsonl").read_text() == ""
-    assert not (tmp_path / "out.jsonl.partial").exists()
+    assert len((tmp_path / "out.jsonl.partial").read_text().splitlines()) == 1
+    again = cli("in.jsonl", "-o", "out.jsonl", cwd=tmp_path, LLM_BACKEND="testing")
+    assert again.returncode == 0 and (tmp_path / "out.jsonl").read_text() == ""

@@ -1,14 +1,19 @@
 """``chatplug batch IN.jsonl -o OUT.jsonl``: a file of inputs through the async batch engine,
-resumable.
+resumable, and a rerun pays for nothing twice.
 
-Each response is appended to ``OUT.jsonl.partial`` as it arrives (flushed, so a Ctrl-C or a
-kill loses none that arrived). A rerun reads that file and sends only the inputs with no
-successful response in it. When the run ends, ``OUT.jsonl`` is written from it in input order;
-the partial file is then removed if every input succeeded, and kept otherwise, so that the next
-run retries just the failed ones.
+Two files: ``OUT.jsonl``, one response per input in input order (what users read), and
+``OUT.jsonl.partial``, whose first line names the job (the input's SHA-256 and the options that
+change the answers) and whose other lines are the responses received since ``OUT.jsonl`` was last
+written. Each response is appended there as it arrives (flushed, so a Ctrl-C or a kill loses none
+that arrived). When a run ends, ``OUT.jsonl`` is written in input order from both (a temporary file
+moved into place), and the partial file is cut back to its header line: it is kept, so that the
+next run knows which job ``OUT.jsonl`` answers.
 
-The partial file starts with a header naming the job (the input's SHA-256 and the options that
-change the answers): a rerun with another input or other options refuses to mix the two.
+A run reads ``OUT.jsonl`` (when the partial file names this job), then the partial file, and sends
+only the inputs with no successful response in either: nothing for a finished job (``OUT.jsonl`` is
+then left as it is, byte for byte), the failed ones, and those whose lines were deleted from
+``OUT.jsonl``. Another input or other options is refused rather than mixed; so is an ``OUT.jsonl``
+with no partial file, whose job is unknown. ``--restart`` removes both and answers every input anew.
 """
 
 from __future__ import annotations
@@ -28,11 +33,21 @@ from typing import IO, Any
 
 from ._api import generate_completion_async, generate_completion_with_messages_async
 from ._batch import reporter, run_async
-from ._exceptions import InvalidInputError
+from ._config import Settings, env, settings
+from ._exceptions import ConfigError, InvalidInputError
 from ._response import failed
 from ._types import LLMResponse
 
 HEADER = "chatplug_batch"
+
+#: The options in a job's header: the key, the flag and the setting (with its LLM_* variable) of
+#: each. A value is the flag's or, without it, the variable's (``None``: neither, the default).
+OPTIONS = (
+    ("backend", "--backend", Settings.backend),
+    ("model", "--model", Settings.model_name),
+    ("temperature", "--temperature", Settings.temperature),
+    ("max_tokens", "--max-tokens", Settings.max_tokens),
+)
 
 
 class UsageError(Exception):
@@ -54,7 +69,8 @@ def parser() -> argparse.ArgumentParser:
         description="Send every input of a JSONL file and write one response per line, in input order. Each "
         'input line is a JSON string (a prompt), a JSON list of messages, or {"prompt": ...} or {"messages": '
         "[...]}. Interrupted or partly failed? Run the same command again: only the inputs without a "
-        "successful response are sent.",
+        "successful response are sent (none for a finished job; delete lines from the output to have those "
+        "inputs answered again).",
     )
     parser.add_argument("input", type=Path, help="the JSONL file of inputs")
     parser.add_argument("--output", "-o", type=Path, required=True, help="the JSONL file of responses to write")
@@ -64,38 +80,62 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--temperature", "-t", type=_temperature, help="sampling temperature, 0 to 2")
     parser.add_argument("--max-tokens", type=_positive, help="most tokens to generate")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
+    parser.add_argument(
+        "--restart", action="store_true", help="answer every input anew: the output and its .partial file are replaced"
+    )
     return parser
 
 
 def main(argv: Sequence[str]) -> int:
     args = parser().parse_args(argv)
-    partial = args.output.with_name(args.output.name + ".partial")
+    output = args.output
+    partial = output.with_name(output.name + ".partial")
     try:
         total, digest = _survey(args.input)
-        job = {"input": digest, "lines": total, "backend": args.backend, "model": args.model,
-               "temperature": args.temperature, "max_tokens": args.max_tokens}  # fmt: skip
-        with _open_partial(partial, job) as (state, out):
+        job = {"input": digest, "lines": total, **_options(args)}
+        if args.restart:
+            _remove(output, partial)
+        with _open_partial(partial, output, job) as (state, log, header_end):
             missing = total - state.succeeded
             if missing:
                 _say(f"{state.succeeded} of {total} inputs answered by an earlier run; sending the other {missing}"
                      if state.succeeded else None)  # fmt: skip
                 try:
-                    asyncio.run(_send(args, _missing(args.input, state), missing, state, out))
+                    asyncio.run(_send(args, _missing(args.input, state), missing, state, log))
                 except KeyboardInterrupt:
-                    _say(f"interrupted: {state.succeeded} of {total} answered, kept in {partial}; run the same "
-                         "command again to send the rest")  # fmt: skip
+                    _say(f"interrupted: {state.succeeded} of {total} answered and kept (in {output} and {partial}); "
+                         "run the same command again to send the rest")  # fmt: skip
                     return 130
+            elif total:
+                _say(f"all {total} inputs answered by an earlier run; nothing sent")
+            if missing or not state.output_is_current:
+                _write_output(output, partial, state)
+            # Every response is in the output now: the partial file keeps only the job's name.
+            log.truncate(header_end)
     except UsageError as exc:
         _say(str(exc))
         return 2
-    _write_output(args.output, partial, state)
     failures = total - state.succeeded
     if failures:
-        _say(f"{failures} of {total} inputs failed (their errors are in {args.output}); run the same command again "
+        _say(f"{failures} of {total} inputs failed (their errors are in {output}); run the same command again "
              "to retry just those")  # fmt: skip
         return 1
-    partial.unlink()
     return 0
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options that change the answers: from the command line or, when not given there, the
+    environment (``LLM_MODEL_NAME=a`` and ``--model b`` are different jobs); ``None``: the default."""
+    options: dict[str, Any] = {}
+    for key, _, setting in OPTIONS:
+        value = getattr(args, key)
+        if value is None and env(setting.env):
+            try:
+                value = getattr(settings, setting.name)
+            except ConfigError as exc:  # every call would fail with it: say so before sending anything
+                raise UsageError(str(exc)) from None
+        options[key] = value
+    return options
 
 
 async def _send(args: argparse.Namespace, items: Iterator[tuple[int, object]], missing: int, state: State,
@@ -164,45 +204,92 @@ def _parsed(line: bytes, number: int) -> object:
 
 
 class State:
-    """Where each input stands: the offset of its latest response in the partial file (-1: none
-    yet) and whether it succeeded. Eight bytes and one per input, whatever the input's size."""
+    """Where each input stands: the offset of its latest response (-1: none yet), in the output
+    (``in_output``) or in the partial file, and whether it succeeded. Ten bytes an input, whatever
+    the input's size. ``output_is_current``: the output is already what a run would write."""
 
     def __init__(self, total: int) -> None:
         self.offsets = array("q", [-1]) * total
+        self.in_output = bytearray(total)
         self.ok = bytearray(total)
         self.succeeded = 0
+        self.output_is_current = False
 
-    def record(self, index: int, success: bool, offset: int) -> None:
+    def record(self, index: int, success: bool, offset: int, in_output: bool = False) -> None:
         self.offsets[index] = offset
+        self.in_output[index] = in_output
         self.succeeded += success - self.ok[index]
         self.ok[index] = success
 
 
+def _remove(output: Path, partial: Path) -> None:
+    for path in (output, partial):
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise UsageError(f"cannot remove {path}: {exc.strerror or exc}") from None
+
+
+HOW_TO_GO_ON = "add --restart to answer every input anew (replacing {output}), or write to another --output"
+
+
 @contextlib.contextmanager
-def _open_partial(path: Path, job: dict[str, Any]) -> Iterator[tuple[State, IO[bytes]]]:
-    """The job's state from ``path`` (made with its header if new), and the file open to append."""
+def _open_partial(path: Path, output: Path, job: dict[str, Any]) -> Iterator[tuple[State, IO[bytes], int]]:
+    """The job's state from ``output`` and the partial file ``path`` (made with its header if
+    new), that file open to append, and where its header ends."""
     state = State(job["lines"])
     header = json.dumps({HEADER: job}).encode() + b"\n"
+    unknown = UsageError(f"{output} exists, but {path}, which names the input and options it answers, does not: "
+                         + HOW_TO_GO_ON.format(output=output))  # fmt: skip
     try:
         file = path.open("r+b")
     except FileNotFoundError:
+        if output.exists():  # left by another job, or by a version that removed its partial file
+            raise unknown from None
         file = path.open("w+b")
     except OSError as exc:
         raise UsageError(f"cannot open {path}: {exc.strerror or exc}") from None
     with file:
         first = file.readline()
         if not first:
+            if output.exists():
+                raise unknown
             file.write(header)
-        elif _header(first) != job:
-            raise UsageError(
-                f"{path} holds the responses of another job (another input file, or other --backend, --model, "
-                f"--temperature or --max-tokens): delete it to start over, or rerun with the same ones"
-            )
+            first = header
         else:
+            _check_job(path, output, first, job)
+            current = _read_output(output, state)
             end = _read_records(file, state)
+            state.output_is_current = current and end == len(first)
             file.seek(end)
             file.truncate()  # a line cut short by a kill mid-write
-        yield state, file
+        yield state, file, len(first)
+
+
+def _check_job(path: Path, output: Path, first: bytes, job: dict[str, Any]) -> None:
+    """``UsageError`` saying what differs, unless the header line ``first`` names ``job``."""
+    earlier = _header(first)
+    if earlier == job:
+        return
+    if not isinstance(earlier, dict):
+        raise UsageError(f"{path} is not a chatplug batch file (its first line names no job): "
+                         + HOW_TO_GO_ON.format(output=output))  # fmt: skip
+    differences = []
+    lines, digest = earlier.get("lines"), str(earlier.get("input"))
+    if (lines, digest) != (job["lines"], job["input"]):
+        differences.append(f"the input file is not the one it answers ({lines} inputs, SHA-256 {digest[:12]}...; "
+                           f"now {job['lines']}, {job['input'][:12]}...)")  # fmt: skip
+    for key, flag, setting in OPTIONS:
+        if earlier.get(key) != job[key]:
+            differences.append(f"{flag} (or {setting.env}) was {_shown(earlier.get(key))}, now {_shown(job[key])}")
+    raise UsageError(
+        f"{path}, the record of {output}, names another job: {'; '.join(differences) or 'not this one'}. To go "
+        "on with that job, run it with its input and options; to answer this one, " + HOW_TO_GO_ON.format(output=output)
+    )
+
+
+def _shown(value: object) -> str:
+    return "unset" if value is None else repr(value)
 
 
 def _header(line: bytes) -> object:
@@ -212,31 +299,83 @@ def _header(line: bytes) -> object:
         return None
 
 
+def _response(line: bytes) -> tuple[int, bool] | None:
+    """``(index, success)`` of a response line, or ``None`` when it is none."""
+    try:
+        record = json.loads(line)
+        index, success = record["index"], record["success"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    if type(index) is not int or not isinstance(success, bool):
+        return None
+    return index, success
+
+
+def _read_output(path: Path, state: State) -> bool:
+    """Record the responses in ``path``, the output of an earlier run of this job (lines may have
+    been deleted since); whether it is exactly what a run would write from them. A line that is
+    no response to one of the job's inputs is an error: rewriting the output would drop it."""
+    try:
+        file = path.open("rb")
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    total = len(state.ok)
+    in_order = True
+    count = offset = 0
+    with file:
+        for number, line in enumerate(file, 1):
+            if line.strip():
+                response = _response(line)
+                if response is None or not 0 <= response[0] < total:
+                    raise UsageError(
+                        f"{path} line {number} is no response to one of the {total} inputs: delete it (its input, "
+                        "if any, is then sent again), or " + HOW_TO_GO_ON.format(output=path)
+                    )
+                index, success = response
+                if state.offsets[index] != -1:
+                    raise UsageError(f"{path} has two responses to input {index} (the second on line {number}): "
+                                     "delete one")  # fmt: skip
+                state.record(index, success, offset, in_output=True)
+                in_order = in_order and index == count and line.endswith(b"\n")
+                count += 1
+            else:
+                in_order = False  # a blank line: the output written has none
+            offset += len(line)
+    return in_order and count == total
+
+
 def _read_records(file: IO[bytes], state: State) -> int:
     """Record every whole response line of ``file`` in ``state``; the offset after the last one."""
     end = offset = file.tell()
     while line := file.readline():
         if not line.endswith(b"\n"):
             break
-        try:
-            record = json.loads(line)
-            index, success = record["index"], record["success"]
-        except (ValueError, KeyError, TypeError):
+        response = _response(line)
+        if response is None:
             break
-        if isinstance(index, int) and 0 <= index < len(state.ok):
-            state.record(index, success is True, offset)
+        index, success = response
+        if 0 <= index < len(state.ok):
+            state.record(index, success, offset)
         offset = end = file.tell()
     return end
 
 
 def _write_output(output: Path, partial: Path, state: State) -> None:
-    """``output`` from the partial file's latest response for each input, in input order (written
-    to a temporary file first, then moved into place)."""
+    """``output`` from the latest response to each input, in input order, each taken from the
+    output as it was or from the partial file (written to a temporary file first, then moved
+    into place)."""
     temporary = output.with_name(output.name + ".tmp")
-    with partial.open("rb") as source, temporary.open("wb") as out:
-        for offset in state.offsets:
+    with contextlib.ExitStack() as stack:
+        log = stack.enter_context(partial.open("rb"))
+        earlier = stack.enter_context(output.open("rb")) if 1 in state.in_output else log
+        out = stack.enter_context(temporary.open("wb"))
+        for index, offset in enumerate(state.offsets):
+            source = earlier if state.in_output[index] else log
             source.seek(offset)
-            out.write(source.readline())
+            line = source.readline()
+            out.write(line if line.endswith(b"\n") else line + b"\n")  # a last line saved without one
     os.replace(temporary, output)
 
 
