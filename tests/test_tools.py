@@ -32,6 +32,9 @@ from chatplug import (
 from chatplug.testing import scripted
 from chatplug.toolkit import thaw
 
+from .fakeserver import FakeServer
+from .providers import ANTHROPIC, OPENAI, Provider
+
 PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
 )
@@ -192,7 +195,11 @@ def test_structured_output_from_a_schema_dict_and_its_failures() -> None:
         missing = generate_completion_sync("Hi", response_format=schema)
     assert good.parsed == {"n": 3}
     assert thaw(fake.requests[0].response_format.schema) == schema
-    for response, says in ((wrong_type, "n: expected integer"), (not_json, "not JSON"), (missing, "missing 'n'")):
+    for response, says in (
+        (wrong_type, "at $.n, 'three' is not of type 'integer' (keyword 'type'"),
+        (not_json, "not JSON"),
+        (missing, "at $, 'n' is a required property (keyword 'required'"),
+    ):
         assert response.error_kind is ErrorKind.INVALID_OUTPUT and says in (response.error or "")
     assert not_json.content == "three"  # the raw text is kept
 
@@ -340,3 +347,64 @@ def test_run_tools_never_raises() -> None:
     assert not run.complete and run.response.error_kind is ErrorKind.RATE_LIMIT
     bad = run_tools_sync("Hi", [])
     assert bad.response.error_kind is ErrorKind.INVALID_INPUT and bad.steps == 0
+
+
+# -- a tool_choice that forces a call holds for the first step only -------------------------
+
+
+FORCED = ("required", "get_weather")
+
+
+def obedient(request: ChatRequest) -> ToolCall | str:
+    """A model as ``tool_choice`` makes it: a tool call while one is forced, else the answer."""
+    if request.tool_choice in FORCED:
+        return ToolCall("c1", "get_weather", {"city": "Tokyo"})
+    return "It is 11 degrees in Tokyo."
+
+
+@pytest.mark.parametrize("choice", FORCED)
+def test_a_forced_tool_choice_holds_for_the_first_step_then_the_model_may_answer(choice: str) -> None:
+    with scripted(default=obedient) as fake:
+        runs = [
+            run_tools_sync("Weather in Tokyo?", [get_weather], tool_choice=choice, max_steps=4),
+            asyncio.run(run_tools_async("Weather in Tokyo?", [get_weather], tool_choice=choice, max_steps=4)),
+        ]
+        for run in runs:  # not stopped by the step limit with the model forced to call tools
+            assert run.complete and run.steps == 2 and run.response.content == "It is 11 degrees in Tokyo."
+            assert [m["role"] for m in run.messages] == ["user", "assistant", "tool"]
+        assert [request.tool_choice for request in fake.requests] == [choice, "auto"] * 2
+        fake.script(ToolCall("c1", "get_weather", {"city": "Oslo"}), "Cold.")
+        assert run_tools_sync("Weather in Oslo?", [get_weather]).complete
+        assert [request.tool_choice for request in fake.requests[4:]] == [None, None]  # none chosen: none sent
+
+
+#: What each provider's wire says for a forced choice, and for "auto".
+WIRE_CHOICES: dict[str, dict[str, Any]] = {
+    "openai": {"required": "required", "get_weather": {"type": "function", "function": {"name": "get_weather"}},
+               "auto": "auto"},
+    "anthropic": {"required": {"type": "any"}, "get_weather": {"type": "tool", "name": "get_weather"},
+                  "auto": {"type": "auto"}},
+}  # fmt: skip
+TOOL_REPLY = {"openai": "chat_tool_nonstream_200.json", "anthropic": "messages_tool_nonstream_200.json"}
+
+
+@pytest.mark.parametrize("choice", FORCED)
+@pytest.mark.parametrize("provider", [OPENAI, ANTHROPIC], ids=["openai", "anthropic"])
+def test_on_the_wire_the_first_request_forces_the_call_and_the_next_says_auto(
+    provider: Provider, choice: str, request: pytest.FixtureRequest
+) -> None:
+    server: FakeServer = request.getfixturevalue(f"{provider.backend}_server")
+    runs = []
+    for run_async in (False, True):  # the recorded tool call, then the recorded answer
+        provider.route(server, provider.reply(TOOL_REPLY[provider.backend]), provider.reply(provider.success))
+        prompt, tools = "What's the weather in Tokyo?", [get_weather]
+        if run_async:
+            runs.append(asyncio.run(run_tools_async(prompt, tools, tool_choice=choice, max_steps=3)))
+        else:
+            runs.append(run_tools_sync(prompt, tools, tool_choice=choice, max_steps=3))
+    for run in runs:
+        assert run.complete and run.steps == 2, run.response.error
+        assert run.response.content.startswith("Rayleigh scattering")
+        assert run.messages[-1]["content"] == "11 degrees celsius in Tokyo"
+    wire = WIRE_CHOICES[provider.backend]
+    assert [r.json()["tool_choice"] for r in server.requests] == [wire[choice], wire["auto"]] * 2

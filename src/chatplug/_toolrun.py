@@ -52,15 +52,19 @@ def run_tools_sync(
     max_steps: int = DEFAULT_MAX_STEPS,
     **options: Any,
 ) -> ToolRun:
-    """Run ``messages`` (or a prompt) with ``tools`` (plain functions, sync or async) to the end."""
+    """Run ``messages`` (or a prompt) with ``tools`` (plain functions, sync or async) to the end.
+    A ``tool_choice`` that forces a tool call (``"required"``, a tool's name) holds for the first
+    step only; the later steps are ``"auto"``, so the model can answer."""
     try:
         transcript, by_name = _start(messages, tools, max_steps)
     except InvalidInputError as exc:
         return ToolRun(failed(exc, None, 0.0, model_name))
     run = ToolRun(LLMResponse("", 0, 0.0, "", False), transcript)
+    later = _later_steps(options)
     while run.steps < max_steps:
+        step_options = later if run.steps else options
         run.response = generate_completion_with_messages_sync(
-            transcript, model_name, temperature, max_tokens, backend=backend, tools=list(tools), **options
+            transcript, model_name, temperature, max_tokens, backend=backend, tools=list(tools), **step_options
         )
         run.steps += 1
         if not run.response.success or not run.response.tool_calls:
@@ -91,9 +95,11 @@ async def run_tools_async(
     except InvalidInputError as exc:
         return ToolRun(failed(exc, None, 0.0, model_name))
     run = ToolRun(LLMResponse("", 0, 0.0, "", False), transcript)
+    later = _later_steps(options)
     while run.steps < max_steps:
+        step_options = later if run.steps else options
         run.response = await generate_completion_with_messages_async(
-            transcript, model_name, temperature, max_tokens, backend=backend, tools=list(tools), **options
+            transcript, model_name, temperature, max_tokens, backend=backend, tools=list(tools), **step_options
         )
         run.steps += 1
         if not run.response.success or not run.response.tool_calls:
@@ -120,6 +126,15 @@ def _start(
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
         raise InvalidInputError(f"max_steps must be a whole number of at least 1, got {max_steps!r}.")
     return transcript, {getattr(tool, "__name__", repr(tool)): tool for tool in tools}
+
+
+def _later_steps(options: dict[str, Any]) -> dict[str, Any]:
+    """The options of every step after the first: a ``tool_choice`` that forces a tool call,
+    sent at every step, would leave the model no way to answer (the loop would run to
+    ``max_steps``), so it is ``"auto"`` after the first step, when the forced call was made."""
+    if options.get("tool_choice") in (None, "auto", "none"):
+        return options
+    return {**options, "tool_choice": "auto"}
 
 
 def _arguments(function: Callable[..., Any], call: ToolCall) -> Callable[[], Any]:

@@ -3,12 +3,14 @@ schema dicts) made into the ``Tool`` and ``ResponseFormat`` every backend receiv
 comes back (tool-call arguments, structured replies) checked.
 
 Schemas come from pydantic (``TypeAdapter(function).json_schema()`` reads a signature's type
-hints; a model's ``model_json_schema()``), descriptions from the docstring (``docstring_parser``);
-both are imported only when a call uses tools or structured output.
+hints; a model's ``model_json_schema()``), descriptions from the docstring (``docstring_parser``).
+A structured reply is validated by its pydantic model, or, for a schema dict, by ``jsonschema``.
+All three are imported only when a call uses tools or structured output.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 from collections.abc import Callable, Mapping, Sequence
@@ -18,6 +20,7 @@ from typing import Any
 from ._config import _shown
 from ._exceptions import InvalidInputError, InvalidOutputError
 from ._types import freeze, thaw
+from ._validate import MAX_DEPTH, _json, _too_deep
 
 
 @dataclass(frozen=True)
@@ -157,16 +160,31 @@ def check_tool_choice(choice: object, tools: Sequence[Tool]) -> str:
     )
 
 
+#: OpenAI's ``response_format`` modes that are not a schema, and what to pass instead.
+MODES = {"json_object": "{'type': 'object'} for any JSON object", "text": "nothing (leave response_format out)"}
+
+
 def make_response_format(value: object) -> ResponseFormat:
-    """``response_format=``: a pydantic model class or a JSON-schema dict."""
+    """``response_format=``: a pydantic model class, or a JSON-schema dict (also in OpenAI's
+    ``{"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}`` wrapper), which must
+    be a valid JSON Schema: ``InvalidInputError`` otherwise, before anything is sent."""
     if _is_model(value):
         schema = value.model_json_schema()  # type: ignore[attr-defined]
         return ResponseFormat(value.__name__, freeze(schema), model=value)  # type: ignore[attr-defined]
     if isinstance(value, Mapping):
+        if isinstance(value.get("type"), str) and value["type"] in MODES:  # ("type" may be a list)
+            raise InvalidInputError(
+                f"response_format={_shown(value)} is an OpenAI mode, not a schema: pass a JSON-schema dict "
+                f"or a pydantic model; for this mode, {MODES[value['type']]}."
+            )
+        name, schema = str(value.get("title") or "response"), value
         if value.get("type") == "json_schema" and isinstance(value.get("json_schema"), Mapping):  # OpenAI's wrapper
-            inner = value["json_schema"]
-            return ResponseFormat(str(inner.get("name") or "response"), freeze(inner.get("schema", {})))
-        return ResponseFormat(str(value.get("title") or "response"), freeze(value))
+            name, schema = str(value["json_schema"].get("name") or "response"), value["json_schema"].get("schema", {})
+            if not isinstance(schema, Mapping):
+                raise InvalidInputError(f"response_format's json_schema.schema must be a dict, got {_shown(schema)}.")
+        _json(schema, "response_format's schema")
+        _validator(schema)  # checked (and compiled) now, not when the reply comes
+        return ResponseFormat(name, freeze(schema))
     raise InvalidInputError(
         f"response_format must be a pydantic model class or a JSON-schema dict, got {_shown(value)}."
     )
@@ -188,10 +206,99 @@ def parsed_output(content: str, response_format: ResponseFormat) -> Any:
             return response_format.model.model_validate(data)
         except ValidationError as exc:
             raise InvalidOutputError(f"the reply does not fit {response_format.name}: {_errors(exc)}.") from None
-    problem = schema_problem(data, response_format.json_schema())
-    if problem:
-        raise InvalidOutputError(f"the reply does not fit the schema {response_format.name!r}: {problem}.")
+    try:
+        validator = _validator(response_format.json_schema())
+    except InvalidInputError as exc:  # a ResponseFormat made by hand, not by make_response_format
+        raise InvalidOutputError(f"the reply cannot be checked: {exc}") from None
+    too_deep = f"the reply is nested too deeply to check against the schema {response_format.name!r}"
+    if _too_deep(data):  # as an input may not be: checking goes down ~4 frames a level, recursively
+        raise InvalidOutputError(f"{too_deep} (more than {MAX_DEPTH} levels).")
+    try:
+        errors = list(validator.iter_errors(data))
+    except RecursionError:  # a schema that takes many frames a level
+        raise InvalidOutputError(f"{too_deep}.") from None
+    if errors:
+        from jsonschema.exceptions import best_match  # type: ignore[import-untyped, unused-ignore]
+
+        more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+        raise InvalidOutputError(
+            f"the reply does not fit the schema {response_format.name!r}: {_described(best_match(errors))}{more}."
+        )
     return data
+
+
+def _validator(schema: Mapping[str, Any]) -> Any:
+    """The ``jsonschema`` validator of ``schema``, checked; ``InvalidInputError`` for a schema
+    that is not JSON data or not a valid JSON Schema."""
+    try:
+        text = json.dumps(schema, ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError):
+        raise InvalidInputError(f"response_format's schema must be JSON data, got {_shown(schema)}.") from None
+    return _compiled(text)
+
+
+@functools.lru_cache(maxsize=128)
+def _compiled(text: str) -> Any:
+    """The validator of the schema ``text``, cached by its text: checking a schema against the
+    meta-schema costs ~3 ms, validating a reply ~25 us, and a program asks for the same few
+    schemas again and again. Draft 2020-12 unless the schema's ``$schema`` names another draft;
+    ``format`` is an annotation, as Draft 2020-12 has it (not checked)."""
+    import referencing
+    from jsonschema.exceptions import SchemaError  # type: ignore[import-untyped, unused-ignore]
+    from jsonschema.validators import Draft202012Validator, validator_for  # type: ignore[import-untyped, unused-ignore]
+
+    schema = json.loads(text)  # the validator's own copy: nothing the caller holds
+    # validator_for fails on a $schema that is not a string; check_schema names that problem.
+    string = isinstance(schema.get("$schema"), str)
+    cls = validator_for(schema, default=Draft202012Validator) if string else Draft202012Validator
+    try:
+        cls.check_schema(schema)
+    except SchemaError as exc:
+        raise InvalidInputError(
+            f"response_format is not a valid JSON Schema: {_described(exc, value=False)}."
+        ) from None
+    _check_refs(schema)
+    return cls(schema, registry=referencing.Registry())  # an empty registry: a $ref fetches nothing
+
+
+def _check_refs(schema: Mapping[str, Any]) -> None:
+    """Each ``$ref`` must lead to a part of the schema (or a JSON Schema meta-schema): chatplug
+    fetches no schema from anywhere, and a ``$ref`` that leads nowhere fails only once a reply
+    is checked. The walk visits the places that hold subschemas (not ``enum`` or ``const``
+    values), each with the base URI its ``$id``s make."""
+    from jsonschema_specifications import REGISTRY  # type: ignore[import-untyped, unused-ignore]
+    from referencing import Resource
+    from referencing.exceptions import Unresolvable
+    from referencing.jsonschema import DRAFT202012
+
+    root = Resource.from_contents(schema, default_specification=DRAFT202012)
+    pending = [(root, REGISTRY.resolver_with_root(root))]
+    while pending:
+        resource, resolver = pending.pop()
+        contents = resource.contents
+        for keyword in ("$ref", "$dynamicRef"):
+            ref = contents.get(keyword) if isinstance(contents, Mapping) else None
+            if isinstance(ref, str):
+                try:
+                    resolver.lookup(ref)
+                except Unresolvable:
+                    raise InvalidInputError(
+                        f"response_format's schema has {keyword} {ref!r}, which leads nowhere in it: chatplug "
+                        "fetches no schema, so put what it names under the schema's $defs."
+                    ) from None
+        pending += [(sub, resolver.in_subresource(sub)) for sub in resource.subresources()]
+
+
+def _described(error: Any, value: bool = True) -> str:
+    """A ``jsonschema`` error: where (a JSON path: ``$`` the whole, ``$.a[0]`` ...), what, and
+    the keyword that failed with its value."""
+    message = _cut(error.message, 300)
+    keyword = f"{error.validator!r}: {_cut(json.dumps(error.validator_value), 200)}" if value else repr(error.validator)
+    return f"at {error.json_path}, {message} (keyword {keyword})"
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}..."
 
 
 def _unfenced(text: str) -> str:
@@ -205,41 +312,6 @@ def _unfenced(text: str) -> str:
 
 def _errors(exc: Any) -> str:
     return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors()[:5])
-
-
-def schema_problem(data: Any, schema: Mapping[str, Any]) -> str | None:
-    """What in ``data`` does not fit a JSON schema dict, or ``None``. Checks the structure a reply
-    can get wrong (types, required keys, nested properties, array items, enums); for the whole
-    JSON Schema vocabulary, pass a pydantic model."""
-    expected = schema.get("type")
-    checks: dict[str, Any] = {
-        "object": dict, "array": list, "string": str, "integer": int, "number": (int, float), "boolean": bool,
-        "null": type(None),
-    }  # fmt: skip
-    wrong_type = (
-        isinstance(expected, str)
-        and expected in checks
-        and (not isinstance(data, checks[expected]) or (expected in ("integer", "number") and isinstance(data, bool)))
-    )
-    if wrong_type:
-        return f"expected {expected}, got {type(data).__name__}"
-    if isinstance(data, dict):
-        missing = [key for key in schema.get("required", ()) if key not in data]
-        if missing:
-            return f"missing {', '.join(map(repr, missing))}"
-        for key, sub in schema.get("properties", {}).items():
-            if key in data and isinstance(sub, Mapping):
-                problem = schema_problem(data[key], sub)
-                if problem:
-                    return f"{key}: {problem}"
-    if isinstance(data, list) and isinstance(schema.get("items"), Mapping):
-        for i, item in enumerate(data):
-            problem = schema_problem(item, schema["items"])
-            if problem:
-                return f"[{i}]: {problem}"
-    if "enum" in schema and data not in schema["enum"]:
-        return f"{data!r} is not one of {list(schema['enum'])!r}"
-    return None
 
 
 def tool_calls(parts: Sequence[ToolCall | ToolCallDelta]) -> tuple[list[ToolCall], str | None]:
