@@ -5,6 +5,7 @@ processes, counted at the loopback provider. A cache that fails never fails a ca
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -92,6 +93,15 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "response_format": {"response_format": FORMAT},
     "response_format schema": {"response_format": ResponseFormat("Capital", {"type": "object"})},
 }
+
+
+def test_strict_mode_changes_the_key() -> None:
+    with_tool = ChatRequest(**{**_fields(BASE), "tools": (TOOL,)})
+    strict_tool = ChatRequest(**{**_fields(BASE), "tools": (dataclasses.replace(TOOL, strict=True),)})
+    assert key(strict_tool) != key(with_tool)
+    with_format = ChatRequest(**{**_fields(BASE), "response_format": FORMAT})
+    strict_format = ChatRequest(**{**_fields(BASE), "response_format": dataclasses.replace(FORMAT, strict=True)})
+    assert key(strict_format) != key(with_format)
 
 
 @pytest.mark.parametrize("field", list(VARIANTS))
@@ -435,3 +445,219 @@ def test_the_async_redis_clients_close_with_their_loop(redis_cache: RedisServer)
         for _ in range(3):
             assert asyncio.run(generate_completion_async("Hi")).success
     assert len(llm.requests) == 1
+
+
+# -- the endpoint: where the request goes is part of the key (issue 24) ---------------------------
+
+
+def test_without_userinfo_drops_only_the_credentials_of_an_address() -> None:
+    from chatplug._cache import without_userinfo
+
+    assert without_userinfo("http://alice:s3cret@10.0.0.1:8000/v1") == "http://10.0.0.1:8000/v1"
+    assert without_userinfo("https://token@api.example/v1") == "https://api.example/v1"
+    for kept in ("http://10.0.0.1:8000/v1", "http://h/v1?tag=a@b", "http://h/p@x", "/models/a@b.gguf", "local", ""):
+        assert without_userinfo(kept) == kept
+
+
+@pytest.mark.parametrize(
+    ("backend", "url_env", "key_env", "first", "second"),
+    [
+        ("openai", "OPENAI_BASE_URL", "OPENAI_API_KEY", "http://127.0.0.1:8000/v1", "https://openrouter.ai/api/v1"),
+        ("anthropic", "ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY", "http://127.0.0.1:8000", "https://api.anthropic.com"),
+        ("ollama", "OLLAMA_HOST", "OLLAMA_API_KEY", "http://127.0.0.1:11434", "http://gpu-box:11434"),
+    ],
+)
+def test_the_key_holds_the_base_url_never_the_api_key(
+    backend: str, url_env: str, key_env: str, first: str, second: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from chatplug._dispatch import plugins
+
+    manager = plugins()
+    manager.load()
+    made = manager.backends.get(backend)
+    request = ChatRequest(**{**_fields(BASE), "backend": backend})
+
+    def key_with(url: str, api_key: str) -> str:
+        monkeypatch.setenv(url_env, url)
+        monkeypatch.setenv(key_env, api_key)
+        return key(request, made.endpoint(request))
+
+    assert key_with(first, "sk-one") != key_with(second, "sk-one")
+    assert key_with(first, "sk-one") == key_with(first, "sk-two")  # who asks does not change the reply
+    with_userinfo = first.replace("://", "://alice:pw-s3cret@")
+    assert key_with(with_userinfo, "sk-one") == key_with(first, "sk-one")
+    assert key(request, endpoint=first) == key_with(first, "sk-one")
+
+
+def test_the_ollama_host_without_a_scheme_is_the_same_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    from chatplug.backends.ollama import OllamaBackend
+
+    request = ChatRequest(**{**_fields(BASE), "backend": "ollama"})
+    monkeypatch.setenv("OLLAMA_HOST", "gpu-box:11434")
+    assert OllamaBackend().endpoint(request) == "http://gpu-box:11434"
+    monkeypatch.setenv("OLLAMA_HOST", "alice:s3cret@gpu-box:11434")  # the SDK drops the userinfo, as the key does
+    assert key(request, OllamaBackend().endpoint(request)) == key(request, "http://gpu-box:11434")
+    monkeypatch.delenv("OLLAMA_HOST")
+    assert OllamaBackend().endpoint(request) == "http://127.0.0.1:11434"  # the default host
+
+
+def test_the_local_backend_keys_on_the_model_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("xllamacpp")
+    from chatplug.backends.local import DEFAULT_MODEL, LocalBackend
+
+    local = LocalBackend()
+    try:
+        request = ChatRequest(**{**_fields(BASE), "backend": "local", "model": "model.gguf"})
+        here, there = tmp_path / "a", tmp_path / "b"
+        here.mkdir()
+        there.mkdir()
+        monkeypatch.chdir(here)
+        assert local.endpoint(request) == str(here / "model.gguf")
+        monkeypatch.chdir(there)
+        assert local.endpoint(request) == str(there / "model.gguf")  # the same name, another file
+        default = ChatRequest(**{**_fields(BASE), "backend": "local", "model": DEFAULT_MODEL})
+        assert local.endpoint(default) == "local"
+    finally:
+        local.close()
+
+
+def test_a_plugin_that_says_no_endpoint_shares_one_set_of_entries() -> None:
+    class Quiet(chatplug.ChatBackend):
+        def complete(self, request: ChatRequest) -> ChatResult:
+            raise NotImplementedError
+
+        async def acomplete(self, request: ChatRequest) -> ChatResult:
+            raise NotImplementedError
+
+    assert Quiet().endpoint(BASE) == ""
+    assert key(BASE) == key(BASE, endpoint="")
+
+
+def _ask(prompt: str, mode: str) -> LLMResponse:
+    if mode == "sync":
+        return generate_completion_sync(prompt, model_name="same-model")
+    return asyncio.run(generate_completion_async(prompt, model_name="same-model"))
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_two_openai_compatible_servers_with_one_model_name_never_share_entries(
+    mode: str, openai_server: FakeServer, sqlite_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from .providers import OPENAI
+
+    staging, production = openai_server, FakeServer()
+    try:
+        OPENAI.route(production, OPENAI.reply(OPENAI.success))
+        secret = "sk-test-N0T-IN-THE-CACHE-4f2a"
+        monkeypatch.setenv("OPENAI_API_KEY", secret)
+        first = _ask("Hi", mode)  # OPENAI_BASE_URL: staging (the fixture's)
+        monkeypatch.setenv("OPENAI_BASE_URL", production.url + "/v1")
+        second = _ask("Hi", mode)
+        monkeypatch.setenv("OPENAI_BASE_URL", staging.url + "/v1")
+        again = _ask("Hi", mode)
+    finally:
+        chatplug.close()
+        production.close()
+    assert first.success and second.success, (first.error, second.error)
+    assert not first.cached and not second.cached  # the second server was asked, not answered for
+    assert [len(staging.requests), len(production.requests)] == [1, 1]
+    assert production.requests[0].json()["model"] == "same-model"
+    assert again.cached and again.content == first.content  # a repeat to the first is a hit
+    files = list(sqlite_cache.parent.iterdir())  # the database, its WAL and shared memory
+    assert files and not any(secret.encode() in path.read_bytes() for path in files)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_two_ollama_hosts_with_one_model_name_never_share_entries(
+    mode: str, ollama: FakeServer, sqlite_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from .conftest import ollama_reply
+
+    other = FakeServer()
+    try:
+        other.route("POST", "/api/chat", ollama_reply("chat_nonstream_200.json"))
+        first = _ask("Hi", mode)
+        monkeypatch.setenv("OLLAMA_HOST", f"127.0.0.1:{other.port}")  # the SDK takes a host without a scheme
+        second = _ask("Hi", mode)
+        monkeypatch.setenv("OLLAMA_HOST", ollama.url)
+        again = _ask("Hi", mode)
+    finally:
+        chatplug.close()
+        other.close()
+    assert first.success and second.success, (first.error, second.error)
+    assert not first.cached and not second.cached
+    assert [len(ollama.requests), len(other.requests)] == [1, 1]
+    assert again.cached
+
+
+# -- SQLite off the event loop -----------------------------------------------------------------
+
+
+def test_an_async_store_waits_for_a_locked_database_off_the_event_loop(
+    sqlite_cache: Path, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    import sqlite3
+    import threading
+
+    caplog.set_level(logging.WARNING, logger="chatplug")
+    monkeypatch.setenv("LLM_CACHE_TTL", "3600")  # the store reads the clock just before it writes
+    with scripted(default=lambda request: "fresh") as llm:
+        assert generate_completion_sync("Stored before").success  # the database exists, with an entry
+        storing = threading.Event()
+        clock = cache_module.clock
+
+        def signalling_clock() -> float:
+            storing.set()
+            return clock()
+
+        monkeypatch.setattr(cache_module, "clock", signalling_clock)
+        holder = sqlite3.connect(sqlite_cache, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")  # another connection holds the write lock
+
+        async def main() -> tuple[LLMResponse, LLMResponse, bool]:
+            call = asyncio.create_task(generate_completion_async("New prompt"))
+            await asyncio.to_thread(storing.wait, 30)  # the call's store has begun, and waits for the lock
+            other = await generate_completion_async("Stored before")  # a read: WAL lets it through
+            waiting = not call.done()
+            holder.execute("COMMIT")
+            return await call, other, waiting
+
+        try:
+            response, other, waiting = asyncio.run(main())
+        finally:
+            holder.close()
+        assert other.cached and waiting  # the loop ran another call to its end while this one waited
+        assert response.success and not response.cached
+        assert generate_completion_sync("New prompt").cached  # stored once the lock was released
+    assert len(llm.requests) == 2
+    assert not [r for r in caplog.records if "response cache" in r.getMessage()]  # no failure
+
+
+def test_an_async_lookup_waits_for_a_locked_database_off_the_event_loop(sqlite_cache: Path, caplog: Any) -> None:
+    import sqlite3
+
+    caplog.set_level(logging.WARNING, logger="chatplug")
+    with scripted(default=lambda request: "answer") as llm:
+        assert generate_completion_sync("Stored before").success
+        store = cache_module.cache_for(str(sqlite_cache))._store
+        assert store is not None
+        store.close()  # no connection of chatplug's open (the store is kept): the holder can lock out readers
+        holder = sqlite3.connect(sqlite_cache, isolation_level=None)
+        holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+        holder.execute("BEGIN EXCLUSIVE")
+
+        async def main() -> tuple[LLMResponse, LLMResponse, bool]:
+            call = asyncio.create_task(generate_completion_async("Stored before"))
+            await asyncio.sleep(0)  # one turn of the loop: the call goes as far as its lookup
+            other = await generate_completion_async("Not cached", cache=False)
+            waiting = not call.done()
+            holder.close()  # releases the lock
+            return await call, other, waiting
+
+        try:
+            hit, other, waiting = asyncio.run(main())
+        finally:
+            holder.close()
+    assert other.success and waiting  # the loop ran another call to its end while this one waited
+    assert hit.cached and len(llm.requests) == 2
+    assert not [r for r in caplog.records if "response cache" in r.getMessage()]

@@ -614,3 +614,123 @@ def test_a_loop_that_takes_no_attributes_keeps_its_timers_aside_and_is_freed() -
     del loop
     gc.collect()
     assert gone() is None
+
+
+# -- a backend that blocks: the dispatcher keeps the deadline for it --------------------------------
+
+#: How long the blocking backend below holds a call at the most (its thread is released by the test
+#: well before): a call that returns before this did not wait for the backend.
+HELD = 20.0
+
+
+class Blocking(chatplug.ChatBackend):
+    """A plugin whose sync ``complete()`` and ``stream()`` block until the test releases them, as
+    a backend built on a client without deadlines does with a server that never answers."""
+
+    default_model = "m"
+    release = threading.Event()
+    finished = threading.Event()
+
+    def complete(self, request: chatplug.ChatRequest) -> chatplug.ChatResult:
+        self.release.wait(HELD)
+        self.finished.set()
+        return chatplug.ChatResult(content="late", model=request.model)
+
+    async def acomplete(self, request: chatplug.ChatRequest) -> chatplug.ChatResult:
+        await asyncio.Event().wait()  # cancelled at the deadline
+        raise AssertionError("not reached")
+
+    def stream(self, request: chatplug.ChatRequest) -> Iterator[chatplug.ChatChunk]:
+        self.release.wait(HELD)
+        self.finished.set()
+        yield chatplug.ChatChunk(text="late")
+        yield chatplug.ChatChunk(text=" again")
+
+
+class BlockingPlugin:
+    @chatplug.hookimpl
+    def register_backends(self, register: Callable[[str, Callable[[], chatplug.ChatBackend]], None]) -> None:
+        register("blocking", Blocking)
+
+
+@pytest.fixture
+def blocking() -> Iterator[type[Blocking]]:
+    Blocking.release, Blocking.finished = threading.Event(), threading.Event()
+    name = chatplug.register_plugin(BlockingPlugin(), "blocking-plugin")
+    yield Blocking
+    Blocking.release.set()
+    chatplug.unregister_plugin(name)
+
+
+def test_a_sync_call_to_a_blocking_plugin_ends_at_its_deadline(blocking: type[Blocking]) -> None:
+    start = time.monotonic()
+    response = chatplug.generate_completion_sync("Hi", backend="blocking", timeout=0.5, max_retries=0)
+    elapsed = time.monotonic() - start
+    assert response.error_kind is ErrorKind.TIMEOUT, response
+    assert "within 0.5 s" in (response.error or "")
+    assert elapsed < HELD / 2  # returned at the deadline, not when the plugin did
+    assert not blocking.finished.is_set()  # the plugin's work is still under way, left behind
+    blocking.release.set()
+    assert blocking.finished.wait(HELD)  # it finishes in the background; its result is dropped
+
+
+def test_a_blocking_plugin_that_answers_in_time_is_waited_for(blocking: type[Blocking]) -> None:
+    blocking.release.set()
+    response = chatplug.generate_completion_sync("Hi", backend="blocking", timeout=30)
+    assert response.success and response.content == "late"
+
+
+def test_a_plugins_own_errors_and_context_cross_the_worker_thread() -> None:
+    """The attempt runs in another thread with the caller's context (the deadline the toolkit
+    reads), and the plugin's exception reaches the caller as its own."""
+    from chatplug._deadline import DEADLINE
+
+    seen: list[float | None] = []
+
+    class Failing(chatplug.ChatBackend):
+        default_model = "m"
+
+        def complete(self, request: chatplug.ChatRequest) -> chatplug.ChatResult:
+            seen.append(DEADLINE.get())
+            raise chatplug.RateLimitError("slow down", retry_after=7.0)
+
+        async def acomplete(self, request: chatplug.ChatRequest) -> chatplug.ChatResult:
+            raise AssertionError("not called")
+
+    class Plugin:
+        @chatplug.hookimpl
+        def register_backends(self, register: Callable[[str, Callable[[], chatplug.ChatBackend]], None]) -> None:
+            register("failing", Failing)
+
+    name = chatplug.register_plugin(Plugin(), "failing-plugin")
+    try:
+        response = chatplug.generate_completion_sync("Hi", backend="failing", timeout=30, max_retries=0)
+    finally:
+        chatplug.unregister_plugin(name)
+    assert response.error_kind is ErrorKind.RATE_LIMIT and response.retry_after == 7.0
+    assert seen and seen[0] is not None and seen[0] > time.monotonic()
+
+
+def test_an_async_call_to_a_plugin_that_never_answers_ends_at_its_deadline(blocking: type[Blocking]) -> None:
+    response = asyncio.run(
+        chatplug.generate_completion_async("Hi", backend="blocking", timeout=0.3, max_retries=0)
+    )
+    assert response.error_kind is ErrorKind.TIMEOUT, response
+
+
+def test_a_sync_stream_of_a_blocking_plugin_ends_at_its_deadline(blocking: type[Blocking]) -> None:
+    start = time.monotonic()
+    with chatplug.stream_completion_sync("Hi", backend="blocking", timeout=0.5, max_retries=0) as stream:
+        chunks = list(stream)
+    assert chunks == []
+    assert stream.response.error_kind is ErrorKind.TIMEOUT, stream.response
+    assert time.monotonic() - start < HELD / 2
+    blocking.release.set()
+    assert blocking.finished.wait(HELD)
+
+
+def test_a_sync_stream_of_a_plugin_in_time_is_read_whole(blocking: type[Blocking]) -> None:
+    blocking.release.set()
+    with chatplug.stream_completion_sync("Hi", backend="blocking", timeout=30) as stream:
+        texts = [chunk.text for chunk in stream]
+    assert texts == ["late", " again"] and stream.response.content == "late again"

@@ -173,14 +173,46 @@ def test_the_async_client_parses_the_model_address_once() -> None:
     assert asyncio.run(made()).lean  # chatplug.toolkit.lean_urls
 
 
-def test_a_prompt_longer_than_the_context_is_a_context_length_error() -> None:
-    response = generate_completion_sync("blue sky " * 2000, max_tokens=4)  # ~4,000 tokens; the context is 2,048
+def test_concurrent_prompts_each_have_a_slot_of_the_whole_context() -> None:
+    """Four 700-token prompts at once, each well within CHATPLUG_LOCAL_CTX (2,048): a KV cache of
+    2,048 tokens shared by the four slots filled up, and llama.cpp failed all four ("Context size
+    has been exceeded.", retried to no avail)."""
+
+    async def four() -> list[LLMResponse]:
+        calls = (
+            generate_completion_async(f"Text {i}: " + "blue sky " * 340, max_tokens=8, max_retries=2, timeout=300)
+            for i in range(4)
+        )
+        return list(await asyncio.gather(*calls))
+
+    responses = asyncio.run(four())
+    assert all(r.success for r in responses), [r.error for r in responses]
+    assert all(600 <= r.prompt_tokens <= 800 and r.attempts == 1 for r in responses)
+    # llama.cpp's own account: each slot has a context of its own, of CHATPLUG_LOCAL_CTX tokens.
+    with httpx.Client(trust_env=False) as client:
+        assert [slot["n_ctx"] for slot in client.get(f"{model_url()}/slots").json()] == [2048] * 4
+
+
+def test_a_prompt_longer_than_a_slots_context_is_a_context_length_error_at_once() -> None:
+    over = "blue sky " * 1100  # ~2,200 tokens: over a slot's 2,048, within the 8,192 of the four slots
+    response = generate_completion_sync(over, max_tokens=4, max_retries=2)
     assert not response.success
     assert response.error_kind == "context_length", response.error
     assert "CHATPLUG_LOCAL_CTX" in (response.error or "")
+    assert response.attempts == 1 and response.response_time < 10  # refused before any decoding, not retried
     with pytest.raises(chatplug.ContextLengthExceededError):
         response.raise_for_error()
-    assert asyncio.run(generate_completion_async("blue sky " * 2000, max_tokens=4)).error_kind == "context_length"
+    async_ = asyncio.run(generate_completion_async(over, max_tokens=4, max_retries=2))
+    assert (async_.error_kind, async_.attempts) == ("context_length", 1), async_.error
+
+
+def test_a_full_kv_cache_is_a_context_length_error() -> None:
+    """What llama.cpp (xllamacpp 2026.10.11549) answered to each of four 700-token prompts decoded
+    together in a shared KV cache of 2,048 tokens. With a context of its own for each slot, a full
+    cache is that slot's context: the same request would fail again, so it is not retried."""
+    reply = {"error": {"code": 500, "message": "Context size has been exceeded.", "type": "server_error"}}
+    with pytest.raises(chatplug.ContextLengthExceededError, match=r"exceeded\. The conversation.*CHATPLUG_LOCAL_CTX"):
+        local.result(reply, backend().model(NAME), 500)
 
 
 def test_the_context_size_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -194,6 +226,14 @@ def test_a_malformed_setting_is_a_config_error_naming_it(monkeypatch: pytest.Mon
     monkeypatch.setenv("CHATPLUG_LOCAL_THREADS", "two")
     response = generate_completion_sync(PROMPT, max_tokens=2)
     assert response.error_kind == "config" and "CHATPLUG_LOCAL_THREADS" in (response.error or ""), response.error
+
+
+def test_a_context_too_large_for_llama_cpp_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHATPLUG_LOCAL_CTX", str(2**30))  # x 2 slots: more than llama.cpp's n_ctx (an int) holds
+    monkeypatch.setenv("CHATPLUG_LOCAL_PARALLEL", "2")
+    response = generate_completion_sync(PROMPT, max_tokens=2)
+    assert response.error_kind == "config", response.error
+    assert "CHATPLUG_LOCAL_CTX=1073741824 x CHATPLUG_LOCAL_PARALLEL=2" in (response.error or "")
 
 
 def test_a_gguf_path_is_a_model_name(model_path: Path, tmp_path: Path) -> None:
@@ -428,14 +468,26 @@ def test_an_async_stream_left_early_closes_its_response_and_stops_the_generation
 
 
 def test_a_sync_call_past_its_deadline_stops_the_generation() -> None:
-    """A sync call is generated as a stream on the calling thread: at the call's deadline the
-    callback stops llama.cpp, the call is a timeout, and the slot is free at once."""
+    """A sync call returns at its deadline, and its generation (a stream on a worker thread) is
+    stopped by the callback at the next token: the slot is free at once."""
     assert generate_completion_sync(PROMPT, max_tokens=1).success  # the model loaded
     response = generate_completion_sync(PROMPT, max_tokens=1000, logit_bias=NO_END, timeout=0.5)
-    assert response.error_kind is chatplug.ErrorKind.TIMEOUT and "was stopped" in (response.error or "")
+    assert response.error_kind is chatplug.ErrorKind.TIMEOUT and "within 0.5 s" in (response.error or "")
     assert response.response_time < 5  # the whole reply takes 10 s or more: it was cut, not awaited
     assert idle_within(model_url(), 5)  # llama.cpp frees the slot on its own thread, at once
     assert generate_completion_sync(PROMPT, max_tokens=8).success  # the model serves the next call
+
+
+def test_a_sync_call_with_a_long_prompt_returns_at_its_deadline() -> None:
+    """llama.cpp reads the whole prompt before the first token, the first point at which the
+    callback can stop it: seconds for a long prompt (5.7 s for a 0.5 s deadline and 350 tokens,
+    measured on a busy machine). The call returns at the deadline all the same."""
+    assert generate_completion_sync(PROMPT, max_tokens=1).success  # the model loaded
+    long = "Text: " + "blue sky " * 340  # ~700 tokens: seconds of prompt reading on 2 cores
+    response = generate_completion_sync(long, max_tokens=4, timeout=0.3, max_retries=0)
+    assert response.error_kind is chatplug.ErrorKind.TIMEOUT, response.error
+    assert response.response_time < 1.5
+    assert idle_within(model_url(), 60)  # the generation stopped at its first token, in the background
 
 
 def test_the_async_client_is_reused_on_a_loop_and_a_finished_loop_is_freed(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -534,3 +586,23 @@ def test_tools_are_refused_before_anything_is_sent(monkeypatch: pytest.MonkeyPat
     assert stream.response.error_kind == "invalid_input"
     assert asyncio.run(generate_completion_async("Weather?", tools=[get_weather])).error_kind == "invalid_input"
     assert sent == []
+
+
+def test_another_providers_thinking_blocks_are_not_sent_to_llama_cpp() -> None:
+    """An assistant turn from Anthropic carries its thinking blocks, to be sent back there; a
+    conversation moved to the local model sends its text only."""
+    block = {"type": "thinking", "thinking": "Tokyo, then.", "signature": "EqQBCgIYAh"}
+    request = chatplug.ChatRequest(
+        messages=(
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello", "thinking_blocks": (block,)},
+            {"role": "user", "content": "Again"},
+        ),
+        model=NAME,
+    )
+    sent = local.request_body(request)["messages"]
+    assert sent == [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"},
+        {"role": "user", "content": "Again"},
+    ]

@@ -404,7 +404,7 @@ def test_an_option_the_sdk_refuses(ollama: FakeServer, run: Run) -> None:
 # -- stopping early ----------------------------------------------------------------------------
 
 
-def test_break_closes_the_connection_at_once(ollama: FakeServer) -> None:
+def test_leaving_the_with_block_after_a_break_closes_the_connection_at_once(ollama: FakeServer) -> None:
     ollama.route("POST", "/api/chat", streamed(pieces=LINES[:3], hold=True))
     closed = connection_closed(ollama)
     before = open_fds()
@@ -412,7 +412,8 @@ def test_break_closes_the_connection_at_once(ollama: FakeServer) -> None:
         for chunk in stream:
             assert chunk.text == "Ray"
             break
-        assert ollama.disconnected.wait(5)  # closed by the break itself, not by leaving the block
+        assert not stream.done  # a break closes nothing: the stream is its own iterator, a `for` goes on
+    assert ollama.disconnected.wait(5)  # closed by leaving the block
     assert closed.wait(5)
     response = stream.response
     assert response.success
@@ -423,13 +424,15 @@ def test_break_closes_the_connection_at_once(ollama: FakeServer) -> None:
     assert open_fds() == before
 
 
-def test_a_for_loop_without_with_closes_on_break(ollama: FakeServer) -> None:
+def test_a_stream_dropped_after_a_break_closes_at_once(ollama: FakeServer, observed: Observed) -> None:
     ollama.route("POST", "/api/chat", streamed(pieces=LINES[:3], hold=True))
     stream = stream_completion_sync("Hi")
     for _ in stream:
         break
+    assert not stream.done
+    del stream  # its last reference: the stream and its generator are freed, and the response closed
     assert ollama.disconnected.wait(5)
-    assert stream.response.finish_reason == "cancelled"
+    assert [r.finish_reason for r in observed.responses] == ["cancelled"]
 
 
 def test_async_leaving_early_closes_the_connection_at_once(ollama: FakeServer) -> None:

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import copy
+import enum
 import json
+import logging
+import types
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import ollama as ollama_sdk
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from chatplug import (
     ChatChunk,
@@ -294,6 +298,16 @@ def test_tool_choice_auto_sends_the_tools_and_none_sends_none(tool_server: FakeS
     assert "tool_choice" not in auto and "tool_choice" not in none
 
 
+def test_a_strict_tool_is_sent_with_a_warning_that_ollama_has_no_strict_mode(
+    tool_server: FakeServer, chatplug_log: pytest.LogCaptureFixture
+) -> None:
+    strict = {"type": "function", "function": {"name": "look", "parameters": {"type": "object"}, "strict": True}}
+    assert generate_completion_sync(PROMPT, tools=[strict]).success
+    (tool,) = tool_server.requests[0].json()["tools"]
+    assert "strict" not in tool["function"]
+    assert "ollama: tool 'look' asks for strict mode, which Ollama has not: strict is not sent" in chatplug_log.messages
+
+
 @EVERY
 @pytest.mark.parametrize("choice", ["required", "get_weather"])
 def test_a_tool_choice_ollama_cannot_say_is_refused_before_sending(
@@ -470,12 +484,276 @@ def test_a_plain_request_is_byte_for_byte_what_it_was(ollama: FakeServer) -> Non
     )
 
 
-def test_the_sdk_s_lost_schema_keywords_are_logged(
-    tool_server: FakeServer, chatplug_log: pytest.LogCaptureFixture
-) -> None:
-    def get_weather(city: str, unit: str = "celsius") -> str:
-        """Get the weather."""
-        return unit
+# -- tool schemas reach Ollama whole -----------------------------------------------------------
+# The SDK's own Tool model keeps a property's type, items, description and enum only: sent
+# through it, the parameters below would reach Ollama without $ref, anyOf, default,
+# additionalProperties, and the dict tool's nested properties.
 
-    assert generate_completion_sync(PROMPT, tools=[get_weather]).success
-    assert "tool 'get_weather': the SDK sends no additionalProperties, default" in chatplug_log.text
+
+class Unit(enum.Enum):
+    CELSIUS = "celsius"
+    FAHRENHEIT = "fahrenheit"
+
+
+class Place(BaseModel):
+    """Where to look."""
+
+    city: str
+    country: str = "JP"
+
+
+def forecast(
+    place: Place,
+    unit: Unit,
+    mode: Literal["daily", "hourly"],
+    days: int | None = None,
+    hours: tuple[int, ...] = (9, 18),
+) -> str:
+    """The weather forecast for a place.
+
+    Args:
+        place: Where.
+        unit: Which unit the temperatures are in.
+        days: How many days ahead.
+    """
+    return f"{place} {unit} {mode} {days} {hours}"
+
+
+class Forecast(BaseModel):
+    """The weather forecast for a place."""
+
+    place: Place
+    unit: Unit = Field(description="Which unit the temperatures are in.")
+    mode: Literal["daily", "hourly"]
+    days: int | None = Field(None, description="How many days ahead.")
+    hours: tuple[int, ...] = (9, 18)
+
+
+#: What pydantic makes of ``Place`` and ``Unit`` (chatplug keeps the titles inside ``$defs``).
+DEFS = {
+    "Place": {
+        "description": "Where to look.",
+        "properties": {
+            "city": {"title": "City", "type": "string"},
+            "country": {"default": "JP", "title": "Country", "type": "string"},
+        },
+        "required": ["city"],
+        "title": "Place",
+        "type": "object",
+    },
+    "Unit": {"enum": ["celsius", "fahrenheit"], "title": "Unit", "type": "string"},
+}
+#: The properties of the function and the model alike, but for the function's ``place`` description.
+PROPERTIES = {
+    "place": {"$ref": "#/$defs/Place"},
+    "unit": {"$ref": "#/$defs/Unit", "description": "Which unit the temperatures are in."},
+    "mode": {"enum": ["daily", "hourly"], "type": "string"},
+    "days": {"anyOf": [{"type": "integer"}, {"type": "null"}], "default": None, "description": "How many days ahead."},
+    "hours": {"default": [9, 18], "items": {"type": "integer"}, "type": "array"},
+}
+REQUIRED = ["place", "unit", "mode"]
+#: A dict tool: its schema written out, a nested object's properties inline.
+FORECAST_DICT: dict[str, Any] = {
+    "name": "forecast",
+    "description": "The weather forecast for a place.",
+    "parameters": {
+        "type": "object",
+        "properties": {
+            "place": {
+                "type": "object",
+                "description": "Where.",
+                "properties": {"city": {"type": "string"}, "country": {"type": "string", "default": "JP"}},
+                "required": ["city"],
+            },
+            "unit": {"type": "string", "enum": ["celsius", "fahrenheit"], "description": "Which unit."},
+            "mode": {"type": "string", "enum": ["daily", "hourly"]},
+            "days": {"anyOf": [{"type": "integer"}, {"type": "null"}], "default": None},
+            "hours": {"type": "array", "items": {"type": "integer"}, "default": [9, 18]},
+        },
+        "required": ["place", "unit", "mode"],
+        "additionalProperties": False,
+    },
+}
+SCHEMAS: dict[str, tuple[object, str, dict[str, Any]]] = {
+    "function": (
+        forecast,
+        "forecast",
+        {
+            "$defs": DEFS,
+            "additionalProperties": False,
+            "properties": {**PROPERTIES, "place": {"$ref": "#/$defs/Place", "description": "Where."}},
+            "required": REQUIRED,
+            "type": "object",
+        },
+    ),
+    "model": (
+        Forecast,
+        "Forecast",
+        {
+            "$defs": DEFS,
+            "description": "The weather forecast for a place.",
+            "properties": PROPERTIES,
+            "required": REQUIRED,
+            "type": "object",
+        },
+    ),
+    "dict": (FORECAST_DICT, "forecast", copy.deepcopy(FORECAST_DICT["parameters"])),
+}
+
+
+def answering(ollama: FakeServer, run: Call) -> None:
+    """``ollama`` answers plain text, streamed when ``run`` streams."""
+    if run in (stream_sync, stream_async):
+        ollama.route("POST", "/api/chat", streamed(fixture("ollama/chat_stream_200.ndjson")))
+
+
+@EVERY
+@pytest.mark.parametrize("form", list(SCHEMAS))
+def test_each_tool_s_parameters_reach_ollama_exactly_as_its_json_schema(
+    ollama: FakeServer, run: Call, form: str
+) -> None:
+    answering(ollama, run)
+    tool, name, parameters = SCHEMAS[form]
+    passed = copy.deepcopy(tool)
+    response = run(PROMPT, tools=[tool, WEATHER])
+    assert response.success, response.error
+    assert sent(ollama)["tools"] == [
+        {
+            "type": "function",
+            "function": {
+                "name": name,
+                "description": "The weather forecast for a place.",
+                "parameters": parameters,
+            },
+        },
+        TOOLS_REQUEST["tools"][0],
+    ]
+    assert tool == passed  # the caller's dict is not touched
+
+
+CONVERSATION = [
+    {"role": "system", "content": "Be brief."},
+    {
+        "role": "user",
+        "content": [
+            {"type": "text", "text": "What is this, and the weather?"},
+            {"type": "image", "data": PNG, "media_type": "image/png"},
+        ],
+    },
+    {"role": "assistant", "content": "", "tool_calls": [TOKYO.to_dict()]},
+    {"role": "tool", "tool_call_id": TOKYO.id, "content": "11 degrees celsius"},
+    {"role": "assistant", "content": "Cold."},
+    {"role": "user", "content": "And tomorrow?"},
+]
+
+
+@EVERY
+def test_a_call_with_tools_is_the_call_without_them_but_for_the_tools(ollama: FakeServer, run: Call) -> None:
+    """Only the tools bypass the SDK's models: the rest of the body (messages, options, the
+    top-level fields, as the SDK validates and shapes them: keep_alive 300 goes as 300.0) and
+    the headers are what its ``chat`` sends when no tools are sent (tool_choice="none")."""
+    options = {"keep_alive": 300, "think": True, "stop": "END", "seed": 7, "num_ctx": 4096}
+    answering(ollama, run)
+    for choice in ("auto", "none"):
+        response = run(CONVERSATION, tools=[forecast], tool_choice=choice, response_format=Capital, **options)
+        assert response.error_kind is ErrorKind.INVALID_OUTPUT  # the fixture's reply is no Capital
+    with_tools, without = ollama.requests
+    assert with_tools.json()["tools"][0]["function"]["name"] == "forecast" and without.json()["tools"] == []
+    assert {**with_tools.json(), "tools": []} == without.json()
+    assert without.json()["keep_alive"] == 300.0 and without.json()["messages"][1]["images"] == [PNG64]
+    assert without.json()["messages"][2:4] == [
+        {"role": "assistant", "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Tokyo"}}}]},
+        {"role": "tool", "content": "11 degrees celsius", "tool_name": "get_weather"},
+    ]
+    assert {**with_tools.headers, "Content-Length": ""} == {**without.headers, "Content-Length": ""}
+
+
+@EVERY
+@pytest.mark.parametrize(
+    ("reply", "kind", "words"),
+    [
+        (ollama_reply("error_model_not_found_404.json", 404), ErrorKind.NOT_FOUND, "ollama pull llama3.2"),
+        (ollama_reply("error_server_busy_503.json", 503), ErrorKind.OVERLOADED, "OLLAMA_MAX_QUEUE"),
+        (Reply(200, b"{trunc", dict(NDJSON)), ErrorKind.SERVER, "could not read"),
+    ],
+    ids=["404", "503", "malformed"],
+)
+def test_a_failure_of_a_call_with_tools_is_what_it_was(
+    ollama: FakeServer, run: Call, reply: Reply, kind: ErrorKind, words: str
+) -> None:
+    """Sent by the SDK's own request method, a call with tools fails as one without them does."""
+    ollama.route("POST", "/api/chat", reply)
+    response = run(PROMPT, tools=[forecast])
+    assert response.error_kind is kind
+    assert words in (response.error or "")
+    assert response.exception is not None
+    assert response.exception.__cause__ is None and response.exception.__context__ is None
+
+
+@STREAMED
+def test_an_error_in_a_stream_with_tools_is_a_server_error(ollama: FakeServer, run: Call) -> None:
+    ollama.route("POST", "/api/chat", streamed(fixture("ollama/error_midstream_200.ndjson")))
+    response = run(PROMPT, tools=[forecast])
+    assert response.error_kind is ErrorKind.SERVER
+    assert "failed while generating" in (response.error or "")
+
+
+@EVERY
+def test_a_call_with_tools_to_no_server_is_a_connection_error(
+    monkeypatch: pytest.MonkeyPatch, closed_port: int, run: Call
+) -> None:
+    monkeypatch.setenv("OLLAMA_HOST", f"127.0.0.1:{closed_port}")
+    response = run(PROMPT, tools=[forecast])
+    assert response.error_kind is ErrorKind.CONNECTION
+    assert "ollama serve" in (response.error or "")
+
+
+@EVERY
+@pytest.mark.parametrize(
+    ("options", "tool", "words"),
+    [
+        ({"keep_alive": [1]}, WEATHER, "the ollama SDK refused keep_alive=[1]"),
+        ({}, {"name": "when", "parameters": {"type": "object", "default": {1, 2}}}, "TypeError: Object of type set"),
+        (
+            {},
+            {"name": "when", "parameters": {"type": "object", "properties": {"n": {"maximum": float("inf")}}}},
+            "ValueError: Out of range",
+        ),
+    ],
+    ids=["sdk-refuses", "not-json", "not-finite"],
+)
+def test_a_call_with_tools_that_cannot_be_sent_is_refused_before_sending(
+    ollama: FakeServer, run: Call, options: dict[str, Any], tool: dict[str, Any], words: str
+) -> None:
+    """What the SDK's model refuses is refused as before; a dict tool's schema that is no JSON
+    data (the SDK's Tool used to drop such keywords unsaid) is the caller's error, not a reply
+    chatplug could not read."""
+    response = run(PROMPT, tools=[tool], **options)
+    assert response.error_kind is ErrorKind.INVALID_INPUT
+    assert words in (response.error or "") and "nothing was sent" in (response.error or "").lower()
+    assert ollama.requests == []
+
+
+def test_an_sdk_without_the_private_parts_is_said_and_its_chat_sends_the_tools(
+    ollama: FakeServer, chatplug_log: pytest.LogCaptureFixture
+) -> None:
+    """The guard around the SDK's private ``ChatRequest`` and ``_request``: an SDK without them
+    (a stand-in module here; the installed SDK is not touched) is said in a warning, and its
+    ``chat`` sends the tools as its ``Tool`` model keeps them."""
+    from chatplug.backends.ollama import OllamaBackend, _chat_request_model
+
+    assert _chat_request_model(ollama_sdk) is ollama_sdk._types.ChatRequest
+    assert chatplug_log.records == []
+    stand_in = types.SimpleNamespace(Client=ollama_sdk.Client, AsyncClient=ollama_sdk.AsyncClient, _types=None)
+    assert _chat_request_model(stand_in) is None  # type: ignore[arg-type]
+    (warning,) = chatplug_log.records
+    assert warning.levelno == logging.WARNING and "anyOf, $ref, default" in warning.getMessage()
+
+    backend = OllamaBackend()
+    backend._chat_request = None  # what __init__ sets with such an SDK
+    request = ChatRequest(messages=({"role": "user", "content": PROMPT},), model="llama3.2", tools=(WEATHER_TOOL,))
+    try:
+        assert backend.complete(request).content
+    finally:
+        backend.close()
+    assert sent(ollama)["tools"] == TOOLS_REQUEST["tools"]

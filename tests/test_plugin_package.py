@@ -375,6 +375,28 @@ def acme(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeServer
     server.close()
 
 
+def test_the_guides_real_backend_keeps_the_deadline_with_its_own_clients(acme: FakeServer) -> None:
+    """A server that drips its reply a byte at a time: the guide's backend ends at the deadline on
+    its own sockets (deadline_client, so no worker thread), sync and async (on aiohttp)."""
+    from chatplug._dispatch import plugins
+
+    acme.route("POST", "/v1/chat/completions", Reply(200, fixture("openai/chat_nonstream_200.json"), drip=0.2))
+    sync = chatplug.generate_completion_sync("Hi", backend="acme", timeout=0.6, max_retries=0)
+    assert "chatplug-attempt" not in {t.name for t in threading.enumerate()}  # it ran on the caller's thread
+    assert sync.error_kind == "timeout", sync
+    backend = plugins().backends.made("acme")
+    assert backend is not None and type(backend).bounds_deadline
+
+    async def main() -> tuple[chatplug.LLMResponse, str]:
+        response = await chatplug.generate_completion_async("Hi", backend="acme", timeout=0.6, max_retries=0)
+        with backend.clients.async_(acme.url, acme.url, ACME_KEY, credential=ACME_KEY) as client:
+            return response, type(client._transport).__module__
+
+    response, transport = asyncio.run(main())
+    assert response.error_kind == "timeout", response
+    assert transport == "chatplug._transports"  # aiohttp, from async_transport_options()
+
+
 def test_the_guides_real_backend_sync_and_async(acme: FakeServer, chatplug_log: pytest.LogCaptureFixture) -> None:
     messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "Why is the sky blue?"}]
     sync = [

@@ -541,14 +541,15 @@ def check_stopped(server: FakeServer, response: LLMResponse, fds: int) -> None:
     assert open_fds(server) == fds
 
 
-def test_breaking_out_of_the_loop_closes_the_connection_at_once(api: Streaming, server: FakeServer) -> None:
+def test_closing_after_a_break_closes_the_connection_at_once(api: Streaming, server: FakeServer) -> None:
     api.route(server, held(api))
     fds = open_fds(server)
     stream = stream_completion_sync(PROMPT)
     for chunk in stream:
         assert chunk.text == "Rayleigh"
         break
-    assert stream.done  # at once: the loop dropped the generator, which closed the response
+    assert not stream.done  # a break closes nothing: the stream is its own iterator, a `for` goes on
+    stream.close()
     check_stopped(server, stream.response, fds)
 
 

@@ -408,3 +408,33 @@ def test_plain_requests_carry_none_of_it(wire: Wire, server: FakeServer) -> None
     body = server.requests[0].json()
     assert not {"tools", "tool_choice", "response_format", "output_config"} & set(body)
     assert body["messages"] == [{"role": "user", "content": "Hi"}]
+
+
+def test_a_callers_strict_reaches_the_provider(wire: Wire, server: FakeServer) -> None:
+    """A tool dict or OpenAI's response_format wrapper that says "strict": true is sent strict
+    (OpenAI's strict mode, Anthropic's strict tool use); without it, not."""
+    strict_tool = {"type": "function", "function": {"name": "look", "parameters": {"type": "object"}, "strict": True}}
+    loose_tool = {"name": "find", "parameters": {"type": "object"}}
+    both("Hi", tools=[strict_tool, loose_tool])
+    for request in server.requests:
+        strict, loose = request.json()["tools"]
+        if wire.provider is OPENAI:
+            assert (strict["function"]["strict"], loose["function"]["strict"]) == (True, False)
+        else:
+            assert strict["strict"] is True and "strict" not in loose
+    if wire.provider is OPENAI:
+        server.requests.clear()
+        wire.provider.route(server, wire.text_reply('{"city": "Paris"}'))
+        schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+        wrapped = {"type": "json_schema", "json_schema": {"name": "City", "strict": True, "schema": schema}}
+        for response in both("Capital of France?", response_format=wrapped):
+            assert response.success, response.error
+        assert [r.json()["response_format"]["json_schema"]["strict"] for r in server.requests] == [True, True]
+
+
+def test_a_strict_that_is_no_bool_is_refused_before_sending(wire: Wire, server: FakeServer) -> None:
+    tool = {"name": "look", "parameters": {"type": "object"}, "strict": "yes"}
+    for response in both("Hi", tools=[tool]):
+        assert response.error_kind is ErrorKind.INVALID_INPUT
+        assert "'strict' must be true or false" in str(response.error)
+    assert server.requests == []

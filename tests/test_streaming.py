@@ -4,7 +4,10 @@ heard of streaming: the stream objects, the final response, faults, early stops,
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+import json
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,6 +29,8 @@ from chatplug import (
     stream_completion_with_messages_sync,
 )
 from chatplug.testing import scripted
+
+from .childproc import fake_distribution, python
 
 
 def collect_sync(stream: Stream) -> list[ChatChunk]:
@@ -98,7 +103,7 @@ def test_messages_streams_take_the_same_arguments() -> None:
     assert messages == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
 
 
-def test_breaking_out_stops_the_backend_at_once() -> None:
+def test_a_break_pauses_the_stream_and_closing_stops_the_backend_at_once() -> None:
     closed: list[str] = []
 
     def endless(request: ChatRequest) -> Iterator[ChatChunk]:
@@ -117,11 +122,14 @@ def test_breaking_out_stops_the_backend_at_once() -> None:
             for count, _ in enumerate(stream):
                 if count == 2:
                     break
+            assert closed == [] and not stream.done  # a break closes nothing: the stream is its own iterator
+            assert next(stream).text == "tick "
+            stream.close()
         finally:
             backend.stream = original  # type: ignore[method-assign]
-    assert closed == ["closed"]  # the `for` loop's break closed the backend's generator
+    assert closed == ["closed"]  # close() closed the backend's generator
     assert stream.response.success and stream.response.finish_reason == "cancelled"
-    assert stream.response.content == "tick tick tick "
+    assert stream.response.content == "tick tick tick tick "
 
 
 def test_an_unstarted_stream_sends_nothing() -> None:
@@ -288,3 +296,229 @@ def test_a_stream_is_iterated_once() -> None:
         assert [c.text for c in stream] == ["a"]
         assert list(stream) == []
         assert stream.response.content == "a"
+
+
+# -- plugins may stream plainly: any iterator, any async iterator (issue 24) ----------------------
+
+PLAIN_STREAMS = '''
+from chatplug import ChatBackend, ChatChunk, hookimpl
+
+
+def chunks():
+    last = ChatChunk("lo", model="plain-9", prompt_tokens=2, completion_tokens=3, finish_reason="stop")
+    return [ChatChunk("Hel"), last]
+
+
+class Chunks:
+    """An async iterator object: neither an async generator nor closable."""
+
+    def __init__(self, items):
+        self._items = iter(items)
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        for item in self._items:
+            return item
+        raise StopAsyncIteration
+
+
+class Plain(ChatBackend):
+    default_model = "plain-1"
+
+    def complete(self, request):
+        raise NotImplementedError
+
+    async def acomplete(self, request):
+        raise NotImplementedError
+
+    def stream(self, request):
+        return iter(chunks())
+
+    def astream(self, request):
+        return Chunks(chunks())
+
+
+@hookimpl
+def register_backends(register):
+    register("plain", Plain)
+'''
+
+READ_PLAIN = """
+import asyncio, json, chatplug
+
+def row(stream, texts):
+    r = stream.response
+    return [texts, r.success, r.error, r.content, r.model_used, r.tokens_used, r.finish_reason]
+
+with chatplug.stream_completion_sync("hi", backend="plain") as stream:
+    rows = [row(stream, [chunk.text for chunk in stream])]
+
+async def main():
+    messages = [{"role": "user", "content": "hi"}]
+    async with chatplug.stream_completion_with_messages_async(messages, backend="plain") as stream:
+        return row(stream, [chunk.text async for chunk in stream])
+
+rows.append(asyncio.run(main()))
+print(json.dumps(rows))
+"""
+
+
+def test_an_installed_plugin_may_stream_a_plain_iterator_and_async_iterator(tmp_path: Path) -> None:
+    fake_distribution(tmp_path, "chatplug-plain", "plain", PLAIN_STREAMS)
+    proc = python(READ_PLAIN, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    whole = [["Hel", "lo"], True, None, "Hello", "plain-9", 5, "stop"]
+    assert json.loads(proc.stdout) == [whole, whole]
+
+
+@contextmanager
+def registered(name: str, backend: type[ChatBackend]) -> Iterator[None]:
+    class Plugin:
+        @hookimpl
+        def register_backends(self, register: Callable[[str, Callable[[], ChatBackend]], None]) -> None:
+            register(name, backend)
+
+    plugin = chatplug.register_plugin(Plugin(), f"{name}-plugin")
+    try:
+        yield
+    finally:
+        chatplug.unregister_plugin(plugin)
+
+
+def test_a_plain_iterator_with_close_is_closed_when_the_stream_is() -> None:
+    closed: list[str] = []
+
+    class Ticks:
+        def __iter__(self) -> Ticks:
+            return self
+
+        def __next__(self) -> ChatChunk:
+            return ChatChunk("tick ")
+
+        def close(self) -> None:
+            closed.append("close")
+
+    class Tocks:
+        def __aiter__(self) -> Tocks:
+            return self
+
+        async def __anext__(self) -> ChatChunk:
+            return ChatChunk("tock ")
+
+        async def aclose(self) -> None:
+            closed.append("aclose")
+
+    class Endless(ChatBackend):
+        default_model = "endless-1"
+
+        def complete(self, request: ChatRequest) -> ChatResult:
+            raise NotImplementedError
+
+        async def acomplete(self, request: ChatRequest) -> ChatResult:
+            raise NotImplementedError
+
+        def stream(self, request: ChatRequest) -> Iterator[ChatChunk]:
+            return Ticks()
+
+        def astream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:  # type: ignore[override]
+            return Tocks()
+
+    async def read_async() -> LLMResponse:
+        async with stream_completion_async("Hi", backend="endless") as stream:
+            assert [(await anext(stream)).text for _ in range(2)] == ["tock "] * 2
+        return stream.response
+
+    with registered("endless", Endless):
+        with stream_completion_sync("Hi", backend="endless") as stream:
+            assert [next(stream).text for _ in range(2)] == ["tick "] * 2
+        responses = [stream.response, asyncio.run(read_async())]
+    assert closed == ["close", "aclose"]
+    assert [(r.success, r.finish_reason, r.content) for r in responses] == [
+        (True, "cancelled", "tick tick "),
+        (True, "cancelled", "tock tock "),
+    ]
+
+
+def test_a_plain_stream_that_fails_at_once_is_retried() -> None:
+    """A plain function sends when called, and may fail then, before any iterator exists: the
+    attempt is retried as a generator's first-chunk failure is."""
+    calls: list[str] = []
+
+    class Flaky(ChatBackend):
+        default_model = "flaky-1"
+
+        def complete(self, request: ChatRequest) -> ChatResult:
+            raise NotImplementedError
+
+        async def acomplete(self, request: ChatRequest) -> ChatResult:
+            raise NotImplementedError
+
+        def stream(self, request: ChatRequest) -> Iterator[ChatChunk]:
+            calls.append("stream")
+            if calls.count("stream") == 1:
+                raise chatplug.OverloadedError("busy", retry_after=0)
+            return iter([ChatChunk("ok", finish_reason="stop")])
+
+        def astream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:  # type: ignore[override]
+            calls.append("astream")
+            if calls.count("astream") == 1:
+                raise chatplug.OverloadedError("busy", retry_after=0)
+            return _aiter([ChatChunk("ok", finish_reason="stop")])
+
+    with registered("flaky", Flaky):
+        responses = [
+            collect_and_respond(stream_completion_sync("Hi", backend="flaky", max_retries=1)),
+            collect_and_respond(stream_completion_async("Hi", backend="flaky", max_retries=1)),
+        ]
+    for response in responses:
+        assert (response.success, response.content, response.attempts) == (True, "ok", 2), response.error
+    assert calls == ["stream", "stream", "astream", "astream"]
+
+
+def test_an_astream_that_returns_instead_of_yielding_is_named() -> None:
+    class Returning(ChatBackend):
+        default_model = "returning-1"
+
+        def complete(self, request: ChatRequest) -> ChatResult:
+            raise NotImplementedError
+
+        async def acomplete(self, request: ChatRequest) -> ChatResult:
+            raise NotImplementedError
+
+        async def astream(self, request: ChatRequest) -> Any:  # returns an iterator: a coroutine, then
+            return _aiter([ChatChunk("never")])
+
+    with registered("returning", Returning):
+        response = collect_and_respond(stream_completion_async("Hi", backend="returning"))
+    assert response.error_kind is ErrorKind.PLUGIN
+    assert "astream() returned a coroutine, not an async iterator" in (response.error or "")
+    assert "backend 'returning'" in (response.error or "")
+
+
+def test_a_retried_stream_keeps_only_its_last_attempts_tool_calls() -> None:
+    """Tool-call pieces reach no caller, so a stream failing after some is retried: the pieces of
+    the failed attempt are not joined to the next one's."""
+    first = chatplug.ToolCallDelta(index=0, id="call_0", name="weather", arguments='{"ci')
+    second = chatplug.ToolCallDelta(index=0, id="call_1", name="weather", arguments='{"city": "Oslo"}')
+
+    def weather(city: str) -> str:
+        """The weather in a city."""
+        return "sunny"
+
+    script = [ChatChunk(tool_calls=(first,)), chatplug.OverloadedError("busy", retry_after=0)]
+    with scripted(script, [ChatChunk(tool_calls=(second,))], retries=1):
+        response = collect_and_respond(stream_completion_sync("Weather?", tools=[weather]))
+    assert response.success and response.attempts == 2, response.error
+    assert [(c.id, c.arguments) for c in response.tool_calls] == [("call_1", {"city": "Oslo"})]
+
+
+def collect_and_respond(stream: Stream | AsyncStream) -> LLMResponse:
+    (collect_sync if isinstance(stream, Stream) else collect_async)(stream)  # type: ignore[operator]
+    return stream.response
+
+
+async def _aiter(items: list[ChatChunk]) -> AsyncIterator[ChatChunk]:
+    for item in items:
+        yield item

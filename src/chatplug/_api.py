@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ._dispatch import begin_async, begin_sync, call_async, call_sync
+from ._dispatch import call_async, call_sync
 from ._types import LLMResponse
 from ._validate import checked_messages, prompt_messages
 
@@ -84,7 +84,7 @@ def stream_completion_sync(
     arguments = (prompt_messages, prompt, model_name, temperature, max_tokens, backend, options)
     from ._streaming import Stream  # on first use: a program that never streams does not pay
 
-    return Stream(lambda manager: begin_sync(manager, *arguments), model_name)
+    return Stream(arguments)
 
 
 def stream_completion_with_messages_sync(
@@ -100,7 +100,7 @@ def stream_completion_with_messages_sync(
     arguments = (checked_messages, messages, model_name, temperature, max_tokens, backend, options)
     from ._streaming import Stream  # on first use: a program that never streams does not pay
 
-    return Stream(lambda manager: begin_sync(manager, *arguments), model_name)
+    return Stream(arguments)
 
 
 def stream_completion_async(
@@ -117,7 +117,7 @@ def stream_completion_async(
     arguments = (prompt_messages, prompt, model_name, temperature, max_tokens, backend, options)
     from ._streaming import AsyncStream  # on first use: a program that never streams does not pay
 
-    return AsyncStream(lambda manager: begin_async(manager, *arguments), model_name)
+    return AsyncStream(arguments)
 
 
 def stream_completion_with_messages_async(
@@ -133,4 +133,4 @@ def stream_completion_with_messages_async(
     arguments = (checked_messages, messages, model_name, temperature, max_tokens, backend, options)
     from ._streaming import AsyncStream  # on first use: a program that never streams does not pay
 
-    return AsyncStream(lambda manager: begin_async(manager, *arguments), model_name)
+    return AsyncStream(arguments)

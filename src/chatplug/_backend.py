@@ -35,6 +35,15 @@ class ChatBackend(ABC):
     #: is sent, never by silently dropping it.
     capabilities: ClassVar[frozenset[str]] = frozenset()
 
+    #: Whether the sync methods end by ``request.deadline`` on their own (their HTTP client made
+    #: with ``chatplug.toolkit.deadline_client``, a sync stream's first chunk read with
+    #: ``first_within``, or a check of their own). When ``False`` (the default, the safe one), the
+    #: dispatcher runs each sync ``complete()``, and the wait for a sync stream's first chunk, in a
+    #: worker thread and stops waiting at the deadline: the call returns ``timeout`` on time, and
+    #: the backend's work finishes in the background, its result dropped. Async calls need
+    #: neither: they are cancelled on the event loop at the deadline.
+    bounds_deadline: ClassVar[bool] = False
+
     @abstractmethod
     def complete(self, request: ChatRequest) -> ChatResult:
         """Send ``request`` and wait for the whole reply."""
@@ -44,18 +53,31 @@ class ChatBackend(ABC):
         """Send ``request`` without blocking the event loop."""
 
     def stream(self, request: ChatRequest) -> Iterator[ChatChunk]:
-        """Send ``request`` and yield the reply as it comes. Stopping early (``close()`` on the
-        generator, which the dispatcher calls when the caller stops) must close the HTTP
-        response: use ``with`` around it. The default runs ``complete`` and yields the whole
-        reply as one chunk, so a backend without streaming still streams."""
+        """Send ``request`` and yield the reply as it comes: a generator, or any iterator of
+        ``ChatChunk``s. When the caller closes its stream early, the dispatcher calls the
+        iterator's ``close()`` if it has one, as a generator does: put the HTTP response in a
+        ``with`` inside the generator, so that it closes at once. An exception raised here, or
+        before the first chunk, is an attempt that may be retried. The default runs ``complete``
+        and yields the whole reply as one chunk, so a backend without streaming still streams."""
         yield _whole(self.complete(request))
 
     async def astream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
-        """The async twin of ``stream``; by default ``acomplete`` as one chunk."""
+        """The async twin of ``stream``: an async generator, or a plain ``def`` returning any
+        async iterator (its ``aclose()`` awaited, if it has one, when the caller stops early);
+        by default ``acomplete`` as one chunk."""
         yield _whole(await self.acomplete(request))
 
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release clients and connections. Called by ``chatplug.close()``."""
+
+    def endpoint(self, request: ChatRequest) -> str:
+        """Where ``request`` would be sent: the base URL (or host, or model file) as configured
+        for this call, e.g. ``OPENAI_BASE_URL``. The response cache keys on it, so that two
+        servers serving the same model name never answer from each other's entries. Never a
+        credential: no API key or token (a ``user:password@`` in a URL is dropped by chatplug).
+        Called once per call when ``LLM_CACHE`` is set, before anything is sent: read settings,
+        do no I/O. The default, ``""``, says nothing: every endpoint shares one set of entries."""
+        return ""
 
 
 def _whole(result: ChatResult) -> ChatChunk:

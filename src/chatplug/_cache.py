@@ -8,9 +8,13 @@ server (the ``redis`` client, ``pip install "chatplug[redis]"``, imported on fir
 by every process on every machine. ``LLM_CACHE_TTL`` bounds how long an entry is kept.
 
 The key is the sha256 of the canonical JSON of everything that makes the reply: the backend,
-the model, the messages, temperature, max_tokens, every option, the tools' schemas, tool_choice
-and the response_format schema. Not the timeout, retries or fallbacks: they change whether a
-reply comes, not which.
+where it sends the request (``ChatBackend.endpoint``: its base URL, never a credential), the
+model, the messages, temperature, max_tokens, every option, the tools' schemas, tool_choice and
+the response_format schema. Not the timeout, retries or fallbacks: they change whether a reply
+comes, not which.
+
+SQLite is blocking I/O that may wait for another process's lock (``BUSY_TIMEOUT``): async calls
+do it in a worker thread, never on the event loop. Redis has an asyncio client of its own.
 
 A cache that fails (a file that cannot be written, a Redis that is down) never fails a call:
 one warning is logged, the call goes on uncached, and the store is left alone for
@@ -25,13 +29,16 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._types import ChatRequest, ChatResult, LLMResponse, thaw
+from ._types import ChatRequest, ChatResult, LLMResponse, freeze, thaw
 
 if TYPE_CHECKING:
+    import sqlite3
+
     from ._clients import ClientCache
 
 logger = logging.getLogger("chatplug")
@@ -48,8 +55,18 @@ REDIS_TIMEOUT = 2.0
 #: Redis keys: this prefix and the request's sha256.
 REDIS_PREFIX = "chatplug:cache:"
 
-#: The version of the key and the stored record: a change makes old entries plain misses.
+#: The version of the stored record: a change makes old entries plain misses.
 VERSION = 1
+
+#: The version of the key: a change makes old entries plain misses. 2: the endpoint is in it.
+KEY_VERSION = 2
+
+#: Seconds a SQLite statement waits for another connection's lock before it fails.
+BUSY_TIMEOUT = 10.0
+
+#: Idle SQLite connections kept for reuse (as many as asyncio's default executor has threads at
+#: most); more are opened while more threads use the store at once, and closed after.
+IDLE_CONNECTIONS = 32
 
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
@@ -58,23 +75,39 @@ def is_redis(place: str) -> bool:
     return place.lower().startswith(REDIS_SCHEMES)
 
 
-def key(request: ChatRequest) -> str:
-    """The cache key of ``request``: sha256 of the canonical JSON of what makes its reply."""
+def key(request: ChatRequest, endpoint: str = "") -> str:
+    """The cache key of ``request``: sha256 of the canonical JSON of what makes its reply.
+    ``endpoint`` is where it goes, as its backend says (``ChatBackend.endpoint``)."""
     response_format = request.response_format
     fields = [
-        VERSION,
+        KEY_VERSION,
         request.backend,
+        without_userinfo(endpoint),
         request.model,
         thaw(request.messages),
         request.temperature,
         request.max_tokens,
         thaw(request.options) if request.options else {},
-        [[t.name, t.description, thaw(t.parameters)] for t in request.tools],
+        [[t.name, t.description, thaw(t.parameters), t.strict] for t in request.tools],
         request.tool_choice,
-        None if response_format is None else [response_format.name, thaw(response_format.schema)],
+        None if response_format is None else [
+            response_format.name, thaw(response_format.schema), response_format.strict
+        ],
     ]
     text = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=repr)
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def without_userinfo(endpoint: str) -> str:
+    """``endpoint`` without the ``user:password@`` of its address, if it is a URL: who asks does
+    not change the reply, and no credential goes into a key. (Anything else, a file path, as it is.)"""
+    start = endpoint.find("://")
+    if start < 0:
+        return endpoint
+    start += 3
+    ends = [i for i in (endpoint.find(mark, start) for mark in "/?#") if i >= 0]
+    at = endpoint.rfind("@", start, min(ends, default=len(endpoint)))
+    return endpoint if at < 0 else endpoint[:start] + endpoint[at + 1 :]
 
 
 def record(response: LLMResponse) -> bytes:
@@ -88,6 +121,7 @@ def record(response: LLMResponse) -> bytes:
         "finish_reason": response.finish_reason,
         "reasoning": response.reasoning,
         "tool_calls": [call.to_dict() for call in response.tool_calls],
+        "thinking_blocks": response.thinking_blocks,
     }
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogatepass")
 
@@ -97,6 +131,10 @@ def result(stored: bytes) -> ChatResult | None:
     try:
         data = json.loads(stored)
         if data.get("v") != VERSION:
+            return None
+        if "thinking_blocks" not in data and data["reasoning"] and data["tool_calls"]:
+            # Stored before thinking blocks were kept: Anthropic refuses the tool loop's next
+            # request without them. A miss: asked again, and stored whole.
             return None
         calls: tuple[Any, ...] = ()
         if data["tool_calls"]:
@@ -114,6 +152,7 @@ def result(stored: bytes) -> ChatResult | None:
             finish_reason=data["finish_reason"],
             reasoning=data["reasoning"],
             tool_calls=calls,
+            thinking_blocks=tuple(freeze(block) for block in data.get("thinking_blocks", ())),
         )
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
@@ -124,7 +163,8 @@ def result(stored: bytes) -> ChatResult | None:
 
 class Store:
     """Where entries are kept. ``get`` and ``put`` raise whatever their storage raises; ``Cache``
-    turns that into a warning."""
+    turns that into a warning. The async twins run them in a worker thread, unless a store has
+    an async client of its own."""
 
     def get(self, key: str) -> bytes | None:
         raise NotImplementedError
@@ -133,62 +173,89 @@ class Store:
         raise NotImplementedError
 
     async def aget(self, key: str) -> bytes | None:
-        return self.get(key)
+        import asyncio
+
+        return await asyncio.to_thread(self.get, key)
 
     async def aput(self, key: str, value: bytes, ttl: float | None) -> None:
-        self.put(key, value, ttl)
+        import asyncio
+
+        await asyncio.to_thread(self.put, key, value, ttl)
 
     def close(self) -> None:
         pass
 
 
 class SQLiteStore(Store):
-    """A SQLite file: one connection per process, shared by its threads under a lock (a lookup is
-    a few microseconds); WAL mode, so readers in other processes never wait for a writer."""
+    """A SQLite file in WAL mode, so readers never wait for a writer. Each statement borrows a
+    connection of its own from a pool (a sqlite3 connection is not for two threads at once): a
+    write that waits for another process's lock holds up no lookup of this process's other
+    threads. Async calls run the same methods in a worker thread (``Store.aget``)."""
 
     def __init__(self, path: str) -> None:
         self.path = Path(path).expanduser()
-        self._lock = threading.Lock()
-        self._connection: Any = None
+        self._lock = threading.Lock()  # guards the pool
+        self._idle: list[sqlite3.Connection] = []
+        self._closed = False
 
-    def _connect(self) -> Any:
-        if self._connection is None:
-            import sqlite3
+    def _connect(self) -> sqlite3.Connection:
+        import sqlite3
 
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            connection = sqlite3.connect(self.path, timeout=10.0, check_same_thread=False, isolation_level=None)
-            try:
-                connection.execute("PRAGMA journal_mode=WAL")
-                connection.execute("PRAGMA synchronous=NORMAL")
-                connection.execute(
-                    "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, value BLOB NOT NULL, expires REAL)"
-                )
-            except BaseException:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # check_same_thread=False: a connection goes back to the pool and serves another thread
+        # next, never two at once.
+        connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, check_same_thread=False, isolation_level=None)
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
+            connection.execute(
+                "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, value BLOB NOT NULL, expires REAL)"
+            )
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        """An idle connection (a new one if none), back to the pool after a success; closed
+        after a failure, or once the store is closed."""
+        with self._lock:
+            connection = self._idle.pop() if self._idle else None
+        if connection is None:
+            connection = self._connect()
+        kept = False
+        try:
+            yield connection
+            with self._lock:
+                if not self._closed and len(self._idle) < IDLE_CONNECTIONS:
+                    self._idle.append(connection)
+                    kept = True
+        finally:
+            if not kept:
                 connection.close()
-                raise
-            self._connection = connection
-        return self._connection
 
     def get(self, key: str) -> bytes | None:
-        with self._lock:
-            row = self._connect().execute("SELECT value, expires FROM responses WHERE key = ?", (key,)).fetchone()
+        with self._connection() as connection:
+            row = connection.execute("SELECT value, expires FROM responses WHERE key = ?", (key,)).fetchone()
         if row is None or (row[1] is not None and row[1] <= clock()):
             return None
         return bytes(row[0])
 
     def put(self, key: str, value: bytes, ttl: float | None) -> None:
         expires = None if ttl is None else clock() + ttl
-        with self._lock:
-            connection = self._connect()
+        with self._connection() as connection:
             connection.execute("INSERT OR REPLACE INTO responses VALUES (?, ?, ?)", (key, value, expires))
             if expires is not None and os.urandom(1)[0] < 3:  # now and then: drop what expired
                 connection.execute("DELETE FROM responses WHERE expires <= ?", (clock(),))
 
     def close(self) -> None:
+        """Close the idle connections; those in use close when their statement is done."""
         with self._lock:
-            if self._connection is not None:
-                self._connection.close()
-                self._connection = None
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for connection in idle:
+            connection.close()
 
 
 class RedisStore(Store):

@@ -27,12 +27,15 @@ socket operations (parsing a reply, which is bounded by its size).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import importlib
 import itertools
+import logging
 import math
+import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextvars import ContextVar
 from types import TracebackType
 from typing import Any, TypeVar
@@ -40,6 +43,9 @@ from typing import Any, TypeVar
 from ._transports import unbind
 
 T = TypeVar("T")
+A = TypeVar("A")
+
+logger = logging.getLogger("chatplug")
 
 #: When the current sync call must be over, on ``time.monotonic()``'s clock (``None``: no deadline).
 DEADLINE: ContextVar[float | None] = ContextVar("chatplug_deadline", default=None)
@@ -81,6 +87,40 @@ def _first_within(items: Iterator[T], deadline: float | None) -> Iterator[Iterab
             return
     yield (first,)
     yield items
+
+
+class GaveUp(TimeoutError):
+    """``call_within``'s wait ended at the deadline (apart from a ``TimeoutError`` of the function's own)."""
+
+
+def call_within(function: Callable[[A], T], argument: A, seconds: float) -> T:
+    """``function(argument)`` run in a daemon thread (in a copy of this thread's context), waited
+    for at most ``seconds``; past them ``GaveUp``, and the thread finishes in the background, its
+    result dropped (logged at debug level). The sync twin of cancelling an async attempt, for a
+    backend whose sync methods do not end by the deadline themselves (``bounds_deadline``): a
+    blocked thread cannot be stopped, only left. A daemon thread, not a pool's: a pool's threads
+    are joined when Python exits, so a backend that never returns would hang the exit."""
+    done = threading.Event()
+    outcome: list[Any] = []  # [result] or [None, exception]
+
+    def run() -> None:
+        try:
+            outcome.append(context.run(function, argument))
+        except BaseException as exc:  # handed to the caller, re-raised there
+            outcome.extend((None, exc))
+        finally:
+            done.set()
+            if late:
+                logger.debug("%s returned after its call's deadline; its result was dropped", function)
+
+    context, late = contextvars.copy_context(), False
+    threading.Thread(target=run, name="chatplug-attempt", daemon=True).start()
+    if not done.wait(min(max(seconds, 0.0), threading.TIMEOUT_MAX)):
+        late = True
+        raise GaveUp(f"no answer within {seconds:g} s")
+    if len(outcome) == 2:
+        raise outcome[1]
+    return outcome[0]  # type: ignore[no-any-return]
 
 
 def _left(timeout: float | None, expired: type[Exception]) -> float | None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._config import MAX_RETRIES, NAMES, TIMEOUT, settings
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from ._deadline import loop_deadline
     from ._plugins import Plugins
     from ._ratelimit import Ticket
+    from ._streaming import ChatChunk
 
 ToMessages = Callable[[Any], "tuple[Message, ...]"]
 T = TypeVar("T")
@@ -197,13 +198,17 @@ class Call:
 
     # -- the cache and the rate limit ---------------------------------------------------
 
-    def key(self, request: ChatRequest) -> str | None:
-        """The cache key of the call's first request; ``None`` past it, or without a cache."""
+    def key(self, chosen: ChatBackend, request: ChatRequest) -> str | None:
+        """The cache key of the call's first request, which holds where it goes (``chosen``'s
+        ``endpoint``); ``None`` past it, or without a cache."""
         if self.cache is None or self.cache_key is not None:
             return None
         from ._cache import key
 
-        self.cache_key = key(request)
+        endpoint = chosen.endpoint(request)
+        if not isinstance(endpoint, str):
+            raise TypeError(f"{type(chosen).__name__}.endpoint() returned {type(endpoint).__name__}, not a str")
+        self.cache_key = key(request, endpoint)
         return self.cache_key
 
     def limits(self, request: ChatRequest) -> tuple[float | None, float | None, int] | None:
@@ -268,7 +273,7 @@ def next_sync(manager: Plugins, call: Call) -> tuple[ChatBackend, ChatRequest]:
         call.plan.restart()  # making the backend (importing its SDK) is not the server's time
     request = call.request(chosen)
     if call.cache is not None:
-        key = call.key(request)
+        key = call.key(chosen, request)
         if key is not None:
             call.hit = call.cache.get(key)
             if call.hit is not None:
@@ -307,7 +312,7 @@ async def next_async(manager: Plugins, call: Call) -> tuple[ChatBackend, ChatReq
         call.plan.restart()  # making the backend (importing its SDK) is not the server's time
     request = call.request(chosen)
     if call.cache is not None:
-        key = call.key(request)
+        key = call.key(chosen, request)
         if key is not None:
             call.hit = await call.cache.aget(key)
             if call.hit is not None:
@@ -343,7 +348,10 @@ def call_sync(*arguments: Any) -> LLMResponse:
         while result is None:
             token = deadline.set(request.deadline)
             try:
-                result = chosen.complete(request)
+                if chosen.bounds_deadline:
+                    result = chosen.complete(request)
+                else:  # a backend that may block past the deadline: waited for in a thread, up to it
+                    result = complete_within(chosen, request, call.plan.remaining())
                 call.plan.succeeded()
                 break
             except Exception as exc:
@@ -409,12 +417,55 @@ async def within(awaitable: Awaitable[T], seconds: float, request: ChatRequest) 
                 return await awaitable
         import asyncio
 
-        return await asyncio.wait_for(awaitable, seconds)
+        try:
+            return await asyncio.wait_for(awaitable, seconds)
+        except asyncio.TimeoutError:  # before 3.11 not the built-in TimeoutError
+            raise late(request) from None
     except TimeoutError:
-        raise APITimeoutError(
-            f"{request.backend} did not answer within {request.timeout:g} s (the call's deadline). Raise "
-            "LLM_TIMEOUT or pass timeout=, or lower max_tokens."
-        ) from None
+        raise late(request) from None
+
+
+def complete_within(chosen: ChatBackend, request: ChatRequest, seconds: float) -> ChatResult:
+    """``chosen.complete(request)``, given up at the deadline (``_deadline.call_within``)."""
+    from ._deadline import GaveUp, call_within
+
+    try:
+        return call_within(chosen.complete, request, seconds)
+    except GaveUp:
+        raise late(request) from None
+
+
+def stream_within(chosen: ChatBackend, request: ChatRequest, seconds: float) -> Generator[ChatChunk, None, None]:
+    """``chosen.stream(request)``, its opening and first chunk given up at the deadline, as a
+    whole call's are (``complete_within``); the later chunks are read on the caller's thread."""
+    from ._deadline import GaveUp, call_within
+
+    def opened(_: None) -> tuple[Iterator[ChatChunk], tuple[ChatChunk, ...]]:
+        chunks = iter(chosen.stream(request))
+        for first in chunks:
+            return chunks, (first,)
+        return chunks, ()
+
+    try:
+        chunks, first = call_within(opened, None, seconds)
+    except GaveUp:
+        raise late(request) from None
+    try:
+        yield from first
+        for chunk in chunks:  # noqa: UP028 - `yield from` would close them too when this is closed
+            yield chunk
+    finally:
+        close = getattr(chunks, "close", None)  # a generator's closes the HTTP response
+        if close is not None:
+            close()
+
+
+def late(request: ChatRequest) -> APITimeoutError:
+    """The error of an attempt its call's deadline ended."""
+    return APITimeoutError(
+        f"{request.backend} did not answer within {request.timeout:g} s (the call's deadline). Raise "
+        "LLM_TIMEOUT or pass timeout=, or lower max_tokens."
+    )
 
 
 def fallback_targets(value: object, is_backend: Callable[[str], bool], config: Snapshot) -> list[Target]:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from ._exceptions import ChatplugError, InvalidOutputError, PluginError
 from ._secrets import redact
-from ._types import ChatRequest, ChatResult, LLMResponse
+from ._types import ChatRequest, ChatResult, LLMResponse, thaw
 
 logger = logging.getLogger("chatplug")
 
@@ -41,7 +41,7 @@ def succeeded(result: ChatResult, request: ChatRequest, start: float, describe: 
 
 
 def _response(result: ChatResult, request: ChatRequest, start: float) -> LLMResponse:
-    prompt, completion = result.prompt_tokens, result.completion_tokens
+    prompt, completion, blocks = result.prompt_tokens, result.completion_tokens, result.thinking_blocks
     return LLMResponse._of(
         {
             "content": result.content,
@@ -55,6 +55,8 @@ def _response(result: ChatResult, request: ChatRequest, start: float) -> LLMResp
             "backend": request.backend,
             "reasoning": result.reasoning,
             "usage_reported": prompt is not None or completion is not None,
+            # Plain dicts, as the provider sent them: the caller sends them back (response.message).
+            "thinking_blocks": [thaw(block) for block in blocks] if blocks else [],
         }
     )
 
@@ -82,10 +84,12 @@ def _with_output(result: ChatResult, request: ChatRequest, start: float, describ
             error = exc
     bad = failed(error, request, start)
     bad.content, bad.reasoning, bad.tool_calls = response.content, response.reasoning, response.tool_calls
-    bad.prompt_tokens, bad.completion_tokens, bad.tokens_used = (
+    bad.thinking_blocks = response.thinking_blocks
+    bad.prompt_tokens, bad.completion_tokens, bad.tokens_used, bad.usage_reported = (
         response.prompt_tokens,
         response.completion_tokens,
         response.tokens_used,
+        response.usage_reported,
     )
     bad.model_used, bad.finish_reason = response.model_used, response.finish_reason
     return bad
@@ -105,6 +109,7 @@ def malformed(result: object) -> str | None:
             and (prompt is None or (type(prompt) is int and prompt >= 0))
             and (completion is None or (type(completion) is int and completion >= 0))
             and not result.tool_calls
+            and not result.thinking_blocks
         ):
             return None
     if not isinstance(result, ChatResult):
@@ -128,6 +133,9 @@ def malformed(result: object) -> str | None:
             isinstance(call, (ToolCall, ToolCallDelta)) for call in result.tool_calls
         ):
             return f"a ChatResult whose tool_calls is {result.tool_calls!r}, not ToolCalls."
+    blocks = result.thinking_blocks
+    if blocks and (not isinstance(blocks, (tuple, list)) or not all(isinstance(block, Mapping) for block in blocks)):
+        return f"a ChatResult whose thinking_blocks is {blocks!r}, not a tuple of the provider's blocks (mappings)."
     return None
 
 
@@ -144,6 +152,7 @@ def failed(exc: ChatplugError, request: ChatRequest | None, start: float, model_
         backend=request.backend if request else exc.backend,
         error_kind=exc.kind,
         retry_after=exc.retry_after,
+        usage_reported=False,  # no count arrived; a failed stream sets those that did
         exception=exc,
     )
     logger.warning("chat completion failed (%s): %s", exc.kind.value, response.error)

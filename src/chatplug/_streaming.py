@@ -4,26 +4,28 @@ async twins). Both take the same way through the dispatcher as a whole call (``b
 ``stream`` and adding the chunks up.
 
 Nothing is sent until the iteration starts. Whatever happens, the iteration ends without raising
-a provider failure, and ``stream.response`` holds the whole reply: a failure keeps the text that
-had arrived; a caller that stops early (``break``, leaving the ``with`` block, ``close()``, a
-cancelled task) closes the HTTP response at once and gets ``finish_reason="cancelled"``.
+a provider failure, and ``stream.response`` holds the whole reply: a failure keeps the text and
+the token counts that had arrived; a stream closed early (leaving the ``with`` block,
+``close()``, a cancelled task, or dropped unclosed) closes the HTTP response at once and gets
+``finish_reason="cancelled"``. A ``break`` closes nothing: the stream is its own iterator, and
+the next ``for`` goes on where it stopped.
 """
 
 from __future__ import annotations
 
 import time
-import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Generator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Coroutine, Generator, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from ._exceptions import PluginError
 from ._response import as_chatplug_error, failed, succeeded
-from ._types import ChatRequest, ChatResult, LLMResponse
+from ._types import ChatRequest, ChatResult, LLMResponse, thaw
 
 if TYPE_CHECKING:
-    from ._backend import ChatBackend
+    from collections.abc import Mapping
+
     from ._dispatch import Call
     from ._plugins import Plugins
     from ._tools import ToolCallDelta
@@ -48,13 +50,13 @@ class ChatChunk:
     finish_reason: str | None = None
     #: Pieces of tool calls (see ``ToolCallDelta``); the dispatcher assembles them.
     tool_calls: tuple[ToolCallDelta, ...] = ()
+    #: Whole thinking blocks of the provider's, each as it sent it (see ``ChatResult``), once the
+    #: block is complete (its text streams as ``reasoning`` meanwhile); the dispatcher keeps them.
+    thinking_blocks: tuple[Mapping[str, Any], ...] = ()
 
 
 #: The finish reason of a stream its caller stopped.
 CANCELLED = "cancelled"
-
-Begin = Callable[["Plugins"], "tuple[Call, ChatBackend, ChatRequest]"]
-AsyncBegin = Callable[["Plugins"], "Awaitable[tuple[Call, ChatBackend, ChatRequest]]"]
 
 
 class _Text:
@@ -91,6 +93,7 @@ class _Collected:
         self.finish_reason: str | None = None
         self.first_token: float | None = None
         self.tool_calls: list[ToolCallDelta] = []
+        self.thinking_blocks: list[Mapping[str, Any]] = []
         self.started = False  # whether anything reached the caller: no retry after that
 
     def add(self, chunk: object, describe: str) -> bool:
@@ -111,6 +114,8 @@ class _Collected:
             self.finish_reason = chunk.finish_reason
         if chunk.tool_calls:
             self.tool_calls.extend(chunk.tool_calls)
+        if chunk.thinking_blocks:
+            self.thinking_blocks.extend(chunk.thinking_blocks)
         if not (text or reasoning):
             return False
         self.started = True
@@ -131,6 +136,7 @@ class _Collected:
             finish_reason=finish_reason or self.finish_reason,
             reasoning=self.reasoning.getvalue(),
             tool_calls=tuple(self.tool_calls),
+            thinking_blocks=tuple(self.thinking_blocks),
         )
 
     def response(
@@ -148,108 +154,83 @@ class _Collected:
             response = failed(chatplug_error, request, self.start, model)
             response.content = self.text.getvalue()  # the text that arrived is kept
             response.reasoning = self.reasoning.getvalue()
+            response.thinking_blocks = [thaw(block) for block in self.thinking_blocks]
+            # So are the counts (Anthropic's message_start gives the input's before any text).
+            prompt, completion = self.prompt_tokens, self.completion_tokens
+            response.usage_reported = prompt is not None or completion is not None
+            response.prompt_tokens, response.completion_tokens = prompt or 0, completion or 0
+            response.tokens_used = response.prompt_tokens + response.completion_tokens
         response.time_to_first_token = self.first_token
         return response
 
 
+class _Run:
+    """A stream's call, kept apart from the stream object: its arguments and the response it
+    ends with. The stream's generator refers to this, never to the stream, so a stream dropped
+    unclosed is freed with its last reference, its generator with it, and CPython closes a
+    generator as its last reference goes (the HTTP response closed, the response "cancelled",
+    the observers told): no ``__del__``, no wait for the cycle collector."""
+
+    __slots__ = ("arguments", "response")
+
+    def __init__(self, arguments: tuple[Any, ...]) -> None:
+        #: The dispatcher's arguments of the call, as ``begin_sync`` takes them.
+        self.arguments = arguments
+        self.response: LLMResponse | None = None
+
+    @property
+    def model_name(self) -> object:
+        return self.arguments[2]
+
+
 class _StreamBase:
-    """What the sync and async streams share: the final response and how it is read."""
+    """What the sync and async streams share: the call, the final response and how it is read."""
 
-    _response: LLMResponse | None = None
-
-    def __init__(self, model_name: object) -> None:
-        self._model_name = model_name
+    def __init__(self, arguments: tuple[Any, ...]) -> None:
+        self._run = _Run(arguments)
 
     @property
     def response(self) -> LLMResponse:
         """The whole reply, once the iteration has ended (or the stream was closed)."""
-        if self._response is None:
+        response = self._run.response
+        if response is None:
             raise RuntimeError("stream.response is set once the stream ends: iterate it to the end, or close it.")
-        return self._response
+        return response
 
     @property
     def done(self) -> bool:
-        return self._response is not None
-
-    def _cancelled_before_start(self) -> LLMResponse:
-        return LLMResponse(
-            content="", tokens_used=0, response_time=0.0, model_used="", success=True, finish_reason=CANCELLED
-        )
+        return self._run.response is not None
 
 
 class Stream(_StreamBase):
-    """A streamed reply: ``for chunk in stream`` yields ``ChatChunk``s (``.text``, ``.reasoning``);
-    then ``stream.response`` is the whole ``LLMResponse``. Use it in a ``with`` block to close
-    it when leaving early."""
+    """A streamed reply: an iterator of ``ChatChunk``s (``.text``, ``.reasoning``) and a context
+    manager. ``next(stream)`` and ``for chunk in stream`` read the same stream, each going on
+    where the last stopped (a ``for`` left with ``break`` can be taken up again); at its end,
+    ``stream.response`` is the whole ``LLMResponse``. Closing it (leaving its ``with`` block,
+    ``close()``, or dropping it) stops it: the HTTP response closed, ``finish_reason="cancelled"``."""
 
-    def __init__(self, begin: Begin, model_name: object) -> None:
-        super().__init__(model_name)
-        self._begin = begin
-        # Weakly: a `for` loop left with `break` drops the last reference, and CPython closes the
-        # generator (and with it the HTTP response) at once.
-        self._iterator: weakref.ref[Generator[ChatChunk, None, None]] | None = None
+    def __init__(self, arguments: tuple[Any, ...]) -> None:
+        super().__init__(arguments)
+        self._chunks: Generator[ChatChunk, None, None] | None = None  # made by the first next()
 
-    def __iter__(self) -> Iterator[ChatChunk]:
-        if self._iterator is None and self._response is None:
-            iterator = self._run()
-            self._iterator = weakref.ref(iterator)
-            return iterator
-        return iter(())  # a stream is iterated once
+    def __iter__(self) -> Stream:
+        return self
 
-    def _run(self) -> Generator[ChatChunk, None, None]:
-        from ._dispatch import next_sync, plugins
-
-        manager = plugins()
-        collected = _Collected(time.perf_counter())
-        call: Call | None = None
-        request: ChatRequest | None = None
-        error: Exception | None = None
-        stopped = False
-        try:
-            call, chosen, request = self._begin(manager)
-            if call.hit is not None:  # answered from the cache: the whole reply as one chunk, nothing sent
-                chunk = whole_chunk(call.hit)
-                if collected.add(chunk, "the response cache"):
-                    yield chunk
-            while call.hit is None:  # attempts: retried (or moved to a fallback) only before the first chunk
-                source = chosen.stream(request)
-                describe = manager.backends.describe(request.backend)
-                try:
-                    for chunk in source:
-                        if collected.add(chunk, describe):
-                            yield chunk
-                    break
-                except Exception as exc:
-                    if collected.started:
-                        raise
-                    wait = call.failed(exc, manager, request)
-                finally:
-                    source.close()  # type: ignore[attr-defined]  # a generator: closes the HTTP response
-                if wait:
-                    time.sleep(wait)
-                chosen, request = next_sync(manager, call)
-            if call.hit is None:
-                call.plan.succeeded()
-        except (GeneratorExit, KeyboardInterrupt):
-            stopped = True
-            raise
-        except Exception as exc:
-            error = exc
-        finally:
-            self._response = collected.response(manager, request, error, stopped, self._model_name)
-            if call is not None:
-                call.finish(self._response)
-                if call.cache is not None or call.ticket is not None:
-                    call.after(self._response)  # a whole reply stored; its real tokens counted
-            manager.on_response(request, self._response)
+    def __next__(self) -> ChatChunk:
+        chunks = self._chunks
+        if chunks is None:
+            if self._run.response is not None:  # closed before it was read
+                raise StopIteration
+            chunks = self._chunks = _chunks(self._run)
+        return next(chunks)
 
     def close(self) -> None:
-        """Stop the stream: the HTTP response is closed at once. Safe to call twice."""
-        iterator = self._iterator() if self._iterator is not None else None
-        if iterator is not None:
-            iterator.close()
-        if self._response is None:  # never started: nothing was sent
-            self._response = self._cancelled_before_start()
+        """Stop the stream: the HTTP response is closed at once. Safe to call twice. A stream
+        closed unread sends nothing; its input is checked all the same (see ``_unread``)."""
+        if self._chunks is not None:
+            self._chunks.close()  # GeneratorExit where it waits: "cancelled", unless it had ended
+        if self._run.response is None:
+            self._run.response = _unread(self._run)
 
     def __enter__(self) -> Stream:
         return self
@@ -258,88 +239,91 @@ class Stream(_StreamBase):
         self.close()
 
 
+def _chunks(run: _Run) -> Generator[ChatChunk, None, None]:
+    """The chunks of a sync stream; its response is left in ``run``."""
+    from ._dispatch import begin_sync, next_sync, plugins, stream_within
+
+    manager = plugins()
+    collected = _Collected(time.perf_counter())
+    call: Call | None = None
+    request: ChatRequest | None = None
+    error: Exception | None = None
+    stopped = False
+    try:
+        call, chosen, request = begin_sync(manager, *run.arguments)
+        if call.hit is not None:  # answered from the cache: the whole reply as one chunk, nothing sent
+            chunk = whole_chunk(call.hit)
+            if collected.add(chunk, "the response cache"):
+                yield chunk
+        while call.hit is None:  # attempts: retried (or moved to a fallback) only before the first chunk
+            describe = manager.backends.describe(request.backend)
+            source: Iterator[ChatChunk] | None = None
+            try:
+                # In the try: a plain function may send (and fail) here.
+                if chosen.bounds_deadline:
+                    source = chosen.stream(request)
+                else:  # a backend that may block past the deadline: its first chunk waited for in a thread
+                    source = stream_within(chosen, request, call.plan.remaining())
+                for chunk in source:
+                    if collected.add(chunk, describe):
+                        yield chunk
+                break
+            except Exception as exc:
+                if collected.started:
+                    raise
+                wait = call.failed(exc, manager, request)
+                collected = _Collected(collected.start)  # the next attempt's counts and tool calls alone
+            finally:
+                close = getattr(source, "close", None)  # a generator's closes the HTTP response
+                if close is not None:
+                    close()
+            if wait:
+                time.sleep(wait)
+            chosen, request = next_sync(manager, call)
+        if call.hit is None:
+            call.plan.succeeded()
+    except (GeneratorExit, KeyboardInterrupt):
+        stopped = True
+        raise
+    except Exception as exc:
+        error = exc
+    finally:
+        run.response = collected.response(manager, request, error, stopped, run.model_name)
+        if call is not None:
+            call.finish(run.response)
+            if call.cache is not None or call.ticket is not None:
+                call.after(run.response)  # a whole reply stored; its real tokens counted
+        manager.on_response(request, run.response)
+
+
 class AsyncStream(_StreamBase):
-    """The async twin of ``Stream``: ``async with ... as stream: async for chunk in stream``."""
+    """The async twin of ``Stream``, an async iterator: ``async with ... as stream: async for
+    chunk in stream``, or ``await anext(stream)``. Dropped unclosed, it is closed by its event
+    loop (asyncio finalises an async generator on the loop), not at once: close it."""
 
-    def __init__(self, begin: AsyncBegin, model_name: object) -> None:
-        super().__init__(model_name)
-        self._begin = begin
-        # Strongly, unlike the sync stream's: an async generator is not closed when its last
-        # reference goes (the loop finalises it later), so `async with` must be able to close it.
-        self._iterator: AsyncGenerator[ChatChunk, None] | None = None
+    def __init__(self, arguments: tuple[Any, ...]) -> None:
+        super().__init__(arguments)
+        self._chunks: AsyncGenerator[ChatChunk, None] | None = None  # made by the first __anext__
 
-    def __aiter__(self) -> AsyncIterator[ChatChunk]:
-        if self._iterator is None and self._response is None:
-            self._iterator = self._run()
-            return self._iterator
-        return _empty()
+    def __aiter__(self) -> AsyncStream:
+        return self
 
-    async def _run(self) -> AsyncGenerator[ChatChunk, None]:
-        import asyncio
-
-        from ._dispatch import next_async, plugins, within
-
-        manager = plugins()
-        collected = _Collected(time.perf_counter())
-        call: Call | None = None
-        request: ChatRequest | None = None
-        error: Exception | None = None
-        stopped = False
-        try:
-            call, chosen, request = await self._begin(manager)
-            if call.hit is not None:  # answered from the cache: the whole reply as one chunk, nothing sent
-                chunk = whole_chunk(call.hit)
-                if collected.add(chunk, "the response cache"):
-                    yield chunk
-            while call.hit is None:  # attempts: retried (or moved to a fallback) only before the first chunk
-                source = chosen.astream(request)
-                describe = manager.backends.describe(request.backend)
-                try:
-                    # The wait for the first chunk is bounded by the call's deadline, on the loop.
-                    pending = source.__aiter__()
-                    waiting: Any = within(pending.__anext__(), call.plan.remaining(), request)
-                    while True:
-                        try:
-                            chunk = await waiting
-                        except StopAsyncIteration:
-                            break
-                        if collected.add(chunk, describe):
-                            yield chunk
-                        waiting = pending.__anext__()
-                    break
-                except Exception as exc:
-                    if collected.started:
-                        raise
-                    wait = call.failed(exc, manager, request)
-                finally:
-                    await source.aclose()  # type: ignore[attr-defined]  # an async generator: closes the response
-                if wait:
-                    await asyncio.sleep(wait)
-                chosen, request = await next_async(manager, call)
-            if call.hit is None:
-                call.plan.succeeded()
-        except (GeneratorExit, KeyboardInterrupt):
-            stopped = True
-            raise
-        except Exception as exc:
-            error = exc
-        except BaseException:  # asyncio.CancelledError: the caller's task was cancelled
-            stopped = True
-            raise
-        finally:
-            self._response = collected.response(manager, request, error, stopped, self._model_name)
-            if call is not None:
-                call.finish(self._response)
-                if not stopped and (call.cache is not None or call.ticket is not None):
-                    await call.aafter(self._response)  # a whole reply stored; its real tokens counted
-            manager.on_response(request, self._response)
+    def __anext__(self) -> Awaitable[ChatChunk]:
+        # A plain method handing on the generator's awaitable: no coroutine of its own per chunk.
+        chunks = self._chunks
+        if chunks is None:
+            if self._run.response is not None:  # closed before it was read
+                return _empty().__anext__()
+            chunks = self._chunks = _achunks(self._run)
+        return chunks.__anext__()
 
     async def aclose(self) -> None:
-        """Stop the stream: the HTTP response is closed at once. Safe to call twice."""
-        if self._iterator is not None:
-            await self._iterator.aclose()
-        if self._response is None:  # never started: nothing was sent
-            self._response = self._cancelled_before_start()
+        """Stop the stream: the HTTP response is closed at once. Safe to call twice. A stream
+        closed unread sends nothing; its input is checked all the same (see ``_unread``)."""
+        if self._chunks is not None:
+            await self._chunks.aclose()
+        if self._run.response is None:
+            self._run.response = await _aunread(self._run)
 
     async def __aenter__(self) -> AsyncStream:
         return self
@@ -348,6 +332,139 @@ class AsyncStream(_StreamBase):
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.aclose()
+
+
+async def _achunks(run: _Run) -> AsyncGenerator[ChatChunk, None]:
+    """The chunks of an async stream; its response is left in ``run``."""
+    import asyncio
+
+    from ._dispatch import begin_async, next_async, plugins, within
+
+    manager = plugins()
+    collected = _Collected(time.perf_counter())
+    call: Call | None = None
+    request: ChatRequest | None = None
+    error: Exception | None = None
+    stopped = False
+    try:
+        call, chosen, request = await begin_async(manager, *run.arguments)
+        if call.hit is not None:  # answered from the cache: the whole reply as one chunk, nothing sent
+            chunk = whole_chunk(call.hit)
+            if collected.add(chunk, "the response cache"):
+                yield chunk
+        while call.hit is None:  # attempts: retried (or moved to a fallback) only before the first chunk
+            describe = manager.backends.describe(request.backend)
+            source: Any = None
+            try:
+                source = chosen.astream(request)
+                if not hasattr(source, "__aiter__"):
+                    raise _not_async_iterator(source, describe)
+                # The wait for the first chunk is bounded by the call's deadline, on the loop.
+                pending = source.__aiter__()
+                waiting: Any = within(pending.__anext__(), call.plan.remaining(), request)
+                while True:
+                    try:
+                        chunk = await waiting
+                    except StopAsyncIteration:
+                        break
+                    if collected.add(chunk, describe):
+                        yield chunk
+                    waiting = pending.__anext__()
+                break
+            except Exception as exc:
+                if collected.started:
+                    raise
+                wait = call.failed(exc, manager, request)
+                collected = _Collected(collected.start)  # the next attempt's counts and tool calls alone
+            finally:
+                aclose = getattr(source, "aclose", None)  # an async generator's closes the HTTP response
+                if aclose is not None:
+                    await aclose()
+            if wait:
+                await asyncio.sleep(wait)
+            chosen, request = await next_async(manager, call)
+        if call.hit is None:
+            call.plan.succeeded()
+    except (GeneratorExit, KeyboardInterrupt):
+        stopped = True
+        raise
+    except Exception as exc:
+        error = exc
+    except BaseException:  # asyncio.CancelledError: the caller's task was cancelled
+        stopped = True
+        raise
+    finally:
+        run.response = collected.response(manager, request, error, stopped, run.model_name)
+        if call is not None:
+            call.finish(run.response)
+            if not stopped and (call.cache is not None or call.ticket is not None):
+                await call.aafter(run.response)  # a whole reply stored; its real tokens counted
+        manager.on_response(request, run.response)
+
+
+def _not_async_iterator(source: object, describe: str) -> PluginError:
+    if isinstance(source, Coroutine):
+        source.close()  # an `async def` that returns: not awaited, and no warning that it was not
+    return PluginError(
+        f"{describe}: astream() returned a {type(source).__name__}, not an async iterator. Make it an async "
+        "generator (`async def` with `yield`), or a plain `def` returning an async iterator."
+    )
+
+
+# -- a stream closed before it was read ---------------------------------------------------------
+#
+# Nothing is sent, and neither the cache, the rate limit nor the observers are asked: the call is
+# only checked, as its first step would check it (the arguments, the backend, the request built
+# for it), so that bad input is reported as reading the stream would have reported it. A valid
+# call ends "cancelled" and is not observed: nothing happened.
+
+
+def _unread(run: _Run) -> LLMResponse:
+    """The response of a sync stream closed before it was read (see above)."""
+    from ._dispatch import Call, plugins
+
+    manager, start = plugins(), time.perf_counter()
+    try:
+        if not manager.loaded:
+            manager.load()
+        call = Call(manager, *run.arguments)
+        backends, name = manager.backends, call.plan.target.backend
+        call.request(backends.made(name) or backends.get(name))
+    except Exception as exc:
+        return _refused(manager, run, exc, start)
+    return _cancelled_before_start()
+
+
+async def _aunread(run: _Run) -> LLMResponse:
+    """``_unread`` without blocking the loop: plugins loaded and a backend made in a worker thread."""
+    import asyncio
+
+    from ._dispatch import Call, plugins
+
+    manager, start = plugins(), time.perf_counter()
+    try:
+        if not manager.loaded:
+            await asyncio.to_thread(manager.load)
+        call = Call(manager, *run.arguments)
+        backends, name = manager.backends, call.plan.target.backend
+        chosen = backends.made(name)
+        call.request(chosen if chosen is not None else await asyncio.to_thread(backends.get, name))
+    except Exception as exc:
+        return _refused(manager, run, exc, start)
+    return _cancelled_before_start()
+
+
+def _refused(manager: Plugins, run: _Run, error: Exception, start: float) -> LLMResponse:
+    """The failure of a call refused before anything was sent, observed as when read."""
+    response = _Collected(start).response(manager, None, error, False, run.model_name)
+    manager.on_response(None, response)
+    return response
+
+
+def _cancelled_before_start() -> LLMResponse:
+    return LLMResponse(
+        content="", tokens_used=0, response_time=0.0, model_used="", success=True, finish_reason=CANCELLED
+    )
 
 
 def whole_chunk(result: ChatResult) -> ChatChunk:
@@ -361,6 +478,7 @@ def whole_chunk(result: ChatResult) -> ChatChunk:
         completion_tokens=result.completion_tokens,
         finish_reason=result.finish_reason,
         tool_calls=tuple(result.tool_calls),  # type: ignore[arg-type]  # ToolCalls are assembled as deltas are
+        thinking_blocks=result.thinking_blocks,
     )
 
 

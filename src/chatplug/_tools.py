@@ -56,6 +56,9 @@ class Tool:
     name: str
     description: str
     parameters: Mapping[str, Any]
+    #: The caller's dict said ``"strict": true``: the provider is to hold the arguments to the
+    #: schema exactly (OpenAI's and Anthropic's strict mode); a provider without one says so.
+    strict: bool = False
 
     def schema(self) -> dict[str, Any]:
         """The parameters schema as plain data."""
@@ -70,6 +73,9 @@ class ResponseFormat:
     name: str
     schema: Mapping[str, Any]
     model: Any = field(default=None, compare=False, repr=False)
+    #: OpenAI's wrapper said ``"strict": true`` (sent to OpenAI-compatible servers; the others
+    #: constrain the output to the schema anyway).
+    strict: bool = False
 
     def json_schema(self) -> dict[str, Any]:
         return thaw(self.schema)  # type: ignore[no-any-return]
@@ -99,7 +105,7 @@ def _tool(tool: object, i: int) -> Tool:
                 f"tools[{i}] must have a 'name' (letters, digits, _ or -) and a JSON-schema 'parameters' dict, "
                 f"got {_shown(tool)}."
             )
-        return Tool(name, str(spec.get("description") or ""), freeze(parameters))
+        return Tool(name, str(spec.get("description") or ""), freeze(parameters), strict=_strict(spec, f"tools[{i}]"))
     if _is_model(tool):
         doc = inspect.getdoc(tool) or ""
         return Tool(tool.__name__, doc, freeze(_without_titles(tool.model_json_schema())))  # type: ignore[attr-defined]
@@ -164,6 +170,16 @@ def check_tool_choice(choice: object, tools: Sequence[Tool]) -> str:
 MODES = {"json_object": "{'type': 'object'} for any JSON object", "text": "nothing (leave response_format out)"}
 
 
+def _strict(spec: Mapping[str, Any], where: str) -> bool:
+    """A dict's ``"strict"`` (OpenAI's key): absent or a bool."""
+    strict = spec.get("strict", False)
+    if strict is None:
+        return False
+    if not isinstance(strict, bool):
+        raise InvalidInputError(f"{where}'s 'strict' must be true or false, got {_shown(strict)}.")
+    return strict
+
+
 def make_response_format(value: object) -> ResponseFormat:
     """``response_format=``: a pydantic model class, or a JSON-schema dict (also in OpenAI's
     ``{"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}`` wrapper), which must
@@ -177,14 +193,15 @@ def make_response_format(value: object) -> ResponseFormat:
                 f"response_format={_shown(value)} is an OpenAI mode, not a schema: pass a JSON-schema dict "
                 f"or a pydantic model; for this mode, {MODES[value['type']]}."
             )
-        name, schema = str(value.get("title") or "response"), value
+        name, schema, strict = str(value.get("title") or "response"), value, False
         if value.get("type") == "json_schema" and isinstance(value.get("json_schema"), Mapping):  # OpenAI's wrapper
             name, schema = str(value["json_schema"].get("name") or "response"), value["json_schema"].get("schema", {})
+            strict = _strict(value["json_schema"], "response_format's json_schema")
             if not isinstance(schema, Mapping):
                 raise InvalidInputError(f"response_format's json_schema.schema must be a dict, got {_shown(schema)}.")
         _json(schema, "response_format's schema")
         _validator(schema)  # checked (and compiled) now, not when the reply comes
-        return ResponseFormat(name, freeze(schema))
+        return ResponseFormat(name, freeze(schema), strict=strict)
     raise InvalidInputError(
         f"response_format must be a pydantic model class or a JSON-schema dict, got {_shown(value)}."
     )

@@ -40,7 +40,10 @@ class Message(TypedDict, total=False):
       ``{"type": "image", "media_type": str, "data": <base64 str>}`` or ``{"type": "image",
       "url": str}`` (a caller's ``"path"`` or ``bytes`` arrive read and base64-encoded);
     - on an assistant message, ``tool_calls``: ``({"id", "name", "arguments": dict}, ...)``;
-    - on a tool message, ``tool_call_id`` (and ``name``, the tool's, when chatplug knows it).
+    - on a tool message, ``tool_call_id`` (and ``name``, the tool's, when chatplug knows it);
+    - on an assistant message, ``thinking_blocks``: the provider's own thinking blocks as it sent
+      them (Anthropic's ``thinking`` with its ``signature``, ``redacted_thinking``), to be sent back
+      unchanged by the backend they came from and left out by every other.
     """
 
     role: Role
@@ -48,6 +51,7 @@ class Message(TypedDict, total=False):
     tool_calls: Any
     tool_call_id: str
     name: str
+    thinking_blocks: Any
 
 
 def text_of(message: Message) -> str:
@@ -204,7 +208,10 @@ class ChatResult(_Record):
     ``tool_use`` to ``tool_calls``) and passes any other through. Token counts are ``None``
     when the provider sent none (the response then says ``usage_reported=False``, rather than
     reporting 0 as if it were counted). ``reasoning`` is the model's thinking, kept apart from
-    ``content``.
+    ``content``. ``thinking_blocks`` are the provider's thinking blocks, each exactly as it sent
+    it (Anthropic's ``{"type": "thinking", "thinking", "signature"}`` and ``{"type":
+    "redacted_thinking", "data"}``): a provider that must have them back (Anthropic, in a tool
+    loop) gets them in the next request, from ``response.message``.
     """
 
     content: str
@@ -215,6 +222,8 @@ class ChatResult(_Record):
     reasoning: str = ""
     #: The tool calls asked for; ``arguments`` may be the provider's JSON text or a dict.
     tool_calls: tuple[ToolCallDelta | ToolCall, ...] = ()
+    #: The provider's thinking blocks, in the order it sent them (read-only; ``()``: none).
+    thinking_blocks: tuple[Mapping[str, Any], ...] = ()
 
     __hash__ = _Record._hash  # type: ignore[assignment]
 
@@ -227,6 +236,7 @@ class ChatResult(_Record):
         finish_reason: str | None = None,
         reasoning: str = "",
         tool_calls: tuple[ToolCallDelta | ToolCall, ...] = (),
+        thinking_blocks: tuple[Mapping[str, Any], ...] = (),
     ) -> None:
         # Written out (the same defaults as the fields, pinned by a test): every backend makes one
         # per reply, and the generated frozen __init__ sets each field through
@@ -239,6 +249,7 @@ class ChatResult(_Record):
             finish_reason=finish_reason,
             reasoning=reasoning,
             tool_calls=tool_calls,
+            thinking_blocks=thinking_blocks,
         )
 
 
@@ -279,12 +290,17 @@ class LLMResponse(_Record):
     attempt_errors: list[str] = field(default_factory=list)
     #: ``True`` when the response cache (``LLM_CACHE``) answered: nothing was sent (``attempts == 0``).
     cached: bool = False
+    #: The provider's thinking blocks (Anthropic's ``thinking`` and ``redacted_thinking``), plain
+    #: dicts exactly as it sent them; ``message`` carries them, to be sent back in a tool loop.
+    thinking_blocks: list[dict[str, Any]] = field(default_factory=list)
     exception: ChatplugError | None = field(default=None, repr=False, compare=False)
 
     @property
     def message(self) -> dict[str, Any]:
         """This reply as an assistant message, to append to the conversation as is."""
         message: dict[str, Any] = {"role": "assistant", "content": self.content}
+        if self.thinking_blocks:  # copies: the caller may change the message it is given
+            message["thinking_blocks"] = [thaw(block) for block in self.thinking_blocks]
         if self.tool_calls:
             message["tool_calls"] = [call.to_dict() for call in self.tool_calls]
         return message
@@ -302,7 +318,8 @@ class LLMResponse(_Record):
         response = object.__new__(cls)
         values = response.__dict__
         values.update(_RESPONSE_FIELDS)  # every field, in order (as vars() shows them after __init__)
-        values["tool_calls"], values["attempt_errors"] = [], []  # the list fields' factories, as __init__
+        # The list fields' factories, as __init__ calls them.
+        values["tool_calls"], values["attempt_errors"], values["thinking_blocks"] = [], [], []
         values.update(fields)
         return response
 
@@ -312,6 +329,7 @@ class LLMResponse(_Record):
         if self.error_kind is not None:
             data["error_kind"] = self.error_kind.value
         data["tool_calls"] = [call.to_dict() for call in self.tool_calls]
+        data["thinking_blocks"] = [thaw(block) for block in self.thinking_blocks]
         if self.parsed is not None and hasattr(self.parsed, "model_dump"):
             data["parsed"] = self.parsed.model_dump(mode="json")
         return data

@@ -95,7 +95,7 @@ def _message(message: Mapping[str, Any], i: int, names: dict[str, str]) -> Messa
     role = message.get("role")
     if role not in ROLES:
         raise InvalidInputError(f"{where} has role {_shown(role)}; use one of {', '.join(ROLES)}.")
-    allowed = {"role", "content"} | ({"tool_calls"} if role == "assistant" else set())
+    allowed = {"role", "content"} | ({"tool_calls", "thinking_blocks"} if role == "assistant" else set())
     allowed |= {"tool_call_id", "name"} if role == "tool" else set()
     extra = sorted(map(str, set(message) - allowed))
     if extra:
@@ -111,6 +111,10 @@ def _message(message: Mapping[str, Any], i: int, names: dict[str, str]) -> Messa
     if content is None and role == "assistant" and calls:
         content = ""
     result["content"] = _content(content, where, role)
+    if role == "assistant" and message.get("thinking_blocks") is not None:  # None or []: none (LiteLLM's None too)
+        blocks = _thinking_blocks(message["thinking_blocks"], where)
+        if blocks:
+            result["thinking_blocks"] = blocks
     if role == "assistant" and calls:
         result["tool_calls"] = _calls(calls, where, names)
     if role == "tool":
@@ -223,6 +227,37 @@ def _calls(calls: object, where: str, names: dict[str, str]) -> tuple[dict[str, 
         names[data["id"]] = data["name"]
         checked.append({"id": data["id"], "name": data["name"], "arguments": dict(arguments)})
     return tuple(checked)
+
+
+#: The thinking blocks an assistant message may carry back, and the text each must hold.
+THINKING_BLOCKS: Mapping[str, tuple[str, ...]] = {"thinking": ("thinking", "signature"), "redacted_thinking": ("data",)}
+
+
+def _thinking_blocks(blocks: object, where: str) -> tuple[dict[str, Any], ...]:
+    """An assistant message's thinking blocks, as ``LLMResponse.message`` gives them: the
+    provider's own, each sent back as it is (other keys it may add included)."""
+    if not isinstance(blocks, (list, tuple)):
+        raise InvalidInputError(
+            f"{where} thinking_blocks must be a list of blocks, as response.message gives them; "
+            f"got {type(blocks).__name__}."
+        )
+    checked = []
+    for j, block in enumerate(blocks):
+        at = f"{where}.thinking_blocks[{j}]"
+        if not (isinstance(block, Mapping) and _is_thinking_block(block)):
+            raise InvalidInputError(
+                f"{at} must be {{'type': 'thinking', 'thinking': str, 'signature': str}} or "
+                f"{{'type': 'redacted_thinking', 'data': str}}, exactly as the provider sent it; got {_shown(block)}."
+            )
+        _json(block, at)
+        checked.append(dict(block))
+    return tuple(checked)
+
+
+def _is_thinking_block(block: Mapping[Any, Any]) -> bool:
+    kind = block.get("type")
+    needed = THINKING_BLOCKS.get(kind) if isinstance(kind, str) else None
+    return needed is not None and all(isinstance(block.get(key), str) for key in needed)
 
 
 def check_options(options: Mapping[str, Any]) -> None:

@@ -13,12 +13,27 @@ event loop) after a warm-up:
   or from a real ``redis-server`` on a loopback port (``tests/redisserver.py``).
 
 Target (issue 12): a hit costs under a tenth of a loopback request.
+
+Then hits on the async path at concurrency 100 (issue 24: SQLite's I/O runs in a worker thread,
+off the event loop), against ``bench_async``'s aiohttp server in its own process, answering at
+once: ``generate_completion_async`` calls, 100 at a time, ``BENCH_ASYNC_N`` (3,000) per run,
+on a fresh loop after a warm-up, the contenders taking turns for ``BENCH_ROUNDS`` (3) rounds:
+
+- ``request, cache off``: every call sent to the server (the uncached call through the same path);
+- ``SQLite hit``: answered from SQLite, the lookup in a worker thread;
+- ``SQLite hit, lookup on the loop``: the same with the lookup done on the event loop, as before
+  issue 24 (what the thread costs; a lookup that waits for a lock then blocks every call);
+- ``Redis hit``: answered by redis' asyncio client.
+
+Reported: hits (or requests) a second, the median of the rounds, and the median of each round's
+ratio to the uncached call's rate in the same round.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import statistics
 import sys
 import tempfile
 import threading
@@ -125,6 +140,87 @@ def kind(place: str) -> str:
     return "Redis" if place.startswith("redis://") else "SQLite"
 
 
+ASYNC_N = int(os.environ.get("BENCH_ASYNC_N", "3000"))
+ASYNC_CONCURRENCY = 100
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+PROMPT = "Why is the sky blue?"
+
+
+def async_contender(place: str | None, on_loop: bool = False) -> Callable[[], tuple[Any, Any]]:
+    """``bench_async.run``'s factory: one ``generate_completion_async`` call of ``PROMPT`` with
+    ``LLM_CACHE=place`` (a hit, stored beforehand), or with no cache (sent each time)."""
+
+    def make() -> tuple[Any, Any]:
+        if place is None:
+            os.environ.pop("LLM_CACHE", None)
+        else:
+            os.environ["LLM_CACHE"] = place
+        chatplug._cache.close()
+        saved = chatplug._cache.SQLiteStore.aget
+        if on_loop:  # the lookup as it was before issue 24: on the event loop
+
+            async def inline(self: chatplug._cache.Store, key: str) -> bytes | None:
+                return self.get(key)
+
+            chatplug._cache.SQLiteStore.aget = inline  # type: ignore[method-assign]
+
+        async def call() -> object:
+            response = await chatplug.generate_completion_async(PROMPT)
+            assert response.success and response.cached == (place is not None), response
+            return response
+
+        async def close() -> None:
+            chatplug._cache.SQLiteStore.aget = saved  # type: ignore[method-assign]
+            chatplug._cache.close()
+
+        return call, close
+
+    return make
+
+
+def async_table(folder: Path, redis: RedisServer | None) -> None:
+    """Hits at concurrency 100 on the async path, and an uncached call through the same path."""
+    from tests.benchmarks.bench_async import CLIENT_CORES, PINNED, pin, run, start_server
+
+    server, url = start_server(0.0)
+    pin(0, CLIENT_CORES)
+    os.environ["OLLAMA_HOST"] = url
+    sqlite = str(folder / "async.db")
+    contenders = {
+        "request, cache off": async_contender(None),
+        "SQLite hit": async_contender(sqlite),
+        "SQLite hit, lookup on the loop": async_contender(sqlite, on_loop=True),
+    }
+    if redis is not None:
+        contenders["Redis hit"] = async_contender(redis.url)
+    try:
+        for place in (sqlite, redis.url if redis else None):  # the entry each hit reads
+            if place is not None:
+                os.environ["LLM_CACHE"] = place
+                chatplug._cache.close()
+                assert chatplug.generate_completion_sync(PROMPT).success
+        runs: dict[str, list[dict[str, float]]] = {}
+        for turn in range(ROUNDS):  # in turns, in both orders, so that drift hits them alike
+            for name in contenders if turn % 2 == 0 else reversed(contenders):
+                runs.setdefault(name, []).append(run(contenders[name], ASYNC_CONCURRENCY, ASYNC_N))
+    finally:
+        chatplug.close()
+        server.communicate("")
+    floor = runs["request, cache off"]
+    where = "server on its own core, client on the other" if PINNED else "server and client unpinned"
+    print(
+        f"\nasync path, concurrency {ASYNC_CONCURRENCY}: {ASYNC_N} calls a run, median of {ROUNDS} rounds "
+        f"(ollama backend; bench_async's aiohttp server answering at once, in its own process; {where})\n"
+    )
+    print(f"{'':34} {'calls/s':>9} {'vs cache off':>13} {'p50 ms':>7} {'p99 ms':>7} {'CPU us/call':>12}")
+    for name, results in runs.items():
+        rps = statistics.median(r["rps"] for r in results)
+        ratio = statistics.median(r["rps"] / f["rps"] for r, f in zip(results, floor, strict=True))
+        p50, p99 = (statistics.median(r[k] for r in results) for k in ("p50", "p99"))
+        cpu = statistics.median(r["cpu_us"] for r in results)
+        print(f"{name:34} {rps:9,.0f} {ratio:12.2f}x {p50:7.1f} {p99:7.1f} {cpu:12,.0f}")
+
+
 def main() -> None:
     os.environ["LLM_MAX_RETRIES"] = "0"
     folder = Path(tempfile.mkdtemp(prefix="chatplug-bench-"))
@@ -158,6 +254,12 @@ def main() -> None:
     print(f"\ntarget: a hit < 1/10 of a loopback request ({base * 1e6 / 10:.0f} us): {'met' if verdict else 'NOT met'}")
     if redis is None:
         print("(no redis-server binary: the Redis rows were skipped)")
+    redis = RedisServer(binary, folder) if binary else None
+    try:
+        async_table(folder, redis)
+    finally:
+        if redis is not None:
+            redis.close()
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import inspect
 import json
 import time
 from abc import abstractmethod
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from types import MappingProxyType, ModuleType
 from typing import Any, ClassVar, NamedTuple
 
@@ -127,6 +127,7 @@ REQUEST_OPTIONS: Mapping[str, str] = {
 class StainlessBackend(ChatBackend):
     """A backend on a Stainless SDK: subclasses say how to connect, ask and read the reply."""
 
+    bounds_deadline = True  # deadline_client and first_within
     #: The SDK's sync and async client classes, its exceptions and its streams live here.
     sdk: ModuleType
     #: The endpoint a chat request is posted to, on the client's base URL.
@@ -175,6 +176,12 @@ class StainlessBackend(ChatBackend):
     @abstractmethod
     def chunk(self, event: Any) -> ChatChunk | None:
         """The ``ChatChunk`` for one event (or chunk) of the stream (its JSON); None to skip it."""
+
+    def reader(self) -> Callable[[Any], ChatChunk | None]:
+        """What reads one stream's events into chunks, made for each stream: ``chunk``, unless
+        the backend keeps what earlier events of the stream said (anthropic's thinking blocks,
+        whole only at their end)."""
+        return self.chunk
 
     def stream_arguments(self, request: ChatRequest) -> dict[str, Any]:
         """What ``create()`` takes besides ``arguments`` and ``stream=True`` to stream."""
@@ -234,6 +241,7 @@ class StainlessBackend(ChatBackend):
     def stream(self, request: ChatRequest) -> Iterator[ChatChunk]:
         conn = self.connection()
         arguments = {**self.arguments(request, conn), **self.stream_arguments(request), "stream": True}
+        read = self.reader()
         with self._clients.sync(_client_key(conn, request), conn, request, credential=_credential(conn)) as client:
             events: Any = None
             try:
@@ -241,7 +249,7 @@ class StainlessBackend(ChatBackend):
                     events = self._post(client, arguments, stream_cls=self._streams[0])
                 finished = False
                 for event in first_within(events, request.deadline):  # the first event within the deadline
-                    chunk = self._chunk(event, conn)
+                    chunk = self._chunk(read, event, conn)
                     if chunk is not None:
                         finished = finished or chunk.finish_reason is not None
                         yield chunk
@@ -256,13 +264,14 @@ class StainlessBackend(ChatBackend):
     async def astream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
         conn = self.connection()
         arguments = {**self.arguments(request, conn), **self.stream_arguments(request), "stream": True}
+        read = self.reader()
         with self._clients.async_(_client_key(conn, request), conn, request, credential=_credential(conn)) as client:
             events: Any = None
             try:
                 events = await self._post(client, arguments, stream_cls=self._streams[1])
                 finished = False
                 async for event in events:
-                    chunk = self._chunk(event, conn)
+                    chunk = self._chunk(read, event, conn)
                     if chunk is not None:
                         finished = finished or chunk.finish_reason is not None
                         yield chunk
@@ -305,9 +314,9 @@ class StainlessBackend(ChatBackend):
             options["headers"] = {**headers, **options.get("headers", {})}
         return body, options
 
-    def _chunk(self, event: Any, conn: Connection) -> ChatChunk | None:
+    def _chunk(self, read: Callable[[Any], ChatChunk | None], event: Any, conn: Connection) -> ChatChunk | None:
         try:
-            return self.chunk(event)
+            return read(event)
         except (AttributeError, TypeError, IndexError, KeyError) as exc:  # nothing checked the JSON
             raise invalid_response(conn.where, exc) from None
 

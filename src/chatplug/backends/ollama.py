@@ -5,11 +5,13 @@ thread pool for async) and honours ``OLLAMA_HOST`` and ``OLLAMA_API_KEY``, both 
 (stripped, validated) and passed to the SDK, which would otherwise read them raw. Built on
 ``chatplug.toolkit`` alone; the SDK is imported on first use, not when the backend is registered.
 
-Tools go out as Ollama's ``tools``; an assistant message's calls as ``tool_calls`` with their
-arguments as a JSON object; a tool result as a ``tool`` message with ``tool_name``. Images go
-in a message's ``images`` as base64 data (Ollama fetches no URLs). Structured output is the
-top-level ``format`` field, set to the JSON schema. Ollama has no ``tool_choice``: ``"auto"``
-is its behaviour and ``"none"`` sends no tools; the others cannot be said and are refused.
+Tools go out as Ollama's ``tools``, each tool's ``parameters`` exactly the JSON Schema chatplug
+built (the SDK's own ``Tool`` model would drop most of its keywords: see ``_body``); an assistant
+message's calls as ``tool_calls`` with their arguments as a JSON object; a tool result as a
+``tool`` message with ``tool_name``. Images go in a message's ``images`` as base64 data (Ollama
+fetches no URLs). Structured output is the top-level ``format`` field, set to the JSON schema.
+Ollama has no ``tool_choice``: ``"auto"`` is its behaviour and ``"none"`` sends no tools; the
+others cannot be said and are refused.
 The SDK's models keep no tool-call ids (neither in replies nor in the messages sent), so the
 calls of a reply are numbered ``call_0``, ``call_1`` ... and results are matched by tool name.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from chatplug import (
@@ -83,6 +86,13 @@ C = TypeVar("C", "ollama.Client", "ollama.AsyncClient")
 class OllamaBackend(ChatBackend):
     default_model = "llama3.2"
     capabilities = frozenset({"tools", "images", "response_format"})
+    bounds_deadline = True  # deadline_client and first_within
+
+    def endpoint(self, request: ChatRequest) -> str:
+        """OLLAMA_HOST as the calls read it (the response cache keys on it; the SDK takes a host
+        without a scheme as http)."""
+        host = env_setting("OLLAMA_HOST") or DEFAULT_HOST
+        return host if "://" in host else f"http://{host}"
 
     def __init__(self) -> None:
         try:
@@ -90,6 +100,8 @@ class OllamaBackend(ChatBackend):
         except ValueError as exc:  # the SDK parses OLLAMA_HOST as it is imported
             raise ConfigError(f"OLLAMA_HOST is not valid ({exc}): {_HOST_FORMS}.") from None
         self._sdk = sdk
+        self._response: type[ollama.ChatResponse] = sdk.ChatResponse
+        self._chat_request = _chat_request_model(sdk)
         self._clients: ClientCache[ollama.Client, ollama.AsyncClient] = ClientCache(
             # Sync: every socket of the client gives up at the call's deadline (see deadline_client).
             lambda host, key, timeout: _bounded(_client(sdk.Client, host, key, timeout)),
@@ -102,6 +114,10 @@ class OllamaBackend(ChatBackend):
         arguments = _chat_arguments(request)
         with self._clients.sync((host, request.timeout), host, key, request.timeout, credential=key) as client:
             try:
+                if "tools" in arguments and self._chat_request is not None:  # see _body
+                    body = _body(self._sdk, self._chat_request, arguments, stream=False)
+                    response = client._request(self._response, "POST", "/api/chat", content=body, stream=False)
+                    return _result(response)
                 return _result(client.chat(stream=False, **arguments))
             except Exception as exc:
                 raise self._mapped(exc, request, host) from None
@@ -111,6 +127,10 @@ class OllamaBackend(ChatBackend):
         arguments = _chat_arguments(request)
         with self._clients.async_((host, request.timeout), host, key, request.timeout, credential=key) as client:
             try:
+                if "tools" in arguments and self._chat_request is not None:  # see _body
+                    body = _body(self._sdk, self._chat_request, arguments, stream=False)
+                    response = await client._request(self._response, "POST", "/api/chat", content=body, stream=False)
+                    return _result(response)
                 return _result(await client.chat(stream=False, **arguments))
             except Exception as exc:
                 raise self._mapped(exc, request, host) from None
@@ -124,7 +144,12 @@ class OllamaBackend(ChatBackend):
         with self._clients.sync((host, request.timeout), host, key, request.timeout, credential=key) as client:
             parts: Iterator[ollama.ChatResponse] | None = None
             try:
-                parts = client.chat(stream=True, **arguments)  # sends nothing until iterated
+                # Nothing is sent until the parts are iterated.
+                if "tools" in arguments and self._chat_request is not None:  # see _body
+                    body = _body(self._sdk, self._chat_request, arguments, stream=True)
+                    parts = client._request(self._response, "POST", "/api/chat", content=body, stream=True)
+                else:
+                    parts = client.chat(stream=True, **arguments)
                 finished, calls = False, 0
                 for part in first_within(parts, request.deadline):  # the first part within the deadline
                     finished = part.done is True
@@ -146,7 +171,11 @@ class OllamaBackend(ChatBackend):
         with self._clients.async_((host, request.timeout), host, key, request.timeout, credential=key) as client:
             parts: AsyncIterator[ollama.ChatResponse] | None = None
             try:
-                parts = await client.chat(stream=True, **arguments)
+                if "tools" in arguments and self._chat_request is not None:  # see _body
+                    body = _body(self._sdk, self._chat_request, arguments, stream=True)
+                    parts = await client._request(self._response, "POST", "/api/chat", content=body, stream=True)
+                else:
+                    parts = await client.chat(stream=True, **arguments)
                 finished, calls = False, 0
                 async for part in parts:
                     finished = part.done is True
@@ -282,26 +311,64 @@ def _chat_arguments(request: ChatRequest) -> dict[str, Any]:
     return {"model": request.model, "messages": messages, **features, "options": options, **top_level}
 
 
-#: What the SDK's ``Tool`` model (ollama 0.6) keeps of a parameters schema, and of each property's:
-#: any other keyword (``default``, ``anyOf``, ``$ref``, nested ``properties`` ...) it drops unsent.
-SCHEMA_KEPT = frozenset({"type", "$defs", "items", "required", "properties"})
-PROPERTY_KEPT = frozenset({"type", "items", "description", "enum"})
-
-
 def _tool(tool: Tool) -> dict[str, Any]:
-    parameters = tool.schema()
-    dropped = set(parameters) - SCHEMA_KEPT
-    for prop in (parameters.get("properties") or {}).values():
-        if isinstance(prop, Mapping):
-            dropped |= set(prop) - PROPERTY_KEPT
-    if dropped:
-        logger.debug(
-            "ollama: tool %r: the SDK sends no %s of its parameters schema", tool.name, ", ".join(sorted(dropped))
-        )
+    """A tool as Ollama takes it, its parameters the JSON Schema as built (a fresh copy)."""
+    if tool.strict:
+        logger.warning("ollama: tool %r asks for strict mode, which Ollama has not: strict is not sent", tool.name)
     return {
         "type": "function",
-        "function": {"name": tool.name, "description": tool.description, "parameters": parameters},
+        "function": {"name": tool.name, "description": tool.description, "parameters": tool.schema()},
     }
+
+
+def _body(sdk: ModuleType, chat_request: type[pydantic.BaseModel], arguments: dict[str, Any], stream: bool) -> bytes:
+    """The JSON body the SDK's ``chat(stream=stream, **arguments)`` sends, built by its own
+    models (messages, options, format ... validated and shaped alike), but with the tools as
+    ``_tool`` made them. The SDK's ``Tool`` model keeps few JSON Schema keywords (``type``,
+    ``items``, ``description``, ``enum`` of a property): an ``Enum`` parameter (a ``$ref``),
+    an ``Optional`` one (``anyOf``), a nested object's ``properties``, every ``default``
+    would reach Ollama empty, and ollama 0.6 has no public way to keep them (a ``Tool`` made
+    with ``model_construct`` is sent whole, but with a pydantic warning on every call). Sent
+    with the SDK's ``Client._request``, so that errors and replies are what ``chat`` makes
+    of them. Both are private: with an SDK without them (``_chat_request_model``), its ``chat``
+    sends the tools as its ``Tool`` keeps them. Encoded here, as httpx encodes ``json=``, so
+    that a schema that is no JSON data is the caller's error, not a reply that could not be read."""
+    # What the SDK's chat does to each message (ollama._client._copy_messages, private).
+    messages = [
+        sdk.Message.model_validate(
+            {
+                key: [sdk.Image(value=image) for image in value] if key == "images" else value
+                for key, value in message.items()
+                if value
+            }
+        )
+        for message in arguments["messages"]
+    ]
+    request = chat_request(**{**arguments, "messages": messages, "tools": [], "stream": stream})
+    body = request.model_dump(exclude_none=True)
+    body["tools"] = arguments["tools"]
+    try:
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+    except (TypeError, ValueError, RecursionError) as exc:  # validated before, all but the dict tools' schemas
+        raise InvalidInputError(
+            f"a tool's parameters schema must be JSON data (str, number, bool, None, list, dict): "
+            f"{type(exc).__name__}: {exc}. Nothing was sent."
+        ) from None
+
+
+def _chat_request_model(sdk: ModuleType) -> type[pydantic.BaseModel] | None:
+    """The SDK's ``ChatRequest`` model, with which ``_body`` builds a call's body, if its clients
+    have the ``_request`` method that sends one (both private, and both in ollama 0.4 to 0.6.3);
+    ``None``, said in a warning, otherwise."""
+    model = getattr(getattr(sdk, "_types", None), "ChatRequest", None)
+    sends = all(callable(getattr(client, "_request", None)) for client in (sdk.Client, sdk.AsyncClient))
+    if sends and isinstance(model, type) and callable(getattr(model, "model_dump", None)):
+        return model
+    logger.warning(
+        "ollama: this ollama SDK has no ChatRequest model or Client._request: tools go through its Tool model, "
+        "which leaves out keywords of their parameters' JSON Schema (anyOf, $ref, default ...)"
+    )
+    return None
 
 
 def _message(message: Message, i: int) -> dict[str, Any]:

@@ -60,6 +60,10 @@ class OpenAIBackend(StainlessBackend):
     path = "/chat/completions"
     request_options = MappingProxyType({"security": {"bearer_auth": True}})  # as create() sends
 
+    def endpoint(self, request: ChatRequest) -> str:
+        """OPENAI_BASE_URL as ``connection()`` reads it, else OpenAI's (the response cache keys on it)."""
+        return env_url("OPENAI_BASE_URL", "http://127.0.0.1:8080/v1") or HOSTED
+
     def __init__(self) -> None:
         openai = import_sdk("openai", "openai")
         super().__init__(openai, openai.OpenAI, openai.AsyncOpenAI, openai.resources.chat.Completions.create)
@@ -176,12 +180,13 @@ def _tool(tool: Tool) -> dict[str, Any]:
     # Not strict: strict function calling takes only OpenAI's strict-schema subset (every property
     # required, additionalProperties false everywhere), which a function with a default value or a
     # pydantic model with an optional field does not meet. The arguments are parsed and reported
-    # by the dispatcher either way. The key is sent, as OpenAI's own clients do.
+    # by the dispatcher either way. The key is sent, as OpenAI's own clients do; a caller's dict
+    # that says "strict": true gets it.
     function: dict[str, Any] = {"name": tool.name}
     if tool.description:
         function["description"] = tool.description
     function["parameters"] = tool.schema()
-    function["strict"] = False
+    function["strict"] = tool.strict
     return {"type": "function", "function": function}
 
 
@@ -195,11 +200,11 @@ def _response_format(response_format: ResponseFormat) -> dict[str, Any]:
     # Not strict, for the same reason as tools: pydantic's schemas (defaults, optional fields, no
     # additionalProperties) are outside the strict subset, and a strict request with one is refused
     # with HTTP 400. The model is still asked for that schema, and the dispatcher validates the
-    # reply against it (invalid_output when it does not fit).
+    # reply against it (invalid_output when it does not fit). A caller's wrapper may ask for strict.
     return {
         "type": "json_schema",
         "json_schema": {"name": _schema_name(response_format.name), "schema": response_format.json_schema(),
-                        "strict": False},
+                        "strict": response_format.strict},
     }  # fmt: skip
 
 
