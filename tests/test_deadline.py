@@ -734,3 +734,45 @@ def test_a_sync_stream_of_a_plugin_in_time_is_read_whole(blocking: type[Blocking
     with chatplug.stream_completion_sync("Hi", backend="blocking", timeout=30) as stream:
         texts = [chunk.text for chunk in stream]
     assert texts == ["late", " again"] and stream.response.content == "late again"
+
+
+def test_a_plugin_stream_keeps_one_context_across_its_chunks() -> None:
+    """The first chunk is read in a worker thread, the rest on the caller's: a contextvar the
+    stream sets before its first chunk (a tracing span) it resets after its last, in the same context."""
+    import contextvars
+
+    span: contextvars.ContextVar[str | None] = contextvars.ContextVar("span", default=None)
+    seen: list[str | None] = []
+
+    class Traced(chatplug.ChatBackend):
+        default_model = "m"
+
+        def complete(self, request: chatplug.ChatRequest) -> chatplug.ChatResult:
+            raise NotImplementedError
+
+        async def acomplete(self, request: chatplug.ChatRequest) -> chatplug.ChatResult:
+            raise NotImplementedError
+
+        def stream(self, request: chatplug.ChatRequest) -> Iterator[chatplug.ChatChunk]:
+            token = span.set("call")
+            try:
+                yield chatplug.ChatChunk(text="a")
+                seen.append(span.get())
+                yield chatplug.ChatChunk(text="b")
+            finally:
+                span.reset(token)
+
+    class Plugin:
+        @chatplug.hookimpl
+        def register_backends(self, register: Callable[[str, Callable[[], chatplug.ChatBackend]], None]) -> None:
+            register("traced", Traced)
+
+    name = chatplug.register_plugin(Plugin(), "traced-plugin")
+    try:
+        with chatplug.stream_completion_sync("Hi", backend="traced", timeout=30) as stream:
+            texts = [chunk.text for chunk in stream]
+    finally:
+        chatplug.unregister_plugin(name)
+    assert stream.response.success, stream.response.error
+    assert texts == ["a", "b"] and seen == ["call"]
+    assert span.get() is None  # the caller's own context is untouched

@@ -236,6 +236,7 @@ def test_an_anthropic_stream_failing_after_message_start_keeps_its_input_count(a
         assert not response.success and response.error_kind is ErrorKind.OVERLOADED, response.error
         assert (response.prompt_tokens, response.completion_tokens, response.tokens_used) == (18, 0, 18)
         assert response.usage_reported is True
+        assert response.model_used == "claude-sonnet-4-20250514"  # as message_start said, not as asked
 
 
 def test_an_openai_stream_failing_before_any_count_says_none_arrived(openai_server: FakeServer) -> None:

@@ -477,7 +477,9 @@ def test_a_plain_stream_that_fails_at_once_is_retried() -> None:
     assert calls == ["stream", "stream", "astream", "astream"]
 
 
-def test_an_astream_that_returns_instead_of_yielding_is_named() -> None:
+def test_an_astream_that_returns_its_iterator_from_an_async_def_is_awaited() -> None:
+    """``return await client.create(stream=True)``: the natural override of ``async def astream``."""
+
     class Returning(ChatBackend):
         default_model = "returning-1"
 
@@ -488,13 +490,20 @@ def test_an_astream_that_returns_instead_of_yielding_is_named() -> None:
             raise NotImplementedError
 
         async def astream(self, request: ChatRequest) -> Any:  # returns an iterator: a coroutine, then
-            return _aiter([ChatChunk("never")])
+            return _aiter([ChatChunk("one"), ChatChunk(" two")])
+
+    class Wrong(Returning):
+        async def astream(self, request: ChatRequest) -> Any:
+            return [ChatChunk("a list")]
 
     with registered("returning", Returning):
         response = collect_and_respond(stream_completion_async("Hi", backend="returning"))
+    assert response.success and response.content == "one two", response.error
+    with registered("wrong", Wrong):
+        response = collect_and_respond(stream_completion_async("Hi", backend="wrong"))
     assert response.error_kind is ErrorKind.PLUGIN
-    assert "astream() returned a coroutine, not an async iterator" in (response.error or "")
-    assert "backend 'returning'" in (response.error or "")
+    assert "astream() returned a list, not an async iterator" in (response.error or "")
+    assert "backend 'wrong'" in (response.error or "")
 
 
 def test_a_retried_stream_keeps_only_its_last_attempts_tool_calls() -> None:

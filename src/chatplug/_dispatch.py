@@ -437,14 +437,19 @@ def complete_within(chosen: ChatBackend, request: ChatRequest, seconds: float) -
 
 def stream_within(chosen: ChatBackend, request: ChatRequest, seconds: float) -> Generator[ChatChunk, None, None]:
     """``chosen.stream(request)``, its opening and first chunk given up at the deadline, as a
-    whole call's are (``complete_within``); the later chunks are read on the caller's thread."""
+    whole call's are (``complete_within``); the later chunks are read on the caller's thread. The
+    backend's code runs in one context throughout, in whichever thread: a contextvar it sets in one
+    chunk (a tracing span) it can reset in a later one."""
+    import contextvars
+
     from ._deadline import GaveUp, call_within
 
+    context, end = contextvars.copy_context(), object()  # (a chunk that is None is the plugin's error)
+
     def opened(_: None) -> tuple[Iterator[ChatChunk], tuple[ChatChunk, ...]]:
-        chunks = iter(chosen.stream(request))
-        for first in chunks:
-            return chunks, (first,)
-        return chunks, ()
+        chunks = context.run(lambda: iter(chosen.stream(request)))
+        first = context.run(next, chunks, end)
+        return chunks, () if first is end else (first,)  # type: ignore[return-value]
 
     try:
         chunks, first = call_within(opened, None, seconds)
@@ -452,12 +457,12 @@ def stream_within(chosen: ChatBackend, request: ChatRequest, seconds: float) -> 
         raise late(request) from None
     try:
         yield from first
-        for chunk in chunks:  # noqa: UP028 - `yield from` would close them too when this is closed
-            yield chunk
+        while (chunk := context.run(next, chunks, end)) is not end:
+            yield chunk  # type: ignore[misc]
     finally:
         close = getattr(chunks, "close", None)  # a generator's closes the HTTP response
         if close is not None:
-            close()
+            context.run(close)
 
 
 def late(request: ChatRequest) -> APITimeoutError:

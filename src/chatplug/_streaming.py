@@ -153,6 +153,8 @@ class _Collected:
             )
             response = failed(chatplug_error, request, self.start, model)
             response.content = self.text.getvalue()  # the text that arrived is kept
+            if self.model is not None:  # and the model the provider said it is
+                response.model_used = self.model
             response.reasoning = self.reasoning.getvalue()
             response.thinking_blocks = [thaw(block) for block in self.thinking_blocks]
             # So are the counts (Anthropic's message_start gives the input's before any text).
@@ -357,6 +359,8 @@ async def _achunks(run: _Run) -> AsyncGenerator[ChatChunk, None]:
             source: Any = None
             try:
                 source = chosen.astream(request)
+                if isinstance(source, Coroutine):  # an `async def` that returns its iterator
+                    source = await within(source, call.plan.remaining(), request)
                 if not hasattr(source, "__aiter__"):
                     raise _not_async_iterator(source, describe)
                 # The wait for the first chunk is bounded by the call's deadline, on the loop.
@@ -403,11 +407,9 @@ async def _achunks(run: _Run) -> AsyncGenerator[ChatChunk, None]:
 
 
 def _not_async_iterator(source: object, describe: str) -> PluginError:
-    if isinstance(source, Coroutine):
-        source.close()  # an `async def` that returns: not awaited, and no warning that it was not
     return PluginError(
         f"{describe}: astream() returned a {type(source).__name__}, not an async iterator. Make it an async "
-        "generator (`async def` with `yield`), or a plain `def` returning an async iterator."
+        "generator (`async def` with `yield`), or a `def` or `async def` returning an async iterator."
     )
 
 
