@@ -264,14 +264,20 @@ def begin_sync(manager: Plugins, *arguments: Any) -> tuple[Call, ChatBackend, Ch
     return call, chosen, request
 
 
-def next_sync(manager: Plugins, call: Call) -> tuple[ChatBackend, ChatRequest]:
-    """The backend and request of the plan's next attempt."""
+def target_sync(manager: Plugins, call: Call) -> tuple[ChatBackend, ChatRequest]:
+    """The backend of the plan's current target (made on its first use) and its request: the
+    call checked, nothing yet asked of the cache, the rate limit or the observers."""
     backends, name = manager.backends, call.plan.target.backend
     chosen = backends.made(name)
     if chosen is None:
         chosen = backends.get(name)
         call.plan.restart()  # making the backend (importing its SDK) is not the server's time
-    request = call.request(chosen)
+    return chosen, call.request(chosen)
+
+
+def next_sync(manager: Plugins, call: Call) -> tuple[ChatBackend, ChatRequest]:
+    """The backend and request of the plan's next attempt."""
+    chosen, request = target_sync(manager, call)
     if call.cache is not None:
         key = call.key(chosen, request)
         if key is not None:
@@ -303,14 +309,19 @@ async def begin_async(manager: Plugins, *arguments: Any) -> tuple[Call, ChatBack
     return call, chosen, request
 
 
-async def next_async(manager: Plugins, call: Call) -> tuple[ChatBackend, ChatRequest]:
-    # A backend's first use imports its SDK (~0.4 s) and may build clients: off the loop.
+async def target_async(manager: Plugins, call: Call) -> tuple[ChatBackend, ChatRequest]:
+    """``target_sync`` without blocking the loop: a backend's first use imports its SDK (~0.4 s)
+    and may build clients, so it is made in a worker thread."""
     backends, name = manager.backends, call.plan.target.backend
     chosen = backends.made(name)
     if chosen is None:
         chosen = await _off_loop(backends.get, name)
         call.plan.restart()  # making the backend (importing its SDK) is not the server's time
-    request = call.request(chosen)
+    return chosen, call.request(chosen)
+
+
+async def next_async(manager: Plugins, call: Call) -> tuple[ChatBackend, ChatRequest]:
+    chosen, request = await target_async(manager, call)
     if call.cache is not None:
         key = call.key(chosen, request)
         if key is not None:
@@ -348,10 +359,7 @@ def call_sync(*arguments: Any) -> LLMResponse:
         while result is None:
             token = deadline.set(request.deadline)
             try:
-                if chosen.bounds_deadline:
-                    result = chosen.complete(request)
-                else:  # a backend that may block past the deadline: waited for in a thread, up to it
-                    result = complete_within(chosen, request, call.plan.remaining())
+                result = complete_within(chosen, request, call.plan)
                 call.plan.succeeded()
                 break
             except Exception as exc:
@@ -425,21 +433,33 @@ async def within(awaitable: Awaitable[T], seconds: float, request: ChatRequest) 
         raise late(request) from None
 
 
-def complete_within(chosen: ChatBackend, request: ChatRequest, seconds: float) -> ChatResult:
-    """``chosen.complete(request)``, given up at the deadline (``_deadline.call_within``)."""
+def complete_within(chosen: ChatBackend, request: ChatRequest, plan: Plan) -> ChatResult:
+    """``chosen.complete(request)`` within the call's deadline: called here when the backend ends
+    its sync calls by the deadline itself (``bounds_deadline``), else run in a worker thread that
+    is given up at the deadline (``_deadline.call_within``)."""
+    if chosen.bounds_deadline:
+        return chosen.complete(request)
     from ._deadline import GaveUp, call_within
 
     try:
-        return call_within(chosen.complete, request, seconds)
+        return call_within(chosen.complete, request, plan.remaining())
     except GaveUp:
         raise late(request) from None
 
 
-def stream_within(chosen: ChatBackend, request: ChatRequest, seconds: float) -> Generator[ChatChunk, None, None]:
-    """``chosen.stream(request)``, its opening and first chunk given up at the deadline, as a
-    whole call's are (``complete_within``); the later chunks are read on the caller's thread. The
-    backend's code runs in one context throughout, in whichever thread: a contextvar it sets in one
-    chunk (a tracing span) it can reset in a later one."""
+def stream_within(chosen: ChatBackend, request: ChatRequest, plan: Plan) -> Iterator[ChatChunk]:
+    """``chosen.stream(request)`` within the call's deadline, as ``complete_within``: for a
+    backend that does not bound its own sync calls, the stream's opening and first chunk are
+    waited for in a worker thread, up to the deadline."""
+    if chosen.bounds_deadline:
+        return chosen.stream(request)
+    return _stream_in_thread(chosen, request, plan.remaining())
+
+
+def _stream_in_thread(chosen: ChatBackend, request: ChatRequest, seconds: float) -> Generator[ChatChunk, None, None]:
+    """``stream_within``'s thread: the later chunks are read on the caller's thread. The backend's
+    code runs in one context throughout, in whichever thread: a contextvar it sets in one chunk
+    (a tracing span) it can reset in a later one."""
     import contextvars
 
     from ._deadline import GaveUp, call_within

@@ -261,11 +261,7 @@ def _chunks(run: _Run) -> Generator[ChatChunk, None, None]:
             describe = manager.backends.describe(request.backend)
             source: Iterator[ChatChunk] | None = None
             try:
-                # In the try: a plain function may send (and fail) here.
-                if chosen.bounds_deadline:
-                    source = chosen.stream(request)
-                else:  # a backend that may block past the deadline: its first chunk waited for in a thread
-                    source = stream_within(chosen, request, call.plan.remaining())
+                source = stream_within(chosen, request, call.plan)  # in the try: a plain function may send here
                 for chunk in source:
                     if collected.add(chunk, describe):
                         yield chunk
@@ -423,15 +419,13 @@ def _not_async_iterator(source: object, describe: str) -> PluginError:
 
 def _unread(run: _Run) -> LLMResponse:
     """The response of a sync stream closed before it was read (see above)."""
-    from ._dispatch import Call, plugins
+    from ._dispatch import Call, plugins, target_sync
 
     manager, start = plugins(), time.perf_counter()
     try:
         if not manager.loaded:
             manager.load()
-        call = Call(manager, *run.arguments)
-        backends, name = manager.backends, call.plan.target.backend
-        call.request(backends.made(name) or backends.get(name))
+        target_sync(manager, Call(manager, *run.arguments))
     except Exception as exc:
         return _refused(manager, run, exc, start)
     return _cancelled_before_start()
@@ -441,16 +435,13 @@ async def _aunread(run: _Run) -> LLMResponse:
     """``_unread`` without blocking the loop: plugins loaded and a backend made in a worker thread."""
     import asyncio
 
-    from ._dispatch import Call, plugins
+    from ._dispatch import Call, plugins, target_async
 
     manager, start = plugins(), time.perf_counter()
     try:
         if not manager.loaded:
             await asyncio.to_thread(manager.load)
-        call = Call(manager, *run.arguments)
-        backends, name = manager.backends, call.plan.target.backend
-        chosen = backends.made(name)
-        call.request(chosen if chosen is not None else await asyncio.to_thread(backends.get, name))
+        await target_async(manager, Call(manager, *run.arguments))
     except Exception as exc:
         return _refused(manager, run, exc, start)
     return _cancelled_before_start()

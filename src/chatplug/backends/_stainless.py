@@ -161,9 +161,17 @@ class StainlessBackend(ChatBackend):
         )
 
     @abstractmethod
+    def base_url(self) -> str | None:
+        """The base URL the environment sets (read with ``env_url``); ``None``: the hosted service."""
+
+    @abstractmethod
     def connection(self) -> Connection:
-        """Base URL and key from the environment (read with ``_env``); raise
-        ``AuthenticationError`` if none."""
+        """Base URL (``base_url()``) and key from the environment; raise ``AuthenticationError``
+        if none."""
+
+    def endpoint(self, request: ChatRequest) -> str:
+        """The base URL the call goes to (the response cache keys on it)."""
+        return self.base_url() or self.hosted_url
 
     @abstractmethod
     def arguments(self, request: ChatRequest, conn: Connection) -> dict[str, Any]:

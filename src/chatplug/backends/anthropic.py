@@ -85,10 +85,6 @@ class AnthropicBackend(StainlessBackend):
     #: TCP keep-alive, as the SDK's own async transport sets it (a long request is not cut by a NAT).
     socket_options = _keepalive()
 
-    def endpoint(self, request: ChatRequest) -> str:
-        """ANTHROPIC_BASE_URL as ``connection()`` reads it, else Anthropic's (the response cache keys on it)."""
-        return env_url("ANTHROPIC_BASE_URL", self.hosted_url) or self.hosted_url
-
     def __init__(self) -> None:
         anthropic = import_sdk("anthropic", "anthropic")
         create = anthropic.resources.Messages.create
@@ -109,8 +105,11 @@ class AnthropicBackend(StainlessBackend):
         said = f"{anthropic.__name__} {anthropic.__version__} takes no sampling parameters"
         self._no_sampling = {"temperature": said}
 
+    def base_url(self) -> str | None:
+        return env_url("ANTHROPIC_BASE_URL", self.hosted_url)
+
     def connection(self) -> Connection:
-        url = env_url("ANTHROPIC_BASE_URL", self.hosted_url)
+        url = self.base_url()
         key = env_secret("ANTHROPIC_API_KEY")
         token = env_secret("ANTHROPIC_AUTH_TOKEN")
         if not key and not token and url is None:

@@ -114,11 +114,7 @@ class OllamaBackend(ChatBackend):
         arguments = _chat_arguments(request)
         with self._clients.sync((host, request.timeout), host, key, request.timeout, credential=key) as client:
             try:
-                if "tools" in arguments and self._chat_request is not None:  # see _body
-                    body = _body(self._sdk, self._chat_request, arguments, stream=False)
-                    response = client._request(self._response, "POST", "/api/chat", content=body, stream=False)
-                    return _result(response)
-                return _result(client.chat(stream=False, **arguments))
+                return _result(self._chat(client, arguments, stream=False))
             except Exception as exc:
                 raise self._mapped(exc, request, host) from None
 
@@ -127,13 +123,19 @@ class OllamaBackend(ChatBackend):
         arguments = _chat_arguments(request)
         with self._clients.async_((host, request.timeout), host, key, request.timeout, credential=key) as client:
             try:
-                if "tools" in arguments and self._chat_request is not None:  # see _body
-                    body = _body(self._sdk, self._chat_request, arguments, stream=False)
-                    response = await client._request(self._response, "POST", "/api/chat", content=body, stream=False)
-                    return _result(response)
-                return _result(await client.chat(stream=False, **arguments))
+                return _result(await self._chat(client, arguments, stream=False))
             except Exception as exc:
                 raise self._mapped(exc, request, host) from None
+
+    def _chat(self, client: ollama.Client | ollama.AsyncClient, arguments: dict[str, Any], stream: bool) -> Any:
+        """``client.chat(stream=stream, **arguments)``: its reply, or for an ``AsyncClient`` the
+        coroutine of it. A call with tools sends the same body with the tools whole (``_body``),
+        through the SDK's ``_request``, which ``chat`` itself ends in."""
+        if "tools" in arguments and self._chat_request is not None:
+            body = _body(self._sdk, self._chat_request, arguments, stream=stream)
+            return client._request(self._response, "POST", "/api/chat", content=body, stream=stream)
+        chat: Callable[..., Any] = client.chat  # the SDK's overloads take a literal stream, not a bool
+        return chat(stream=stream, **arguments)
 
     def stream(self, request: ChatRequest) -> Iterator[ChatChunk]:
         """The reply as Ollama streams it: one chunk per NDJSON part, on the cached client (its
@@ -144,12 +146,7 @@ class OllamaBackend(ChatBackend):
         with self._clients.sync((host, request.timeout), host, key, request.timeout, credential=key) as client:
             parts: Iterator[ollama.ChatResponse] | None = None
             try:
-                # Nothing is sent until the parts are iterated.
-                if "tools" in arguments and self._chat_request is not None:  # see _body
-                    body = _body(self._sdk, self._chat_request, arguments, stream=True)
-                    parts = client._request(self._response, "POST", "/api/chat", content=body, stream=True)
-                else:
-                    parts = client.chat(stream=True, **arguments)
+                parts = self._chat(client, arguments, stream=True)  # sends nothing until iterated
                 finished, calls = False, 0
                 for part in first_within(parts, request.deadline):  # the first part within the deadline
                     finished = part.done is True
@@ -171,11 +168,7 @@ class OllamaBackend(ChatBackend):
         with self._clients.async_((host, request.timeout), host, key, request.timeout, credential=key) as client:
             parts: AsyncIterator[ollama.ChatResponse] | None = None
             try:
-                if "tools" in arguments and self._chat_request is not None:  # see _body
-                    body = _body(self._sdk, self._chat_request, arguments, stream=True)
-                    parts = await client._request(self._response, "POST", "/api/chat", content=body, stream=True)
-                else:
-                    parts = await client.chat(stream=True, **arguments)
+                parts = await self._chat(client, arguments, stream=True)
                 finished, calls = False, 0
                 async for part in parts:
                     finished = part.done is True

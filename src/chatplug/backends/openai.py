@@ -60,16 +60,15 @@ class OpenAIBackend(StainlessBackend):
     path = "/chat/completions"
     request_options = MappingProxyType({"security": {"bearer_auth": True}})  # as create() sends
 
-    def endpoint(self, request: ChatRequest) -> str:
-        """OPENAI_BASE_URL as ``connection()`` reads it, else OpenAI's (the response cache keys on it)."""
-        return env_url("OPENAI_BASE_URL", "http://127.0.0.1:8080/v1") or HOSTED
-
     def __init__(self) -> None:
         openai = import_sdk("openai", "openai")
         super().__init__(openai, openai.OpenAI, openai.AsyncOpenAI, openai.resources.chat.Completions.create)
 
+    def base_url(self) -> str | None:
+        return env_url("OPENAI_BASE_URL", "http://127.0.0.1:8080/v1")
+
     def connection(self) -> Connection:
-        url = env_url("OPENAI_BASE_URL", "http://127.0.0.1:8080/v1")
+        url = self.base_url()
         key = env_secret("OPENAI_API_KEY")
         hosted = _is_hosted(url)
         if not key:
