@@ -2,7 +2,10 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import pytest
 
@@ -13,6 +16,47 @@ from .fakeserver import FakeServer, Reply, fixture
 from .providers import ANTHROPIC, OPENAI, provider_server
 
 OLLAMA_JSON = {"Content-Type": "application/json; charset=utf-8"}
+#: Ollama's recorded stream, its lines, and the text of each.
+NDJSON = {"Content-Type": "application/x-ndjson"}
+BODY = fixture("ollama/chat_stream_200.ndjson")
+LINES = BODY.splitlines(keepends=True)
+PIECES = ["Ray", "leigh", " scattering", ":", " air", " molecules", " scatter", " blue", " light", " more", "."]
+
+
+def streamed(body: bytes | None = None, *, pieces: list[bytes] | None = None, **flags: bool) -> Reply:
+    """An NDJSON reply sent as chunked pieces (one per line unless ``pieces`` says otherwise)."""
+    split = pieces if pieces is not None else (body or BODY).splitlines(keepends=True)
+    return Reply(200, b"", dict(NDJSON), pieces=split, **flags)
+
+
+@pytest.fixture
+def quiet_hangups(ollama: FakeServer) -> None:
+    """A client that stops reading early (after a bad line, a break) is what some tests want:
+    the fake server's last flush then fails with a broken pipe, which socketserver would print."""
+    httpd = ollama._httpd
+    handle_error = httpd.handle_error
+
+    def handle(request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            handle_error(request, client_address)
+
+    httpd.handle_error = handle  # type: ignore[method-assign]
+
+
+@contextmanager
+def registered(name: str, backend: type[chatplug.ChatBackend]) -> Iterator[None]:
+    """``backend`` installed under ``name`` by an in-process plugin, for the block."""
+
+    class Plugin:
+        @chatplug.hookimpl
+        def register_backends(self, register: Callable[[str, Callable[[], chatplug.ChatBackend]], None]) -> None:
+            register(name, backend)
+
+    plugin = chatplug.register_plugin(Plugin(), f"{name}-plugin")
+    try:
+        yield
+    finally:
+        chatplug.unregister_plugin(plugin)
 
 
 def ollama_reply(name: str, status: int = 200) -> Reply:

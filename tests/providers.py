@@ -30,6 +30,16 @@ from .childproc import python
 from .fakeserver import FakeServer, Recorded, Reply, fixture
 
 REQUEST_ID = "req_5f0c2a9e7b1d4c38"
+#: The tool the recorded requests define, as a caller passes it.
+WEATHER = {
+    "name": "get_weather",
+    "description": "Get the weather in a given city",
+    "parameters": {
+        "type": "object",
+        "properties": {"city": {"type": "string", "description": "The city"}},
+        "required": ["city"],
+    },
+}
 
 
 @dataclass(frozen=True)

@@ -30,21 +30,11 @@ from chatplug import (
 )
 
 from .fakeserver import FakeServer, Reply, fixture
-from .providers import ANTHROPIC, REQUEST_ID, both
+from .providers import ANTHROPIC, REQUEST_ID, WEATHER, both
 
 MODEL = "claude-sonnet-4-20250514"
 PROMPT = "What's the weather in Tokyo?"
 THINKING = {"type": "enabled", "budget_tokens": 2048}
-#: The tool the recorded requests define, as a caller passes it.
-WEATHER = {
-    "name": "get_weather",
-    "description": "Get the weather in a given city",
-    "parameters": {
-        "type": "object",
-        "properties": {"city": {"type": "string", "description": "The city"}},
-        "required": ["city"],
-    },
-}
 #: The call's arguments as the recorded requests hold them.
 OPTIONS: dict[str, Any] = {"model_name": MODEL, "max_tokens": 4096, "tools": [WEATHER], "thinking": THINKING}
 

@@ -22,6 +22,7 @@ from chatplug import ErrorKind, LLMResponse, settings
 from chatplug._dispatch import plugins
 from chatplug.toolkit import deadline_client, deadline_scope, deadline_transport, first_within
 
+from .conftest import registered
 from .fakeserver import FakeServer, Reply, fixture
 from .providers import ANTHROPIC, OPENAI
 
@@ -647,19 +648,12 @@ class Blocking(chatplug.ChatBackend):
         yield chatplug.ChatChunk(text=" again")
 
 
-class BlockingPlugin:
-    @chatplug.hookimpl
-    def register_backends(self, register: Callable[[str, Callable[[], chatplug.ChatBackend]], None]) -> None:
-        register("blocking", Blocking)
-
-
 @pytest.fixture
 def blocking() -> Iterator[type[Blocking]]:
     Blocking.release, Blocking.finished = threading.Event(), threading.Event()
-    name = chatplug.register_plugin(BlockingPlugin(), "blocking-plugin")
-    yield Blocking
-    Blocking.release.set()
-    chatplug.unregister_plugin(name)
+    with registered("blocking", Blocking):
+        yield Blocking
+        Blocking.release.set()
 
 
 def test_a_sync_call_to_a_blocking_plugin_ends_at_its_deadline(blocking: type[Blocking]) -> None:
@@ -697,16 +691,8 @@ def test_a_plugins_own_errors_and_context_cross_the_worker_thread() -> None:
         async def acomplete(self, request: chatplug.ChatRequest) -> chatplug.ChatResult:
             raise AssertionError("not called")
 
-    class Plugin:
-        @chatplug.hookimpl
-        def register_backends(self, register: Callable[[str, Callable[[], chatplug.ChatBackend]], None]) -> None:
-            register("failing", Failing)
-
-    name = chatplug.register_plugin(Plugin(), "failing-plugin")
-    try:
+    with registered("failing", Failing):
         response = chatplug.generate_completion_sync("Hi", backend="failing", timeout=30, max_retries=0)
-    finally:
-        chatplug.unregister_plugin(name)
     assert response.error_kind is ErrorKind.RATE_LIMIT and response.retry_after == 7.0
     assert seen and seen[0] is not None and seen[0] > time.monotonic()
 
@@ -762,17 +748,8 @@ def test_a_plugin_stream_keeps_one_context_across_its_chunks() -> None:
             finally:
                 span.reset(token)
 
-    class Plugin:
-        @chatplug.hookimpl
-        def register_backends(self, register: Callable[[str, Callable[[], chatplug.ChatBackend]], None]) -> None:
-            register("traced", Traced)
-
-    name = chatplug.register_plugin(Plugin(), "traced-plugin")
-    try:
-        with chatplug.stream_completion_sync("Hi", backend="traced", timeout=30) as stream:
-            texts = [chunk.text for chunk in stream]
-    finally:
-        chatplug.unregister_plugin(name)
+    with registered("traced", Traced), chatplug.stream_completion_sync("Hi", backend="traced", timeout=30) as stream:
+        texts = [chunk.text for chunk in stream]
     assert stream.response.success, stream.response.error
     assert texts == ["a", "b"] and seen == ["call"]
     assert span.get() is None  # the caller's own context is untouched

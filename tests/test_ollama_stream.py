@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -26,20 +25,10 @@ from chatplug import (
     stream_completion_with_messages_sync,
 )
 
-from .conftest import Observed
+from .conftest import BODY, LINES, PIECES, Observed, streamed
 from .fakeserver import FakeServer, Reply, fixture
 
-NDJSON = {"Content-Type": "application/x-ndjson"}
-BODY = fixture("ollama/chat_stream_200.ndjson")
-LINES = BODY.splitlines(keepends=True)
-PIECES = ["Ray", "leigh", " scattering", ":", " air", " molecules", " scatter", " blue", " light", " more", "."]
 CONTENT = "".join(PIECES)
-
-
-def streamed(body: bytes | None = None, *, pieces: list[bytes] | None = None, **flags: bool) -> Reply:
-    """An NDJSON reply sent as chunked pieces (one per line unless ``pieces`` says otherwise)."""
-    split = pieces if pieces is not None else (body or BODY).splitlines(keepends=True)
-    return Reply(200, b"", dict(NDJSON), pieces=split, **flags)
 
 
 def line(**part: Any) -> bytes:
@@ -74,18 +63,7 @@ def run_async(prompt: str = "Why is the sky blue?", **options: Any) -> tuple[lis
     return asyncio.run(go())
 
 
-@pytest.fixture(autouse=True)
-def quiet_hangups(ollama: FakeServer) -> None:
-    """A client that stops reading early (after a bad line, a break) is what these tests want:
-    the fake server's last flush then fails with a broken pipe, which socketserver would print."""
-    httpd = ollama._httpd
-    handle_error = httpd.handle_error
-
-    def handle(request: Any, client_address: Any) -> None:
-        if not isinstance(sys.exc_info()[1], ConnectionError):
-            handle_error(request, client_address)
-
-    httpd.handle_error = handle  # type: ignore[method-assign]
+pytestmark = pytest.mark.usefixtures("quiet_hangups")
 
 
 RUNS = pytest.mark.parametrize("run", [run_sync, run_async], ids=["sync", "async"])

@@ -29,19 +29,9 @@ from chatplug import (
 )
 
 from .fakeserver import FakeServer, Reply, fixture
-from .providers import ANTHROPIC, OPENAI, REQUEST_ID, Provider, both, provider_server
+from .providers import ANTHROPIC, OPENAI, REQUEST_ID, WEATHER, Provider, both, provider_server
 
 PROMPT = "What's the weather in Tokyo?"
-#: The tool the recorded requests define, as a caller passes it.
-WEATHER = {
-    "name": "get_weather",
-    "description": "Get the weather in a given city",
-    "parameters": {
-        "type": "object",
-        "properties": {"city": {"type": "string", "description": "The city"}},
-        "required": ["city"],
-    },
-}
 PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
 )

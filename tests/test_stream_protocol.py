@@ -6,7 +6,6 @@ input all the same, and a stream that fails keeps the token counts the provider 
 from __future__ import annotations
 
 import asyncio
-import sys
 from typing import Any
 
 import pytest
@@ -23,40 +22,20 @@ from chatplug import (
     stream_completion_with_messages_sync,
 )
 
-from .conftest import Observed
+from .conftest import LINES, PIECES, Observed, streamed
 from .fakeserver import FakeServer, Reply, fixture
 from .providers import ANTHROPIC, OPENAI
 
-NDJSON = {"Content-Type": "application/x-ndjson"}
 SSE = {"Content-Type": "text/event-stream; charset=utf-8"}
-LINES = fixture("ollama/chat_stream_200.ndjson").splitlines(keepends=True)
-PIECES = ["Ray", "leigh", " scattering", ":", " air", " molecules", " scatter", " blue", " light", " more", "."]
 
-
-def streamed(lines: list[bytes], hold: bool = False) -> Reply:
-    """Ollama's NDJSON, a chunk per line; ``hold``: then wait for the client to hang up."""
-    return Reply(200, b"", dict(NDJSON), pieces=lines, hold=hold)
-
-
-@pytest.fixture(autouse=True)
-def quiet_hangups(ollama: FakeServer) -> None:
-    """A client that hangs up early is what some tests want: the fake server's last write then
-    fails with a broken pipe, which socketserver would print."""
-    httpd = ollama._httpd
-    handle_error = httpd.handle_error
-
-    def handle(request: Any, client_address: Any) -> None:
-        if not isinstance(sys.exc_info()[1], ConnectionError):
-            handle_error(request, client_address)
-
-    httpd.handle_error = handle  # type: ignore[method-assign]
+pytestmark = pytest.mark.usefixtures("quiet_hangups")
 
 
 # -- a stream is its own iterator --------------------------------------------------------------
 
 
 def test_next_then_for_read_the_same_stream(ollama: FakeServer) -> None:
-    ollama.route("POST", "/api/chat", streamed(LINES))
+    ollama.route("POST", "/api/chat", streamed(pieces=LINES))
     with stream_completion_sync("Why is the sky blue?") as stream:
         assert iter(stream) is stream
         first = next(iter(stream))  # as the issue wrote it: the stream is not cancelled after it
@@ -71,7 +50,7 @@ def test_next_then_for_read_the_same_stream(ollama: FakeServer) -> None:
 
 
 def test_a_for_after_a_break_goes_on_where_it_stopped(ollama: FakeServer) -> None:
-    ollama.route("POST", "/api/chat", streamed(LINES))
+    ollama.route("POST", "/api/chat", streamed(pieces=LINES))
     texts: list[str] = []
     with stream_completion_with_messages_sync([{"role": "user", "content": "Why?"}]) as stream:
         for chunk in stream:
@@ -85,7 +64,7 @@ def test_a_for_after_a_break_goes_on_where_it_stopped(ollama: FakeServer) -> Non
 
 
 def test_async_anext_then_async_for_and_a_break_read_the_same_stream(ollama: FakeServer) -> None:
-    ollama.route("POST", "/api/chat", streamed(LINES))
+    ollama.route("POST", "/api/chat", streamed(pieces=LINES))
 
     async def read(stream: AsyncStream) -> list[str]:
         async with stream:
@@ -116,7 +95,7 @@ def test_async_anext_then_async_for_and_a_break_read_the_same_stream(ollama: Fak
 
 
 def test_leaving_the_with_block_after_a_break_closes_the_connection(ollama: FakeServer) -> None:
-    ollama.route("POST", "/api/chat", streamed(LINES[:3], hold=True))
+    ollama.route("POST", "/api/chat", streamed(pieces=LINES[:3], hold=True))
     with stream_completion_sync("Why?") as stream:
         for _ in stream:
             break
@@ -129,7 +108,7 @@ def test_leaving_the_with_block_after_a_break_closes_the_connection(ollama: Fake
 def test_a_stream_dropped_unclosed_is_stopped_at_once(ollama: FakeServer, observed: Observed) -> None:
     """The stream holds its generator, and nothing holds the stream: dropping it frees both at
     once (no cycle for the collector to find later), which closes the HTTP response."""
-    ollama.route("POST", "/api/chat", streamed(LINES[:3], hold=True))
+    ollama.route("POST", "/api/chat", streamed(pieces=LINES[:3], hold=True))
     stream = stream_completion_sync("Why?")
     first = next(stream)
     assert first.text == "Ray" and observed.responses == []
@@ -139,7 +118,7 @@ def test_a_stream_dropped_unclosed_is_stopped_at_once(ollama: FakeServer, observ
 
 
 def test_an_async_stream_dropped_unclosed_is_stopped_by_its_loop(ollama: FakeServer, observed: Observed) -> None:
-    ollama.route("POST", "/api/chat", streamed(LINES[:3], hold=True))
+    ollama.route("POST", "/api/chat", streamed(pieces=LINES[:3], hold=True))
 
     async def main() -> None:
         stream = stream_completion_async("Why?")
@@ -247,7 +226,7 @@ def test_an_openai_stream_failing_before_any_count_says_none_arrived(openai_serv
 
 
 def test_an_ollama_stream_failing_midway_says_no_count_arrived(ollama: FakeServer) -> None:
-    ollama.route("POST", "/api/chat", streamed(fixture("ollama/error_midstream_200.ndjson").splitlines(keepends=True)))
+    ollama.route("POST", "/api/chat", streamed(fixture("ollama/error_midstream_200.ndjson")))
     for response in stream_both():
         assert not response.success and response.content == " Yes.", response.error
         assert (response.tokens_used, response.usage_reported) == (0, False)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from chatplug import (
 from chatplug.testing import scripted
 
 from .childproc import fake_distribution, python
+from .conftest import registered
 
 
 def collect_sync(stream: Stream) -> list[ChatChunk]:
@@ -371,20 +371,6 @@ def test_an_installed_plugin_may_stream_a_plain_iterator_and_async_iterator(tmp_
     assert proc.returncode == 0, proc.stderr
     whole = [["Hel", "lo"], True, None, "Hello", "plain-9", 5, "stop"]
     assert json.loads(proc.stdout) == [whole, whole]
-
-
-@contextmanager
-def registered(name: str, backend: type[ChatBackend]) -> Iterator[None]:
-    class Plugin:
-        @hookimpl
-        def register_backends(self, register: Callable[[str, Callable[[], ChatBackend]], None]) -> None:
-            register(name, backend)
-
-    plugin = chatplug.register_plugin(Plugin(), f"{name}-plugin")
-    try:
-        yield
-    finally:
-        chatplug.unregister_plugin(plugin)
 
 
 def test_a_plain_iterator_with_close_is_closed_when_the_stream_is() -> None:
