@@ -111,6 +111,16 @@ def both(payload: str | list[dict[str, str]], *args: Any, **kwargs: Any) -> list
     ]
 
 
+def text_reply(provider: Provider, text: str) -> Reply:
+    """The provider's recorded plain reply with ``text`` as the model's answer."""
+    body = json.loads(fixture(f"{provider.backend}/{provider.success}"))
+    if provider is OPENAI:
+        body["choices"][0]["message"]["content"] = text
+    else:
+        body["content"][0]["text"] = text
+    return provider.reply(json.dumps(body).encode())
+
+
 def headers_of(request: Recorded) -> dict[str, str]:
     """A recorded request's headers, names in lower case (the SDKs mix cases)."""
     return {name.lower(): value for name, value in request.headers.items()}

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
+import os
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -178,6 +181,77 @@ def test_env_reads_each_new_value_and_keeps_few(monkeypatch: pytest.MonkeyPatch)
     assert _config.env("CHATPLUG_TEST_VALUE") == ""
     monkeypatch.delenv("CHATPLUG_TEST_VALUE")
     assert _config.env("CHATPLUG_TEST_VALUE") is None
+
+
+class RenamedEnviron(os._Environ[str]):
+    """``os.environ`` as a later Python might make it: the same class, its dict under another name
+    (``_vars``, not ``_data``). Changes stay in it: nothing is passed to ``putenv``."""
+
+    def __init__(self, values: dict[str, str]) -> None:
+        real = os.environ
+        super().__init__({}, real.encodekey, real.decodekey, real.encodevalue, real.decodevalue)
+        self._vars: dict[Any, Any] = self.__dict__.pop("_data")
+        for name, value in values.items():
+            self[name] = value
+
+    def __getitem__(self, name: str) -> str:
+        try:
+            return self.decodevalue(self._vars[self.encodekey(name)])
+        except KeyError:
+            raise KeyError(name) from None
+
+    def __setitem__(self, name: str, value: str) -> None:
+        self._vars[self.encodekey(name)] = self.encodevalue(value)
+
+    def __delitem__(self, name: str) -> None:
+        try:
+            del self._vars[self.encodekey(name)]
+        except KeyError:
+            raise KeyError(name) from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([self.decodekey(key) for key in self._vars])
+
+    def __len__(self) -> int:
+        return len(self._vars)
+
+
+def test_the_environment_is_read_through_the_public_mapping_when_its_own_dict_is_gone(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """chatplug reads variables through ``os.environ._data``, a private attribute (a speed-up):
+    where it is renamed, it reads the public mapping, logs one warning, and calls work as before."""
+    from chatplug import _config, _internals
+    from chatplug.testing import scripted
+
+    _internals.forget()
+    caplog.set_level(logging.WARNING, logger="chatplug")
+    renamed = RenamedEnviron({**os.environ, "LLM_TIMEOUT": "7", "CHATPLUG_TEST_VALUE": " x "})
+    monkeypatch.setattr(os, "environ", renamed)
+    assert _config.env("CHATPLUG_TEST_VALUE") == "x" and _config.env("CHATPLUG_TEST_UNSET") is None
+    assert settings.snapshot().timeout == 7
+    renamed["LLM_TIMEOUT"] = "9"
+    assert settings.snapshot().timeout == 9
+    with scripted() as fake:
+        response = generate_completion_sync("Hi")
+        assert response.success, response.error
+        assert fake.requests[-1].timeout == 9
+    said = [record.getMessage() for record in caplog.records if "is off" in record.getMessage()]
+    assert len(said) == 1 and "os.environ" in said[0], said
+    monkeypatch.undo()  # the real os.environ: read through its own dict again
+    assert _config.env("CHATPLUG_TEST_VALUE") is None and settings.snapshot().timeout != 9
+    assert _config._raw.data is not None and _config._raw.environ is os.environ
+
+
+def test_a_mapping_in_place_of_os_environ_is_read_without_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from chatplug import _config, _internals
+
+    _internals.forget()
+    monkeypatch.setattr(os, "environ", {**os.environ, "CHATPLUG_TEST_VALUE": " y "})
+    assert _config.env("CHATPLUG_TEST_VALUE") == "y"
+    assert not [record for record in caplog.records if "is off" in record.getMessage()]
 
 
 def test_a_requests_options_are_read_only_with_or_without_options(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -440,6 +514,7 @@ def test_the_first_async_call_makes_its_backend_off_the_event_loop() -> None:
 
     chatplug.register_plugin(Plugin(), "made-off-loop-plugin")
     try:
+
         async def twice() -> list[LLMResponse]:
             return [await chatplug.generate_completion_async("Hi", backend="made-off-loop") for _ in range(2)]
 

@@ -7,7 +7,11 @@ import asyncio
 import gc
 import threading
 import weakref
+from typing import Any
 
+import pytest
+
+from chatplug._clients import _LOOPS
 from chatplug.toolkit import ClientCache
 
 
@@ -25,6 +29,22 @@ class AsyncClient:
 
     async def close(self) -> None:
         self.closed = True
+
+
+class SealedLoop(asyncio.SelectorEventLoop):
+    """An event loop that takes no attribute from outside once made, as a loop class with
+    ``__slots__`` would not: no new public one (such as a ``close`` of its own) and none named
+    ``_chatplug...``. Its own class's attributes are set as usual."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._sealed = True
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        outside = not name.startswith("_") or name.startswith("_chatplug")
+        if outside and getattr(self, "_sealed", False) and name not in vars(self):
+            raise AttributeError(f"{type(self).__name__} takes no attribute {name!r}")
+        super().__setattr__(name, value)
 
 
 def make_cache(made: list[AsyncClient]) -> ClientCache[SyncClient, AsyncClient]:
@@ -126,3 +146,118 @@ def test_close_while_a_loop_runs_elsewhere_closes_its_clients_at_its_shutdown() 
 
     asyncio.run(use())
     assert len(made) == 2 and all(client.closed for client in made)
+
+
+def borrow_on(loop: asyncio.AbstractEventLoop, *caches: ClientCache[SyncClient, AsyncClient]) -> None:
+    async def borrow() -> None:
+        for cache in caches:
+            borrow_async(cache, "a")
+
+    loop.run_until_complete(borrow())
+
+
+def freed(loop: weakref.ref[asyncio.AbstractEventLoop]) -> bool:
+    """Whether the loop, its last reference dropped by the caller, is freed."""
+    gc.collect()
+    return loop() is None
+
+
+def test_a_loops_clients_are_kept_off_the_loop_and_forgotten_when_it_shuts_down() -> None:
+    made: list[AsyncClient] = []
+    cache = make_cache(made)
+    seen: dict[str, Any] = {}
+
+    async def use() -> None:
+        loop = asyncio.get_running_loop()
+        before = set(vars(loop))
+        borrow_async(cache, "a")
+        seen["added"] = set(vars(loop)) - before
+        seen["kept"] = loop in _LOOPS
+
+    asyncio.run(use())
+    assert seen["added"] <= {"close"}  # the one attribute set: see the test of a loop closed by hand
+    assert seen["kept"]
+    assert len(_LOOPS) == 0  # the entry went with the loop's shutdown
+    assert made[0].closed
+
+
+@pytest.mark.parametrize("loop_class", [asyncio.SelectorEventLoop, SealedLoop])
+def test_a_loop_shut_down_by_hand_closes_its_clients_and_is_freed(loop_class: type[asyncio.AbstractEventLoop]) -> None:
+    """What asyncio.run() does, step by step: on a loop that takes no attribute as on any other."""
+    made: list[AsyncClient] = []
+    cache = make_cache(made)
+    loop = loop_class()
+    borrow_on(loop, cache)
+    assert not made[0].closed
+    loop.run_until_complete(loop.shutdown_asyncgens())
+    assert made[0].closed and loop not in _LOOPS
+    loop.close()
+    gone = weakref.ref(loop)
+    del loop
+    assert freed(gone)
+
+
+def test_a_loop_closed_by_hand_closes_the_clients_of_every_cache_first() -> None:
+    """``new_event_loop()``, ``run_until_complete()``, ``close()``: no async generator is shut
+    down, and the loop's ``close`` closes the clients of each cache used on it."""
+    made: list[AsyncClient] = []
+    first, second = make_cache(made), make_cache(made)
+    loop = asyncio.new_event_loop()
+    borrow_on(loop, first, second)
+    assert len(made) == 2 and not any(client.closed for client in made)
+    loop.close()
+    assert all(client.closed for client in made)
+    assert loop not in _LOOPS
+    gone = weakref.ref(loop)
+    del loop
+    assert freed(gone)
+
+
+def test_a_loop_that_refuses_attributes_closed_by_hand_loses_only_the_closing() -> None:
+    """A loop that takes no ``close`` of chatplug's, closed without shutting down: its clients are
+    not closed (nothing can run them any more), and its entry is dropped when the next loop makes
+    clients, or at ``close()``: the loop is freed all the same."""
+    made: list[AsyncClient] = []
+    cache = make_cache(made)
+    for forget in ("next loop", "close"):
+        loop = SealedLoop()
+        borrow_on(loop, cache)
+        loop.close()
+        assert "close" not in vars(loop)
+        assert loop in _LOOPS and not made[-1].closed  # dropped, not closed: left to be collected
+        if forget == "next loop":
+
+            async def use() -> None:
+                borrow_async(cache, "a")
+
+            asyncio.run(use())
+        else:
+            cache.close()
+        assert loop not in _LOOPS
+        gone = weakref.ref(loop)
+        del loop
+        assert freed(gone)
+    assert len(_LOOPS) == 0
+
+
+def test_a_loop_with_a_close_of_its_own_keeps_it() -> None:
+    """A ``close`` someone else put on the loop object is neither wrapped nor replaced: that
+    loop's clients are closed at its shutdown, as on a loop that takes no attribute."""
+    made: list[AsyncClient] = []
+    cache = make_cache(made)
+    loop = asyncio.new_event_loop()
+    calls: list[str] = []
+    own = weakref.ref(loop)
+
+    def close() -> None:
+        calls.append("close")
+        asyncio.SelectorEventLoop.close(own())  # type: ignore[arg-type]
+
+    loop.close = close  # type: ignore[method-assign]
+    borrow_on(loop, cache)
+    assert loop.close is close
+    loop.run_until_complete(loop.shutdown_asyncgens())
+    loop.close()
+    assert calls == ["close"] and made[0].closed and loop not in _LOOPS
+    del close, loop
+    assert freed(own)

@@ -58,8 +58,8 @@ def test_request_body_defaults(ollama: FakeServer) -> None:
 
 
 def test_a_cookie_the_server_sets_goes_back_with_later_requests(ollama: FakeServer) -> None:
-    """The backend's clients read a reply's cookies only when it sets one (toolkit.lean_cookies),
-    and keep them as the SDK's own would: sent with every later request, sync and async."""
+    """The backend's clients keep a reply's cookies as the SDK's own would: sent with every later
+    request, sync and async."""
     plain = ollama_reply("chat_nonstream_200.json")
     sets_cookie = ollama_reply("chat_nonstream_200.json")
     sets_cookie.headers["Set-Cookie"] = "affinity=node-2"
@@ -79,14 +79,11 @@ def test_a_cookie_the_server_sets_goes_back_with_later_requests(ollama: FakeServ
     ollama.route("POST", "/api/chat", plain, sets_cookie, plain)
     assert all(response.success for response in asyncio.run(three_calls()))
     assert cookies_sent() == [None, None, "affinity=node-2"]
-    # The sync and async clients are made by one function: its client has the check.
-    (slot,) = plugins().backends.get("ollama")._clients._sync.values()  # type: ignore[attr-defined]
-    assert type(slot.client._client.cookies).lean
 
 
 def test_a_host_with_a_path_gets_every_call_under_it(ollama: FakeServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The backend's clients parse ``/api/chat`` against the host once (toolkit.lean_urls): the
-    address each call goes to is the one the SDK would make, call after call, sync and async."""
+    """The address each call goes to is the one the SDK makes of the host and ``/api/chat``, call
+    after call, sync and async."""
     ollama.route("POST", "/proxy/ollama/api/chat", ollama_reply("chat_nonstream_200.json"))
     monkeypatch.setenv("OLLAMA_HOST", f"{ollama.url}/proxy/ollama")
 
@@ -96,15 +93,6 @@ def test_a_host_with_a_path_gets_every_call_under_it(ollama: FakeServer, monkeyp
     assert all(generate_completion_sync("Hi").success for _ in range(2))
     assert all(response.success for response in asyncio.run(two_calls()))
     assert [request.path for request in ollama.requests] == ["/proxy/ollama/api/chat"] * 4
-    clients = plugins().backends.get("ollama")._clients  # type: ignore[attr-defined]
-
-    async def async_client() -> type:  # made as the calls' async clients were, transport and all
-        client = clients._make_async(ollama.url, None, 5.0)
-        await client.close()
-        return type(client._client)
-
-    (slot,) = clients._sync.values()
-    assert type(slot.client._client).lean and asyncio.run(async_client()).lean
 
 
 def test_arguments_and_extra_options(ollama: FakeServer) -> None:

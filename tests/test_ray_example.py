@@ -13,6 +13,7 @@ import pytest
 from .fakeserver import FakeServer
 
 pytest.importorskip("ray", reason="ray is not installed: pip install -e '.[ray]' (the test extra has it)")
+pytestmark = pytest.mark.slow  # a Ray cluster: on the main job's Python only in CI's matrix
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "ray_batch.py"
 

@@ -19,7 +19,7 @@ from chatplug.testing import scripted
 from .childproc import python
 from .conftest import OLLAMA_JSON
 from .fakeserver import FakeServer, Reply, fixture
-from .providers import ANTHROPIC, OPENAI, Provider
+from .providers import ANTHROPIC, OPENAI, Provider, text_reply
 
 #: The issue's schema: ``{"a": 500, "extra": 1}`` used to pass it.
 BOUNDED = {
@@ -188,21 +188,12 @@ def test_jsonschema_is_imported_for_a_schema_dict_only() -> None:
 # -- on each provider's wire ---------------------------------------------------------------
 
 
-def _text_reply(provider: Provider, text: str) -> Any:
-    body = json.loads(fixture(f"{provider.backend}/{provider.success}"))
-    if provider is OPENAI:
-        body["choices"][0]["message"]["content"] = text
-    else:
-        body["content"][0]["text"] = text
-    return provider.reply(json.dumps(body).encode())
-
-
 @pytest.mark.parametrize("provider", [OPENAI, ANTHROPIC], ids=["openai", "anthropic"])
 def test_the_openai_and_anthropic_replies_are_validated_with_every_keyword(
     provider: Provider, request: pytest.FixtureRequest
 ) -> None:
     server: FakeServer = request.getfixturevalue(f"{provider.backend}_server")
-    provider.route(server, _text_reply(provider, '{"a": 500}'))
+    provider.route(server, text_reply(provider, '{"a": 500}'))
     responses = [
         generate_completion_sync("A number?", response_format=BOUNDED),
         asyncio.run(generate_completion_async("A number?", response_format=BOUNDED)),

@@ -356,6 +356,16 @@ def test_map_exceptions_turns_the_http_stack_into_chatplug_errors(closed_port: i
         raise KeyError("a bug stays a bug")
 
 
+def test_lean_urls_does_nothing_now_and_says_it_will_go() -> None:
+    """It changed the class of httpx's client, which a release of httpx could break (issue 25):
+    a plugin that still calls it gets its client back untouched, and a DeprecationWarning."""
+    with httpx.Client() as client:
+        with pytest.warns(DeprecationWarning, match="lean_urls does nothing now and will be removed") as said:
+            assert chatplug.toolkit.lean_urls(client) is client
+        assert type(client) is httpx.Client
+    assert said[0].filename == __file__  # the warning names the caller's line
+
+
 class RecordingJar(http.cookiejar.CookieJar):
     """A cookie jar that counts the replies it is asked to read."""
 
@@ -382,9 +392,9 @@ def test_lean_cookies_reads_only_replies_that_set_one(cookie_server: FakeServer)
     jar = RecordingJar()
     with httpx.Client(base_url=cookie_server.url, cookies=jar) as client:
         assert chatplug.toolkit.lean_cookies(client) is client
-        lean = type(client.cookies)
-        assert chatplug.toolkit.lean_cookies(client) is client and type(client.cookies) is lean  # once is enough
-        assert isinstance(client.cookies, httpx.Cookies) and client.cookies.jar is jar
+        lean = client.cookies
+        assert chatplug.toolkit.lean_cookies(client) is client and client.cookies is lean  # once is enough
+        assert type(client) is httpx.Client and isinstance(lean, httpx.Cookies) and lean.jar is jar
         client.get("/plain")
         assert jar.asked == 0
         client.get("/login")
@@ -408,97 +418,8 @@ def test_lean_cookies_on_an_async_client(cookie_server: FakeServer) -> None:
     assert jar.asked == 1
 
 
-def test_lean_urls_parses_each_address_once_and_sends_what_httpx_would(cookie_server: FakeServer) -> None:
-    other = FakeServer()
-    other.route("GET", "/v2/plain", Reply(200, b"{}", {"Content-Type": "application/json"}))
-    try:
-        base = f"{cookie_server.url}/v1"
-        with httpx.Client(base_url=base) as plain, httpx.Client(base_url=base) as client:
-            assert chatplug.toolkit.lean_urls(client) is client
-            lean = type(client)
-            assert chatplug.toolkit.lean_urls(client) is client and type(client) is lean  # once is enough
-            assert isinstance(client, httpx.Client) and type(plain) is httpx.Client  # httpx's class is untouched
-            for url in ("/plain", "plain", f"{other.url}/v2/plain", "/plain?a=1"):
-                first = client.build_request("GET", url, params={"b": "2"})
-                again = client.build_request("GET", url)
-                assert str(first.url) == str(plain.build_request("GET", url, params={"b": "2"}).url)
-                assert again.url == plain.build_request("GET", url).url
-                assert client._merge_url(url) is client._merge_url(url)  # parsed once, then kept
-            given = httpx.URL(f"{other.url}/v2/plain")
-            assert client._merge_url(given) == given  # an httpx.URL goes as it did
-            client.get("/plain")
-            client.get(f"{other.url}/v2/plain")
-            client.base_url = f"{other.url}/v2"  # a new base URL: the kept ones are not used
-            client.get("/plain")
-            client.base_url = f"{cookie_server.url}/v1"
-            client.get("/plain")
-        assert [r.path for r in cookie_server.requests] == ["/v1/plain", "/v1/plain"]
-        assert [r.path for r in other.requests] == ["/v2/plain", "/v2/plain"]
-    finally:
-        other.close()
-
-
-def test_lean_urls_keeps_a_bounded_number_of_addresses() -> None:
-    with chatplug.toolkit.lean_urls(httpx.Client(base_url="http://127.0.0.1:9")) as client:
-        for i in range(3 * chatplug._lean.URLS_KEPT):
-            assert str(client._merge_url(f"/items/{i}")) == f"http://127.0.0.1:9/items/{i}"
-        kept = client.__dict__["_chatplug_urls"][1]
-        assert 0 < len(kept) <= chatplug._lean.URLS_KEPT
-
-
-def test_lean_urls_on_an_async_client(cookie_server: FakeServer) -> None:
-    async def main() -> list[str]:
-        async with chatplug.toolkit.lean_urls(httpx.AsyncClient(base_url=cookie_server.url)) as client:
-            for path in ("/plain", "/login", "/plain"):
-                await client.get(path)
-            assert client._merge_url("/plain") is client._merge_url("/plain")
-        return [r.path for r in cookie_server.requests]
-
-    assert asyncio.run(main()) == ["/plain", "/login", "/plain"]
-
-
-def test_a_class_made_lean_for_one_trim_still_takes_the_other() -> None:
-    class Both:  # its own cookie jar, and an httpx-like URL merge
-        def __init__(self) -> None:
-            self._base_url, self.cookies = "http://127.0.0.1:9/", self
-
-        def extract_cookies(self, response: object) -> None: ...
-
-        def _merge_url(self, url: str) -> str:
-            return self._base_url + url.lstrip("/")
-
-    client = chatplug.toolkit.lean_cookies(Both())
-    assert type(client).lean and "extract_cookies" in vars(type(client))
-    chatplug.toolkit.lean_urls(client)
-    assert "_merge_url" in vars(type(client)) and client._merge_url("/a") is client._merge_url("/a")
-    assert client._merge_url("/a") == "http://127.0.0.1:9/a"
-
-
-def test_lean_urls_leaves_other_clients_alone() -> None:
-    assert chatplug.toolkit.lean_urls(None) is None
-
-    class Final:
-        __slots__ = ()  # no instance dict: nowhere to keep URLs
-
-        def _merge_url(self, url: str) -> str:
-            return url
-
-    final = Final()
-    assert chatplug.toolkit.lean_urls(final) is final and type(final) is Final
-
-
-def test_lean_cookies_leaves_other_clients_and_the_class_alone() -> None:
+def test_lean_cookies_leaves_other_objects_and_httpx_alone() -> None:
     assert chatplug.toolkit.lean_cookies(None) is None  # nothing with cookies: nothing to do
-
-    class FinalCookies:
-        def __init_subclass__(cls) -> None:
-            raise TypeError("no subclasses")
-
-        def extract_cookies(self, response: object) -> None: ...
-
-    client = type("Client", (), {"cookies": FinalCookies()})()
-    assert chatplug.toolkit.lean_cookies(client) is client and type(client.cookies) is FinalCookies
     with httpx.Client() as plain, chatplug.toolkit.lean_cookies(httpx.Client()) as lean:
         assert type(plain.cookies) is httpx.Cookies  # httpx's own class is untouched
-        assert type(lean.cookies) is not httpx.Cookies
-
+        assert type(lean.cookies) is not httpx.Cookies and type(lean) is httpx.Client

@@ -157,14 +157,14 @@ def test_a_plugin_client_on_the_toolkit_transport(stack: str, ollama: FakeServer
     assert recorded.json() == {"model": "m"} and recorded.headers["Content-Type"] == "application/json"
 
 
-def test_a_client_that_keeps_its_urls_sends_each_request_where_it_is_addressed(ollama: FakeServer) -> None:
-    """A client with ``lean_urls`` on the transport: each request goes where it is addressed,
-    the same address again and again, another between, one with a user and password."""
+def test_each_request_goes_where_it_is_addressed(ollama: FakeServer) -> None:
+    """A client on the transport: each request goes where it is addressed, the same address
+    again and again, another between, one with a user and password."""
     ollama.route("POST", "/other", ollama_reply("chat_nonstream_200.json"))
     transport = aiohttp_transport(httpx)
 
     async def go() -> list[int]:
-        async with chatplug.toolkit.lean_urls(httpx.AsyncClient(base_url=ollama.url, transport=transport)) as client:
+        async with httpx.AsyncClient(base_url=ollama.url, transport=transport) as client:
             paths = ["/api/chat", "/other", "/api/chat", "/api/chat", f"http://u:p@127.0.0.1:{ollama.port}/other"]
             return [(await client.post(path, json={})).status_code for path in paths]
 
@@ -205,42 +205,17 @@ def test_a_response_is_freed_with_its_last_reference_not_by_the_collector(
         gc.enable()
 
 
-@pytest.mark.parametrize("stack", ["httpx", "httpx2"])
-@pytest.mark.parametrize("read", ["whole", "streamed and closed early"])
-def test_a_sync_response_through_a_deadline_client_is_freed_with_its_last_reference(
-    stack: str, read: str, ollama: FakeServer
-) -> None:
-    """The same for the sync clients that ``deadline_client`` bounds (every built-in sync client)."""
-    from chatplug.toolkit import deadline_client
-
-    http = __import__(stack)
-    gc.collect()
-    gc.disable()
-    try:
-        with deadline_client(http.Client(timeout=5)) as client:
-            client.post(f"{ollama.url}/api/chat", json={})
-            if read == "whole":
-                response = client.post(f"{ollama.url}/api/chat", json={"model": "m"})
-                assert response.json()["done"] is True
-            else:
-                response = client.send(client.build_request("POST", f"{ollama.url}/api/chat"), stream=True)
-                assert next(response.iter_raw()).startswith(b"{")
-                response.close()
-            assert response.is_closed and response.status_code == 200 and response.elapsed.total_seconds() > 0
-            freed = weakref.ref(response)
-            del response
-            assert freed() is None
-    finally:
-        gc.enable()
-
-
-@pytest.mark.parametrize("call", ["async", "sync"])
-@pytest.mark.parametrize("backend", ["ollama", "openai", "anthropic"])
+@pytest.mark.parametrize(
+    ("backend", "call"),
+    [("ollama", "async"), ("openai", "async"), ("openai", "sync"), ("anthropic", "async"), ("anthropic", "sync")],
+)
 def test_a_call_leaves_no_garbage_for_the_collector(
     backend: str, call: str, ollama: FakeServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every object a call makes, chatplug's, the SDK's and the HTTP stack's, is freed when the
-    call returns: none is left in a reference cycle (sync clients: ``_deadline._Unbinding``)."""
+    call returns: none is left in a reference cycle. Not a sync ollama call: httpx's sync client
+    keeps each response in a cycle with its stream, which chatplug leaves to the collector (its
+    collections took 1.7% of a call's CPU; breaking the cycle reached into httpx's internals)."""
     if backend != "ollama":
         provider = OPENAI if backend == "openai" else ANTHROPIC
         server = FakeServer()

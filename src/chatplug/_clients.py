@@ -3,9 +3,24 @@
 A client per call costs tens of times a reused one (building an httpx client sets up SSL and a
 connection pool). Sync clients are shared by all threads; async clients are bound to the event
 loop that made them, so each running loop gets its own, closed when the loop shuts down, which
-keeps repeated ``asyncio.run()`` working and leaves no socket open; a loop made and closed by
-hand (``new_event_loop()`` ... ``close()``, which shuts down no async generators) closes them in its
-``close()``.
+keeps repeated ``asyncio.run()`` working and leaves no socket open.
+
+A loop's clients are kept in ``_LOOPS``, a dict keyed by the loop, never on the loop object. Not a
+``WeakKeyDictionary``: the clients hold their loop, so its entry would never go. The entry goes
+when the loop shuts down instead: ``asyncio.run()`` (like every runner) calls
+``loop.shutdown_asyncgens()``, which closes an async generator chatplug parks on the loop
+(``_close_at_shutdown``); it closes the clients of every cache on that loop and removes the
+entry, and the loop is freed.
+
+A loop made and closed by hand (``new_event_loop()``, ``run_until_complete()``, ``close()``) shuts
+down no async generators. For it, and only where the loop object takes it, chatplug puts a
+``close`` on the loop object (``_close_with``) that closes the clients first, while the loop can
+still run them: otherwise every such loop would leave its sockets open until they were collected,
+each with an "unclosed transport" ``ResourceWarning``. That is the one attribute chatplug sets on
+a loop. It is skipped for a loop whose instance has a ``close`` of its own already or takes no
+attribute (a class with ``__slots__``, or a ``__setattr__`` that refuses): such a loop, closed by
+hand, loses only that. Its clients are dropped unclosed (their sockets close when collected), and
+its entry with them, when the next loop makes clients or at ``chatplug.close()``.
 
 A client is borrowed for one request with ``with cache.sync(key, ...) as client``. When a
 credential changes (a rotated key), the next borrower gets a new client; the old one is closed
@@ -18,7 +33,7 @@ import asyncio
 import contextlib
 import threading
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Hashable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Hashable
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
@@ -27,14 +42,32 @@ S = TypeVar("S")
 A = TypeVar("A")
 
 
-class _LoopClients:
-    """The async clients of one event loop: those in use, and those replaced but not yet closed."""
+class _Loop:
+    """What chatplug keeps for one event loop (in ``_LOOPS``): the clients of each cache on it, and
+    the async generator that closes them all when the loop shuts down."""
+
+    __slots__ = ("caches", "closer", "loop")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = weakref.ref(loop)
+        self.loop = loop
+        self.caches: dict[ClientCache[Any, Any], _LoopClients] = {}
+        self.closer: AsyncGenerator[None, None] | None = None
+
+
+class _LoopClients:
+    """The async clients of one cache on one loop: those in use, and those replaced but not yet closed."""
+
+    __slots__ = ("owner", "retired", "slots")
+
+    def __init__(self, owner: _Loop) -> None:
+        self.owner = owner
         self.slots: dict[Hashable, _Slot[Any]] = {}
         self.retired: set[_Slot[Any]] = set()
-        self.closer: object = None
+
+
+#: The event loops that have clients, each until it shuts down or is closed (see the module's docstring).
+_LOOPS: dict[asyncio.AbstractEventLoop, _Loop] = {}
+_loops_lock = threading.Lock()
 
 
 class _Slot(Generic[C]):
@@ -86,13 +119,6 @@ class ClientCache(Generic[S, A]):
         self._close_async: Callable[[A], Awaitable[object]] = close_async or (lambda client: client.close())  # type: ignore[attr-defined]
         self._lock = threading.Lock()
         self._sync: dict[Hashable, _Slot[S]] = {}
-        # Per loop: on the loop object itself where it takes attributes (the state dies with
-        # the loop; uvloop's Loop is a Python subclass, and takes them), else in a weak
-        # dictionary (a loop class with __slots__).
-        self._attr = f"_chatplug_clients_{id(self)}"
-        # (That dictionary keeps its loops alive, as its values hold them: only for such loops.)
-        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopClients] = weakref.WeakKeyDictionary()
-        self._every_loop: weakref.WeakSet[_LoopClients] = weakref.WeakSet()
         self._closing: set[asyncio.Future[Any]] = set()  # the loop holds tasks only weakly
 
     # -- borrowing ----------------------------------------------------------------------
@@ -124,16 +150,13 @@ class ClientCache(Generic[S, A]):
         return Lease(self, slot)
 
     def _clients_of(self, loop: asyncio.AbstractEventLoop) -> _LoopClients:
-        clients: _LoopClients | None = getattr(loop, self._attr, None) or self._loops.get(loop)
+        """This cache's clients on ``loop``, the running one (under the cache's lock)."""
+        entry = _LOOPS.get(loop)
+        if entry is None:
+            entry = _watch(loop)
+        clients = entry.caches.get(self)
         if clients is None:
-            clients = _LoopClients(loop)
-            try:
-                setattr(loop, self._attr, clients)
-            except AttributeError:
-                self._loops[loop] = clients
-            clients.closer = _close_at_shutdown(self, clients)
-            _close_with(loop, clients)
-            self._every_loop.add(clients)  # weakly: for close()
+            clients = entry.caches[self] = _LoopClients(entry)
         return clients
 
     def _release(self, slot: _Slot[Any]) -> None:
@@ -165,7 +188,7 @@ class ClientCache(Generic[S, A]):
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
-        if running is None or running is not owner.loop():  # not on its loop: its shutdown closer closes it
+        if running is None or running is not owner.owner.loop:  # not on its loop: its shutdown closer closes it
             return
         closing = running.create_task(close())
         self._closing.add(closing)
@@ -179,20 +202,46 @@ class ClientCache(Generic[S, A]):
 
     def close(self) -> None:
         """Close every client, each once its requests return: sync ones now, async ones on their
-        own loop (now if it is the running one, else when it shuts down). New calls get new ones."""
+        own loop (now if it is the running one, else when it shuts down). New calls get new ones.
+        The clients of loops closed already, which can close nothing, are dropped."""
         with self._lock:
             slots = list(self._sync.values())
             self._sync.clear()
-            for clients in list(self._every_loop):
-                slots += clients.slots.values()
-                clients.slots.clear()
+            with _loops_lock:
+                _sweep()
+                entries = list(_LOOPS.values())
+            for entry in entries:
+                clients = entry.caches.get(self)
+                if clients is not None:
+                    slots += clients.slots.values()
+                    clients.slots.clear()
             for slot in slots:
                 self._retire(slot)
 
 
-def _close_at_shutdown(cache: ClientCache[Any, Any], clients: _LoopClients) -> object:
-    """Close ``clients`` when the running loop shuts down; the returned object must be kept as
-    long as the loop lives (``clients`` keeps it).
+def _watch(loop: asyncio.AbstractEventLoop) -> _Loop:
+    """A new entry for ``loop``, the running one: closed with it (see the module's docstring). The
+    entries of loops closed since, whose clients nothing could close, are dropped first."""
+    entry = _Loop(loop)
+    with _loops_lock:
+        _sweep()
+        _LOOPS[loop] = entry
+    entry.closer = _close_at_shutdown(entry)
+    _close_with(loop)
+    return entry
+
+
+def _sweep() -> None:
+    """Drop the entries of closed loops (under ``_loops_lock``): loops closed by hand that took no
+    ``close`` of chatplug's (``_close_with``). Their clients cannot be closed any more, on a loop
+    that cannot run: they are left to be collected, and the loop with them."""
+    for loop in [loop for loop in _LOOPS if loop.is_closed()]:
+        del _LOOPS[loop]
+
+
+def _close_at_shutdown(entry: _Loop) -> AsyncGenerator[None, None]:
+    """Close every client in ``entry`` when the running loop shuts down, and remove the entry; the
+    returned generator must be kept as long as the loop lives (``entry`` keeps it).
 
     asyncio has no loop-close callback, but ``asyncio.run()`` (like every runner that calls
     ``loop.shutdown_asyncgens()``) closes each async generator first iterated on the loop, while
@@ -201,46 +250,56 @@ def _close_at_shutdown(cache: ClientCache[Any, Any], clients: _LoopClients) -> o
     be freed.
     """
 
-    async def closer() -> AsyncIterator[None]:
+    async def closer() -> AsyncGenerator[None, None]:
         try:
             yield
         finally:
-            while clients.slots or clients.retired:
-                slot = clients.slots.popitem()[1] if clients.slots else clients.retired.pop()
-                await cache._close_async(slot.client)
+            try:
+                for cache, clients in list(entry.caches.items()):
+                    while clients.slots or clients.retired:
+                        slot = clients.slots.popitem()[1] if clients.slots else clients.retired.pop()
+                        await cache._close_async(slot.client)
+            finally:
+                with _loops_lock:
+                    if _LOOPS.get(entry.loop) is entry:
+                        del _LOOPS[entry.loop]
 
     generator = closer()
     step = generator.__anext__()  # registers the generator with the running loop
     with contextlib.suppress(StopIteration):
-        step.send(None)  # type: ignore[attr-defined]  # runs the body to the yield
+        step.send(None)  # runs the body to the yield
     return generator
 
 
-def _close_with(loop: asyncio.AbstractEventLoop, clients: _LoopClients) -> None:
-    """Close ``clients`` in ``loop.close()`` too, for a loop closed without ``shutdown_asyncgens()``
-    (``new_event_loop()``, ``run_until_complete()``, ``close()``): its sockets would otherwise stay
-    open until collected, each with an "unclosed transport" warning. Nothing else changes:
-    ``asyncio.run()`` has closed them by then, and a loop that takes no attributes (a class with ``__slots__``) is
-    left as it is. The wrapper holds the loop weakly, so the loop is still freed with its last user.
-    """
-    if "close" in getattr(loop, "__dict__", {"close": None}):  # no instance dict, or patched already
-        return
-    close = type(loop).close
-    ref = weakref.ref(loop)
-
-    def close_clients_first() -> None:
-        owner = ref()
-        if owner is None:
+def _close_with(loop: asyncio.AbstractEventLoop) -> None:
+    """Give ``loop`` a ``close()`` that first closes its clients (``_close_before``), for a loop
+    closed without ``shutdown_asyncgens()``; nothing else changes: ``asyncio.run()`` has closed them
+    by then. It holds the loop weakly (so the loop is still freed with its last user), finds the
+    clients in ``_LOOPS`` when called, and then calls the loop class's own ``close``. Only where
+    the loop takes it: not for one that already has a ``close`` of its own on the instance (one
+    of chatplug's, from an earlier entry, serves every later one), nor for one that refuses the
+    attribute (see the module's docstring)."""
+    try:
+        if "close" in vars(loop):
             return
-        if clients.slots or clients.retired:
-            _close_before(owner, clients)
-        close(owner)
+        ref = weakref.ref(loop)
 
-    loop.close = close_clients_first  # type: ignore[method-assign]
+        def close_clients_first() -> None:
+            owner = ref()
+            if owner is None:
+                return
+            entry = _LOOPS.get(owner)
+            if entry is not None:
+                _close_before(owner, entry)
+            type(owner).close(owner)
+
+        loop.close = close_clients_first  # type: ignore[method-assign]
+    except Exception:  # no instance dict, no weak reference, or a loop that refuses attributes
+        return
 
 
-def _close_before(loop: asyncio.AbstractEventLoop, clients: _LoopClients) -> None:
-    """Run the loop once more, to close ``clients`` on it, if it can run: not running, not closed,
+def _close_before(loop: asyncio.AbstractEventLoop, entry: _Loop) -> None:
+    """Run the loop once more, to close its clients on it, if it can run: not running, not closed,
     and no other loop running in this thread (then they are left to be collected, as before)."""
     if loop.is_running() or loop.is_closed():
         return
@@ -249,7 +308,7 @@ def _close_before(loop: asyncio.AbstractEventLoop, clients: _LoopClients) -> Non
         return  # a loop runs in this thread: this one cannot run here
     except RuntimeError:
         pass
-    closer = clients.closer
-    with contextlib.suppress(Exception):
-        if isinstance(closer, AsyncGenerator):
+    closer = entry.closer
+    if closer is not None:
+        with contextlib.suppress(Exception):
             loop.run_until_complete(closer.aclose())  # its ``finally`` closes every client

@@ -40,28 +40,72 @@ def env(name: str) -> str | None:
     returned as ``""``: most readers treat it as unset, and ``CHATPLUG_PLUGINS=`` means "none".
     """
     environ = os.environ
-    if type(environ) is _Environ:
-        # A call reads about ten variables: through the Mapping ABC each costs ~0.9 us, which is
-        # most of the dispatcher's own time; the mapping's dict, which every assignment to
-        # os.environ updates, answers in ~0.05 us with the same result.
-        key = _KEYS.get(name)
-        if key is None:
-            key = _KEYS[name] = environ.encodekey(name)
-        raw = environ._data.get(key)  # type: ignore[attr-defined]
-        if raw is None:
-            return None
-        # Each value decoded and stripped once (a dict keyed by the raw bytes, which keep their hash).
-        value = _READ.get(raw)
-        if value is None:
-            if len(_READ) >= 256:  # values that keep changing (a rotated key) do not pile up
-                _READ.clear()
-            value = _READ[raw] = _decoded(raw)
-        return value
-    return _decoded(environ.get(name))  # os.environ replaced by another mapping (a test's, say)
+    raw = _raw if _raw.environ is environ else _raw_of(environ)
+    if raw.data is None:
+        return _decoded(environ.get(name))  # the public mapping (see _Raw)
+    key = raw.keys.get(name)
+    if key is None:
+        key = raw.keys[name] = raw.encodekey(name)
+    text = raw.data.get(key)
+    if text is None:
+        return None
+    # Each value decoded and stripped once (a dict keyed by the raw bytes, which keep their hash).
+    value = _READ.get(text)
+    if value is None:
+        if len(_READ) >= 256:  # values that keep changing (a rotated key) do not pile up
+            _READ.clear()
+        value = _READ[text] = _decoded(text)
+    return value
+
+
+class _Raw:
+    """How chatplug reads ``environ`` (``os.environ``): through its own dict (``data``, CPython's
+    ``os.environ._data``: encoded names to encoded values, which every change made through
+    ``os.environ`` makes too), or, where ``data`` is ``None``, through the public mapping.
+
+    A call reads about fifteen variables (``_texts()``, then its backend's): through the mapping,
+    each costs ~1 us when set and ~4 us when not (two ``KeyError``s raised and caught), ~50 us a
+    call, 3-4% of a sync call to a server on the same machine; through the dict, ~0.1 us. The dict
+    is private: it is used only where it is there and reads as the mapping does (``_raw_of``);
+    else the mapping is, with one warning, and only that speed is lost.
+    """
+
+    __slots__ = ("data", "decodevalue", "encodekey", "environ", "keys", "setting_keys")
+
+    def __init__(
+        self, environ: object, data: dict[Any, Any] | None = None, encodekey: Any = None, decodevalue: Any = None
+    ) -> None:
+        self.environ, self.data, self.encodekey, self.decodevalue = environ, data, encodekey, decodevalue
+        self.keys: dict[str, Any] = {}  # name -> its key in data
+        self.setting_keys: tuple[Any, ...] = tuple(map(encodekey, _ENV_NAMES)) if data is not None else ()
+
+
+def _raw_of(environ: object) -> _Raw:
+    """How to read ``environ`` (see ``_Raw``), found once for each object ``os.environ`` is."""
+    global _raw
+    raw = _Raw(environ)
+    if isinstance(environ, _Environ):  # else a mapping put in its place (a test's, say): no warning
+        data = getattr(environ, "_data", None)
+        encodekey, decodevalue = getattr(environ, "encodekey", None), getattr(environ, "decodevalue", None)
+        why = "os.environ has no _data dict, encodekey and decodevalue"
+        if isinstance(data, dict) and callable(encodekey) and callable(decodevalue):
+            try:
+                name = next(iter(environ), None)  # a variable set reads the same both ways
+                if name is None or decodevalue(data[encodekey(name)]) == environ[name]:
+                    raw = _Raw(environ, data, encodekey, decodevalue)
+                else:
+                    why = "os.environ._data does not hold what os.environ does"
+            except Exception as exc:
+                why = f"reading os.environ._data failed ({type(exc).__name__}: {exc})"
+        if raw.data is None:
+            from ._internals import lost
+
+            lost("reading environment variables through os.environ's own dict (a speed-up)", why)
+    _raw = raw
+    return raw
 
 
 _Environ = type(os.environ)
-_KEYS: dict[str, Any] = {}
 _READ: dict[Any, str | None] = {}  # raw value -> as env() returns it
 
 
@@ -436,22 +480,26 @@ def _texts() -> tuple[object, ...]:
     """The raw text of every setting's environment variable, in one pass (what a snapshot is
     made from: any change, even of spacing, makes a new one)."""
     environ = os.environ
-    if type(environ) is _Environ:
-        return tuple(map(environ._data.get, _ENV_KEYS))  # type: ignore[attr-defined]
-    return tuple(map(environ.get, _ENV_NAMES))
+    raw = _raw if _raw.environ is environ else _raw_of(environ)
+    if raw.data is None:
+        return tuple(map(environ.get, _ENV_NAMES))
+    return tuple(map(raw.data.get, raw.setting_keys))
 
 
 def _decoded(text: object) -> str | None:
-    """A variable's raw value (``os.environ``'s bytes, or a replacement mapping's str) as chatplug
-    reads it: a str, stripped; ``None`` when unset. ``env()`` and ``_texts()`` both come here."""
+    """A variable's raw value (``os.environ``'s own encoded value, or the mapping's str) as
+    chatplug reads it: a str, stripped; ``None`` when unset. ``env()`` and ``_texts()`` both come here."""
     if text is None:
         return None
-    return (os.environ.decodevalue(text) if isinstance(text, bytes) else str(text)).strip()  # type: ignore[arg-type]
+    if not isinstance(text, bytes):
+        return str(text).strip()
+    decodevalue = _raw.decodevalue
+    return str(decodevalue(text) if decodevalue is not None else os.fsdecode(text)).strip()
 
 
 _CHANGES = itertools.count()  # next() on it is atomic: two threads never get the same number
 _SETTINGS: dict[str, Setting[Any]] = {name: getattr(Settings, name) for name in Settings.NAMES}
 _ENV_NAMES = tuple(setting.env for setting in _SETTINGS.values())
-_ENV_KEYS = tuple(map(os.environ.encodekey, _ENV_NAMES)) if type(os.environ) is _Environ else ()
+_raw = _Raw(None)  # found at the first read (_raw_of)
 
 settings = Settings()

@@ -1,6 +1,6 @@
 """A hard deadline for every attempt: no attempt outlives its call's deadline, whatever the server
 does. Sync HTTP clients are bounded where they block (public through ``chatplug.toolkit``); async
-attempts are cancelled on their event loop (``loop_deadline``, at the end of this module).
+attempts are cancelled on their event loop (``timeout``, at the end of this module).
 
 httpx's timeouts are per operation: a server that sends one byte every half second keeps a
 ``read=1`` request alive for as long as it likes, and so does one that drips its headers. An
@@ -12,6 +12,12 @@ wrapped so that each connect, TLS handshake, read and write waits at most until 
 the calling thread, and past it fails at once with the HTTP stack's own ``ConnectTimeout``,
 ``ReadTimeout`` or ``WriteTimeout``; the wait for a pooled connection is bounded too. The SDK on
 top maps that timeout as it maps any other (chatplug: ``error_kind="timeout"``).
+
+This reaches into private parts of the HTTP stack, each checked before use (``_internals``): the
+client's ``_transport`` and ``_mounts``, an ``HTTPTransport``'s ``_pool`` and that pool's
+``_network_backend`` (httpcore's). In a release that keeps them otherwise, the calls still work
+and keep their per-operation timeouts; only the overall deadline (or the bound on each socket
+operation) is lost, and a warning says so once.
 
 The deadline is a ``contextvars.ContextVar`` (each thread has its own value, so concurrent calls
 never mix): the dispatcher sets it to ``request.deadline`` around each sync ``complete()``, and a
@@ -28,19 +34,17 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import importlib
 import itertools
 import logging
-import math
+import sys
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextvars import ContextVar
-from types import TracebackType
+from types import ModuleType, TracebackType
 from typing import Any, TypeVar
 
-from ._transports import unbind
+from ._internals import describe, lost, private_attribute
 
 T = TypeVar("T")
 A = TypeVar("A")
@@ -139,7 +143,7 @@ class _Errors:
 
     __slots__ = ("connect", "read", "write")
 
-    def __init__(self, core: Any) -> None:
+    def __init__(self, core: ModuleType) -> None:
         self.connect: type[Exception] = core.ConnectTimeout
         self.read: type[Exception] = core.ReadTimeout
         self.write: type[Exception] = core.WriteTimeout
@@ -171,7 +175,8 @@ class _Stream:
 
 
 class _Backend:
-    """A network backend whose connections are ``_Stream``s, and whose connects end at the deadline."""
+    """A network backend whose connections are ``_Stream``s, and whose connects end at the deadline.
+    (httpcore's ``NetworkBackend`` and ``NetworkStream`` are public interfaces: these implement them.)"""
 
     __slots__ = ("_errors", "_inner")
 
@@ -199,64 +204,54 @@ class _Backend:
         self._inner.sleep(seconds)
 
 
-class _Unbinding:
-    """A reply's body, which the response holds instead of httpx's wrapper once closed.
-
-    httpx's sync client wraps the body in a ``BoundSyncStream`` that refers back to the response.
-    That is a cycle, which holds the request, the response and the connection's reply until the
-    garbage collector runs: 46 objects a call on the ollama backend. Closed, the response keeps
-    this stream instead (``_transports.unbind``), as on chatplug's async transport. Iterating
-    hands on the inner stream's own iterator: no frame per chunk.
-    """
-
-    __slots__ = ("_inner", "_owner")
-
-    def __init__(self, inner: Any, owner: Any) -> None:
-        self._inner, self._owner = inner, owner
-
-    def __iter__(self) -> Iterator[bytes]:
-        return iter(self._inner)
-
-    def close(self) -> None:
-        self._inner.close()
-        unbind(self)
+#: What is lost, and said once (``_internals.lost``), when httpx's or httpcore's private parts are
+#: not as ``deadline_client`` and ``DeadlineTransport`` expect them.
+_WHOLE = "the overall deadline of sync calls (each connect, read and write keeps its own timeout)"
+_SOCKETS = "the deadline on each socket operation of sync calls (the wait for a pooled connection stays bounded)"
 
 
-_UNBINDING: dict[str, type[_Unbinding] | None] = {}
+def _stack(thing: object, name: str) -> ModuleType | None:
+    """The HTTP stack, ``httpx`` or ``httpx2``, whose class ``name`` (``"Client"``, ``"HTTPTransport"``)
+    ``thing`` is an instance of; ``None`` if neither's. A stack that made an object is imported."""
+    for stack in ("httpx", "httpx2"):
+        http = sys.modules.get(stack)
+        if http is not None and isinstance(thing, getattr(http, name)):
+            return http
+    return None
 
 
-def _unbinding(stack: str) -> type[_Unbinding] | None:
-    """The ``_Unbinding`` class of HTTP stack ``stack`` (a subclass of its ``SyncByteStream``, which
-    its client asserts), or ``None`` where the client's wrapper keeps no reference to the response
-    (httpx2) or the transport is of no stack known (a custom one)."""
-    if stack not in _UNBINDING:
-        try:
-            http = importlib.import_module(stack)
-            wrapper = importlib.import_module(f"{stack}._client").BoundSyncStream
-            cyclic = "response" in wrapper.__init__.__code__.co_varnames
-            made = type("UnbindingStream", (_Unbinding, http.SyncByteStream), {"__slots__": ()}) if cyclic else None
-        except (ImportError, AttributeError):
-            made = None
-        _UNBINDING[stack] = made
-    return _UNBINDING[stack]
+def _bound_sockets(transport: Any) -> None:
+    """Wrap the network backend of ``transport``'s (an ``HTTPTransport``'s) connection pool in a
+    ``_Backend``, so that every socket it opens is bounded by the thread's deadline. Both are
+    private (``HTTPTransport._pool``, httpcore's ``ConnectionPool._network_backend``): either
+    missing, or of another kind, the sockets go unbounded, said once."""
+    pool: Any = private_attribute(transport, "_pool", object, what=_SOCKETS)
+    if pool is None:
+        return
+    core = sys.modules.get(type(pool).__module__.partition(".")[0])  # httpcore (httpx), httpcore2 (httpx2)
+    pools: Any = getattr(core, "ConnectionPool", ())
+    if core is None or not isinstance(pool, pools):
+        lost(_SOCKETS, f"{describe(transport)}._pool is a {describe(pool)}, not an httpcore ConnectionPool")
+        return
+    if isinstance(getattr(pool, "_network_backend", None), _Backend):
+        return  # wrapped already
+    backend = private_attribute(pool, "_network_backend", core.NetworkBackend, what=_SOCKETS)
+    if backend is not None:
+        pool._network_backend = _Backend(backend, _Errors(core))
 
 
 class DeadlineTransport:
     """An httpx (or httpx2) sync transport whose requests end at the calling thread's deadline.
 
     Wraps ``inner``, an ``HTTPTransport`` (direct or through a proxy): the sockets of its
-    connection pool are bounded as the module says, and each request's wait for a pooled
-    connection too. Another transport (a mock, a custom one) only gets the pool bound.
+    connection pool are bounded as the module says (``_bound_sockets``), and each request's wait
+    for a pooled connection too. Another transport (a mock, a custom one) only gets the pool bound.
     """
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
-        self._unbinding = _unbinding(type(inner).__module__.partition(".")[0])
-        pool = getattr(inner, "_pool", None)
-        backend = getattr(pool, "_network_backend", None)
-        if backend is not None and not isinstance(backend, _Backend):
-            core = importlib.import_module(type(backend).__module__.partition(".")[0])
-            pool._network_backend = _Backend(backend, _Errors(core))  # type: ignore[union-attr]
+        if _stack(inner, "HTTPTransport") is not None:
+            _bound_sockets(inner)
 
     def handle_request(self, request: Any) -> Any:
         deadline = DEADLINE.get()
@@ -267,10 +262,7 @@ class DeadlineTransport:
                 left = max(deadline - time.monotonic(), 0.0)
                 if pool is None or left < pool:
                     request.extensions["timeout"] = {**timeouts, "pool": left}
-        response = self.inner.handle_request(request)
-        if self._unbinding is not None:
-            response.stream = self._unbinding(response.stream, response)
-        return response
+        return self.inner.handle_request(request)
 
     def close(self) -> None:
         self.inner.close()
@@ -294,12 +286,18 @@ def deadline_client(client: T) -> T:
     """``client`` (an ``httpx.Client`` or ``httpx2.Client``, e.g. an SDK's ``DefaultHttpxClient``),
     its transports (the default one and each proxy's) wrapped in place by ``deadline_transport``:
     everything else about it (limits, TLS, proxies from the environment, socket options) stays as
-    the client made it; its responses, once closed, are freed without the garbage collector
-    (``_Unbinding``). Returns ``client``."""
-    transport = getattr(client, "_transport", None)
-    mounts = getattr(client, "_mounts", None)
-    if transport is None or not isinstance(mounts, dict):
+    the client made it. Returns ``client``; ``TypeError`` for anything else.
+
+    The client keeps its transports in private attributes (``_transport``, ``_mounts``): in a
+    release of the HTTP stack that keeps them otherwise, ``client`` is returned as it is, its calls
+    bounded per operation by its timeout but not by the call's deadline, and a warning says so once."""
+    http = _stack(client, "Client")
+    if http is None:
         raise TypeError(f"deadline_client takes an httpx or httpx2 sync Client, not a {type(client).__name__}")
+    transport = private_attribute(client, "_transport", http.BaseTransport, what=_WHOLE)
+    mounts = private_attribute(client, "_mounts", dict, what=_WHOLE)
+    if transport is None or mounts is None:
+        return client
     client._transport = deadline_transport(transport)  # type: ignore[attr-defined]
     for pattern, mounted in mounts.items():
         if mounted is not None:
@@ -307,115 +305,54 @@ def deadline_client(client: T) -> T:
     return client
 
 
-# -- async: attempts whose deadlines end together share one timer -----------------------------
+# -- async: an attempt's deadline on the event loop --------------------------------------------
+#
+# An async attempt is bounded as ``asyncio.timeout`` bounds a block: a timer cancels the task at the
+# deadline, and the block raises the built-in ``TimeoutError``. Python 3.10 has no
+# ``asyncio.timeout``; ``_Timeout`` is its equivalent there (and its ``asyncio.TimeoutError`` is
+# not yet the built-in one: ``TIMEOUTS`` catches both). Not ``asyncio.wait_for``: on 3.10 it runs
+# the awaitable in a task of its own, so a stream's first chunk would be read in another context
+# than the rest (a contextvar its backend set before that chunk could not be reset after it).
 
-#: Deadlines this many seconds away or more are rounded up to the next ``_GRAIN`` seconds, so that
-#: the attempts of a busy loop share one timer per grain (aiohttp's ``ceil_timeout`` rounds to whole
-#: seconds from 5 s for the same reason): they end at most 0.1 s (2%) late. Nearer ones are exact,
-#: and have a timer each, as with ``asyncio.timeout``.
-_ROUNDED_FROM, _GRAIN = 5.0, 0.1
-_ROUNDED_BELOW = 1e9  # seconds: a timeout of 1e308, which LLM_TIMEOUT takes, is left exact (no float overflow)
+if sys.version_info >= (3, 11):
+    timeout = asyncio.timeout
+else:
 
+    class _Timeout:
+        """``asyncio.timeout(seconds)`` for Python 3.10: ``async with _Timeout(seconds):`` in a task
+        cancels the task when ``seconds`` pass, and the block then raises the built-in
+        ``TimeoutError``; a cancellation from elsewhere stays a ``CancelledError``. What it cannot
+        do without 3.11's ``Task.cancelling()``: tell its own cancellation from one that comes from
+        elsewhere in the same turn of the loop as the deadline; that one is taken for the deadline."""
 
-class _Timers:
-    """The deadlines of one event loop's attempts, grouped by the time they end at: one
-    ``TimerHandle`` per group. A group left empty keeps its timer for the attempts whose deadlines
-    end at the same time (one after another, far ones rounded, they would otherwise make and
-    cancel a timer each) until the next group is made, which cancels it; firing empty, it does
-    nothing. Timers kept aside (``_TIMERS``) keep none: a timer holds its loop, and would keep it alive."""
+        __slots__ = ("_expired", "_handle", "_seconds", "_task")
 
-    __slots__ = ("groups", "idle", "keep_idle")
+        def __init__(self, seconds: float) -> None:
+            self._seconds, self._expired = seconds, False
+            self._handle: asyncio.TimerHandle | None = None
 
-    def __init__(self, keep_idle: bool) -> None:
-        self.groups: dict[float, tuple[asyncio.TimerHandle, set[loop_deadline]]] = {}
-        self.idle: list[float] = []  # the groups left empty, by when they end
-        self.keep_idle = keep_idle
+        async def __aenter__(self) -> _Timeout:
+            task = asyncio.current_task()
+            if task is None:
+                raise RuntimeError("Timeout should be used inside a task")
+            self._task = task
+            self._handle = asyncio.get_running_loop().call_later(self._seconds, self._expire)
+            return self
 
-    def group(self, loop: asyncio.AbstractEventLoop, when: float) -> set[loop_deadline]:
-        """The group of the deadlines that end at ``when``, made (with its timer) if need be."""
-        found = self.groups.get(when)
-        if found is not None:
-            return found[1]
-        for key in self.idle:
-            idle = self.groups.get(key)
-            if idle is not None and not idle[1]:
-                del self.groups[key]
-                idle[0].cancel()
-        self.idle.clear()
-        group: set[loop_deadline] = set()
-        self.groups[when] = (loop.call_at(when, self.expire, when), group)
-        return group
+        def _expire(self) -> None:
+            self._expired = True
+            self._task.cancel()
 
-    def left(self, when: float) -> None:
-        """The group ending at ``when`` is empty now."""
-        if self.keep_idle:
-            if not self.idle or self.idle[-1] != when:
-                self.idle.append(when)
-        else:
-            handle, _ = self.groups.pop(when)
-            handle.cancel()
-
-    def expire(self, when: float) -> None:
-        _, group = self.groups.pop(when)
-        for bound in group:
-            bound.expired = True
-            bound.task.cancel()
-
-
-_ATTRIBUTE = "_chatplug_deadline_timers"
-#: The timers of loops that take no attributes (a loop class with ``__slots__``), which keep no
-#: timer longer than its attempts: the dictionary's values would otherwise hold their loops.
-_TIMERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Timers] = weakref.WeakKeyDictionary()
-
-
-def _timers(loop: asyncio.AbstractEventLoop) -> _Timers:
-    """The loop's timers: kept on the loop object itself where it takes attributes, so that they
-    die with it (as the client cache keeps its clients)."""
-    timers: _Timers | None = getattr(loop, _ATTRIBUTE, None)
-    if timers is None:
-        timers = _TIMERS.get(loop)
-        if timers is None:
-            try:
-                timers = _Timers(keep_idle=True)
-                setattr(loop, _ATTRIBUTE, timers)
-            except AttributeError:
-                timers = _TIMERS[loop] = _Timers(keep_idle=False)
-    return timers
-
-
-class loop_deadline:
-    """``with loop_deadline(seconds):`` in a task cancels the task when ``seconds`` pass, and the
-    block raises ``TimeoutError``: ``asyncio.timeout(seconds)`` as a plain ``with`` (the same
-    bookkeeping of the task's cancellations: one from elsewhere stays a ``CancelledError``), its
-    timer shared with the loop's other deadlines that end at the same time. Those 5 s away or
-    more are rounded up to the tenth of a second (``_GRAIN``) so that they do."""
-
-    __slots__ = ("_cancelling", "_group", "_loop", "_timers", "_when", "expired", "task")
-
-    def __init__(self, seconds: float) -> None:
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task(loop)
-        if task is None:
-            raise RuntimeError("loop_deadline must be used inside a task")
-        self.task, self.expired = task, False
-        when = loop.time() + seconds
-        if _ROUNDED_FROM <= seconds < _ROUNDED_BELOW:
-            when = math.ceil(when / _GRAIN) * _GRAIN
-        self._loop, self._when = loop, when
-        self._timers = _timers(loop)
-
-    def __enter__(self) -> loop_deadline:
-        self._cancelling = self.task.cancelling()  # type: ignore[attr-defined]  # 3.11+, as loop_deadline
-        group = self._group = self._timers.group(self._loop, self._when)
-        group.add(self)
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        group = self._group
-        group.discard(self)
-        if not group and not self.expired:
-            self._timers.left(self._when)
-        if self.expired:  # the cancellation it made is taken back, however the block ended (as asyncio.timeout)
-            cancelled = kind is not None and issubclass(kind, asyncio.CancelledError)
-            if self.task.uncancel() <= self._cancelling and cancelled:  # type: ignore[attr-defined]
+        async def __aexit__(
+            self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        ) -> None:
+            if self._handle is not None:
+                self._handle.cancel()
+            if self._expired and kind is not None and issubclass(kind, asyncio.CancelledError):
                 raise TimeoutError from exc
+
+    timeout = _Timeout
+
+#: What a block under ``timeout`` raises at its deadline, and what an attempt's own timeout may be:
+#: before Python 3.11 ``asyncio.TimeoutError`` (``asyncio.wait_for``'s, aiohttp's) is not the built-in.
+TIMEOUTS: tuple[type[Exception], ...] = (TimeoutError, asyncio.TimeoutError)

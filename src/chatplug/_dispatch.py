@@ -13,7 +13,6 @@ Both are imported only when configured: with neither, a call reads two settings 
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -32,7 +31,6 @@ if TYPE_CHECKING:
     from ._backend import ChatBackend
     from ._cache import Cache
     from ._config import Snapshot
-    from ._deadline import loop_deadline
     from ._plugins import Plugins
     from ._ratelimit import Ticket
     from ._streaming import ChatChunk
@@ -65,20 +63,6 @@ def deadline_var() -> ContextVar[float | None]:
 
         _deadline = DEADLINE
     return _deadline
-
-
-_loop_deadline: type[loop_deadline] | None = None
-
-
-def loop_deadline_class() -> type[loop_deadline]:
-    """``_deadline.loop_deadline``, imported on first use: ``import chatplug`` loads neither that
-    module nor asyncio, which it imports (~20 ms); as ``deadline_var`` does for the sync deadline."""
-    global _loop_deadline
-    if _loop_deadline is None:
-        from ._deadline import loop_deadline
-
-        _loop_deadline = loop_deadline
-    return _loop_deadline
 
 
 class Call:
@@ -417,19 +401,16 @@ async def call_async(*arguments: Any) -> LLMResponse:
 
 
 async def within(awaitable: Awaitable[T], seconds: float, request: ChatRequest) -> T:
-    """``awaitable``, cancelled when ``seconds`` pass: the hard deadline of an async attempt."""
-    try:
-        if sys.version_info >= (3, 11):
-            # asyncio.timeout's semantics with a timer shared by the deadlines that end together
-            with (_loop_deadline or loop_deadline_class())(seconds):  # and no task of its own, unlike wait_for
-                return await awaitable
-        import asyncio
+    """``awaitable``, cancelled when ``seconds`` pass: the hard deadline of an async attempt. Awaited
+    in the caller's task (``asyncio.timeout``, or its equivalent on Python 3.10: ``_deadline.timeout``),
+    so a stream's first chunk is read in the same context as the rest. A ``TimeoutError`` of the
+    attempt's own (``asyncio.TimeoutError`` before 3.11) is a timeout too, as the deadline's."""
+    from ._deadline import TIMEOUTS, timeout
 
-        try:
-            return await asyncio.wait_for(awaitable, seconds)
-        except asyncio.TimeoutError:  # before 3.11 not the built-in TimeoutError
-            raise late(request) from None
-    except TimeoutError:
+    try:
+        async with timeout(seconds):
+            return await awaitable
+    except TIMEOUTS:
         raise late(request) from None
 
 
@@ -509,6 +490,7 @@ def fallback_targets(value: object, is_backend: Callable[[str], bool], config: S
 
 
 NO_KINDS: frozenset[ErrorKind] = frozenset()
+_KINDS = {kind.value: kind for kind in ErrorKind}
 
 
 def error_kinds(value: object, config: Snapshot) -> frozenset[ErrorKind]:
@@ -517,7 +499,7 @@ def error_kinds(value: object, config: Snapshot) -> frozenset[ErrorKind]:
     names = config.fallback_on if value is None else NAMES.argument("fallback_on", value)
     if not names:
         return NO_KINDS
-    kinds = frozenset(ErrorKind(name) for name in names if name in ErrorKind._value2member_map_)
+    kinds = frozenset(_KINDS[name] for name in names if name in _KINDS)
     if len(kinds) != len(set(names)) or not kinds <= OPT_IN | TRANSIENT:
         raise InvalidInputError(
             f"fallback_on takes {', '.join(sorted(k.value for k in OPT_IN))} (the transient kinds always fall "

@@ -159,7 +159,9 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
 # -- transport failures ------------------------------------------------------------------
 
 #: Class names of the HTTP stacks' exceptions (httpx, httpx2, httpcore, aiohttp), by meaning;
-#: matched along each exception's MRO so that no stack need be imported to be mapped.
+#: matched along each exception's MRO so that no stack need be imported to be mapped. The names
+#: are the stacks' public API; a class that a release renames is still matched by its bases'
+#: names (``TransportError``, ``ClientConnectionError``, ``ConnectionError`` ...): a generic connection error.
 _TIMEOUTS = {"TimeoutException", "ServerTimeoutError", "TimeoutError", "ConnectionTimeoutError", "SocketTimeoutError"}
 _BAD_URL = {"InvalidURL", "UnsupportedProtocol", "InvalidUrlClientError", "NonHttpUrlClientError"}
 _CONNECT = {"ConnectError", "ClientConnectorError", "ClientHttpProxyError", "ConnectionRefusedError", "gaierror"}

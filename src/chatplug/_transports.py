@@ -20,23 +20,32 @@ was left at its default. It is read each time a client is made. aiohttp is impor
 
 The aiohttp session is made on the first request (on the loop that sends it) and closed by the
 client's ``aclose()``; ``ClientCache`` closes its clients when their loop shuts down.
+
+Two private parts of the HTTP stack are used, each with its way out (``_internals``): its
+``_utils.get_environment_proxies`` (without it, the proxy variables are read by httpx 0.28's
+rules: ``_read_proxies``), and the back reference of httpx's response wrapper to its response
+(``unbind``; without it, closed responses are left to the garbage collector). aiohttp's
+exceptions are mapped by their public names: one that a release renames is mapped as the nearest
+of its base classes that is still there (``ClientError`` at worst, a ``NetworkError``).
 """
 
 from __future__ import annotations
 
 import base64
+import gc
 import importlib
 import logging
 import os
 import socket
 import ssl
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from ._config import settings
 from ._exceptions import ConfigError
+from ._internals import describe, lost
 
 if TYPE_CHECKING:
     import aiohttp
@@ -104,12 +113,63 @@ def async_transport_options(
 
 
 def _environment_proxies(http: ModuleType) -> dict[str, str | None]:
-    """The proxies of the environment, as the HTTP stack reads them (``NO_PROXY`` hosts: None)."""
+    """The proxies of the environment as mount patterns (``NO_PROXY`` hosts: ``None``), read by
+    the HTTP stack's own ``get_environment_proxies``, so that async clients go where its sync ones
+    do. That function is private (``httpx._utils``): without it, ``_read_proxies`` reads the same
+    variables by httpx 0.28's rules (httpx2 also takes ``*.host`` and IPv6 networks in
+    ``NO_PROXY``)."""
     try:
-        found: dict[str, str | None] = importlib.import_module(f"{http.__name__}._utils").get_environment_proxies()
-    except (ImportError, AttributeError):  # pragma: no cover - every httpx and httpx2 has it
-        return {}
+        utils = importlib.import_module(f"{http.__name__}._utils")
+    except ImportError:
+        utils = None
+    read = getattr(utils, "get_environment_proxies", None)
+    if not callable(read):
+        lost(
+            f"reading proxy variables by {http.__name__}'s own rules on async clients",
+            f"{http.__name__}._utils has no get_environment_proxies; chatplug reads them by httpx 0.28's",
+        )
+        read = _read_proxies
+    found: dict[str, str | None] = read()
     return found
+
+
+def _read_proxies() -> dict[str, str | None]:
+    """``httpx._utils.get_environment_proxies`` of httpx 0.28, on public ground: the proxies of
+    ``urllib.request.getproxies()`` (the environment; the system's settings on Windows and macOS)
+    for http, https and all, and a ``None`` mount for each ``NO_PROXY`` host, as curl reads them
+    (``.example.com`` its subdomains, ``example.com`` itself too, ``*`` every host: no proxy)."""
+    import ipaddress  # here: only when the stack's own reading is gone
+    from urllib.request import getproxies
+
+    found = getproxies()
+    mounts: dict[str, str | None] = {}
+    for scheme in ("http", "https", "all"):
+        url = found.get(scheme)
+        if url:
+            mounts[f"{scheme}://"] = url if "://" in url else f"http://{url}"
+    for host in (host.strip() for host in found.get("no", "").split(",")):
+        if host == "*":
+            return {}
+        if not host:
+            continue
+        if "://" in host:
+            mounts[host] = None
+        elif _is_ip(host, ipaddress.IPv4Address) or host.lower() == "localhost":
+            mounts[f"all://{host}"] = None
+        elif _is_ip(host, ipaddress.IPv6Address):
+            mounts[f"all://[{host}]"] = None
+        else:
+            mounts[f"all://*{host}"] = None
+    return mounts
+
+
+def _is_ip(host: str, kind: Callable[[str], object]) -> bool:
+    """Whether ``host`` (or the network address before a ``/``) is an address ``kind`` parses."""
+    try:
+        kind(host.split("/")[0])
+    except ValueError:
+        return False
+    return True
 
 
 def aiohttp_transport(
@@ -210,21 +270,58 @@ class _ResponseStream:
 
 def unbind(stream: Any) -> None:
     """Give ``stream._owner``, the client's response for a closed ``stream``, the stream itself
-    back in place of httpx's wrapper (``BoundAsyncStream``, ``BoundSyncStream``), and forget it.
+    back in place of httpx's wrapper (``BoundAsyncStream``), and forget it.
 
     The wrapper refers back to the response: a cycle, which only the garbage collector frees (at
-    1,000 requests in flight, a tenth of the client's CPU). Without it, the response is freed with
-    its last reference; the wrapper has set its elapsed time by now. httpx2's wrapper keeps no
-    response, and is left in place (its response reads the elapsed time from it). Used by this
-    module's async stream and ``_deadline``'s sync one."""
+    500 requests in flight through the ollama SDK, its collections took 20-75 us more CPU a
+    request, and the requests 3-16% more CPU in all). Without it, the response is freed with its
+    last reference; the wrapper has set its elapsed time by now. httpx2's wrapper keeps no
+    response, and is left in place (its response reads the elapsed time from it)."""
     owner, stream._owner = stream._owner, None
     if owner is not None and _refers_back(owner.stream, owner):
         owner.stream = stream
 
 
+#: The wrapper classes found without a ``_response`` (httpx2's), each checked once (``_refers_back``).
+_CHECKED: set[type[Any]] = set()
+
+
 def _refers_back(wrapper: object, response: object) -> bool:
-    # A function of its own: mypy narrows ``response`` by an ``is`` comparison written inline.
-    return getattr(wrapper, "_response", None) is response
+    """Whether ``wrapper`` refers back to ``response`` as httpx's ``BoundAsyncStream`` does, by its
+    private ``_response``. A wrapper class without one is looked at once: one that refers to its
+    response by another name (a release of httpx that renamed it) is left in place, and its
+    responses to the collector, said once; httpx2's refers to none, and is left in place too."""
+    back = getattr(wrapper, "_response", None)
+    if back is not None:
+        return back is response
+    kind = type(wrapper)
+    if kind not in _CHECKED:
+        _CHECKED.add(kind)
+        if _holds(wrapper, response):
+            lost(
+                "freeing async responses without the garbage collector",
+                f"{describe(kind)} refers to its response, but not as _response",
+            )
+    return False
+
+
+def _holds(thing: object, target: object) -> bool:
+    """Whether ``thing`` refers to ``target``, itself or through its ``__dict__``."""
+    return any(
+        found is target or (isinstance(found, dict) and any(value is target for value in found.values()))
+        for found in gc.get_referents(thing)
+    )
+
+
+def _proxy_auth(proxy: Any) -> bytes | None:
+    """``user:password`` of an ``http.Proxy`` (``None`` if it has none), as UTF-8: its ``auth``,
+    which it takes from its URL's user information, or that information if it is still there."""
+    if proxy is None:
+        return None
+    auth = proxy.auth
+    if auth is None and (proxy.url.username or proxy.url.password):
+        auth = (proxy.url.username, proxy.url.password)
+    return None if auth is None else b":".join(str(part).encode("utf-8") for part in auth)
 
 
 #: TLS contexts by configuration, shared: loading the system's CA certificates takes ~40 ms, and
@@ -275,9 +372,9 @@ class _Transport:
         self._socket_options = list(socket_options or ())
         self._proxy = str(proxy.url) if proxy is not None else None
         headers = dict(proxy.headers) if proxy is not None and proxy.headers else {}
-        auth = getattr(proxy, "raw_auth", None)  # the proxy URL's user and password, as bytes
+        auth = _proxy_auth(proxy)
         if auth:  # sent as httpcore sends it (aiohttp's BasicAuth is deprecated)
-            headers["Proxy-Authorization"] = "Basic " + base64.b64encode(b":".join(auth)).decode("ascii")
+            headers["Proxy-Authorization"] = "Basic " + base64.b64encode(auth).decode("ascii")
         self._proxy_headers = headers or None
         self._session: aiohttp.ClientSession | None = None
         self._closed = False

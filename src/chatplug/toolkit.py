@@ -10,15 +10,11 @@ Clients
         with self.clients.sync((url, request.timeout), url, request.timeout, credential=key) as client:
             ...
 
-    ``lean_cookies(httpx_client)``: an ``httpx.Client`` or ``AsyncClient`` whose cookie jar is
-    consulted only for a response that sets a cookie, as httpx2's is (httpx 0.28 builds a
-    ``urllib`` request and an ``email`` message for every response to find none: 8-9% of
-    a call to a loopback server). The cookies kept and sent are the same; a jar set later
-    (``client.cookies = ...``) goes without the check.
-
-    ``lean_urls(httpx_client)``: the same client with each request's URL, given as text, parsed
-    and merged with the base URL once and then kept (httpx parses it anew for every request,
-    twice for a path: 40-60 us a request).
+    ``lean_cookies(client)``: an ``httpx.Client`` or ``AsyncClient`` whose cookie jar reads only
+    the replies that set a cookie, as httpx2's does (5-10% of a sync call to a server nearby);
+    the cookies are the same. ``lean_urls(client)``: deprecated, does nothing now (it changed the
+    class of httpx's client, which a release of httpx could break) and returns ``client``; it
+    will be removed.
 
 Deadlines
     ``deadline_client(httpx_client)``: a sync ``httpx.Client`` (or ``httpx2.Client``, e.g. an SDK's
@@ -49,6 +45,12 @@ Async transport
     is one such transport; ``use_aiohttp()`` says whether the setting asks for aiohttp (aiohttp
     is imported on first use; without it installed, the default is the SDK's own transport).
 
+A dependency's internals
+    ``private_attribute(owner, name, kind, what=...)``: an SDK's private attribute if it is there
+    and a ``kind``, else ``None`` with one warning that ``what`` (a speed-up, an extra bound) is
+    off; the caller then takes the public path. ``lost(what, why)`` is that warning (once per
+    ``what``), for a check of the backend's own.
+
 Errors
     ``status_error(status, body, where=..., headers=...)``: the chatplug exception for an HTTP
     error (the status table, the provider's message found in its body, ``Retry-After`` parsed,
@@ -75,9 +77,10 @@ from __future__ import annotations
 
 import importlib
 import logging
+import warnings
 from collections.abc import Collection, Mapping
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from ._clients import ClientCache, Lease
@@ -94,7 +97,7 @@ from ._errors import (
     transport_error,
 )
 from ._exceptions import ConfigError
-from ._lean import lean_cookies, lean_urls
+from ._internals import lean_cookies, lost, private_attribute
 from ._secrets import redact, register_secret
 from ._transports import aiohttp_transport, async_transport_options, use_aiohttp
 from ._types import ChatRequest, freeze, thaw
@@ -118,7 +121,9 @@ __all__ = [
     "invalid_response",
     "lean_cookies",
     "lean_urls",
+    "lost",
     "map_exceptions",
+    "private_attribute",
     "redact",
     "register_secret",
     "retry_after",
@@ -131,6 +136,24 @@ __all__ = [
 ]
 
 logger = logging.getLogger("chatplug")
+
+C = TypeVar("C")
+
+
+def lean_urls(client: C) -> C:
+    """Deprecated, and does nothing: returns ``client`` as it is. It made an httpx client keep the
+    request URLs it had parsed, by changing the client's class, which a release of httpx could
+    break. It will be removed."""
+    _deprecated("lean_urls")
+    return client
+
+
+def _deprecated(name: str) -> None:
+    warnings.warn(
+        f"chatplug.toolkit.{name} does nothing now and will be removed: stop calling it.",
+        DeprecationWarning,
+        stacklevel=3,
+    )
 
 
 def env_setting(name: str) -> str | None:

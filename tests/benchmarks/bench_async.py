@@ -12,9 +12,6 @@ requests goes out through:
   the raw ``httpx.AsyncClient`` its async path uses;
 - ``sdk aiohttp``: the same raw client on the same aiohttp transport chatplug uses
   (``chatplug.toolkit.async_transport_options``);
-- ``sdk aiohttp + lean httpx``: ollama and local only, the same with what chatplug trims from
-  its httpx clients: the cookie check (``chatplug.toolkit.lean_cookies``; httpx2, under openai
-  and anthropic, has it already) and URLs parsed once (``chatplug.toolkit.lean_urls``);
 - ``sdk DefaultAioHttpClient``: openai and anthropic only, the SDK's own aiohttp client;
 - ``chatplug``: ``generate_completion_with_messages_async`` with its defaults (aiohttp);
 - ``chatplug default``: the same with ``LLM_ASYNC_TRANSPORT=default``.
@@ -188,7 +185,7 @@ def contenders(backend: str, url: str) -> dict[str, Factory]:
     import httpx
 
     import chatplug
-    from chatplug.toolkit import async_transport_options, lean_cookies, lean_urls
+    from chatplug.toolkit import async_transport_options
 
     def ours() -> tuple[Call, Callable[[], Awaitable[object]]]:
         if backend == "local":
@@ -203,12 +200,10 @@ def contenders(backend: str, url: str) -> dict[str, Factory]:
     if backend == "ollama":
         import ollama
 
-        def raw(aiohttp: bool, lean: bool = False) -> Factory:
+        def raw(aiohttp: bool) -> Factory:
             def make() -> tuple[Call, Callable[[], Awaitable[object]]]:
                 options = async_transport_options() if aiohttp else {}
                 client = ollama.AsyncClient(host=url, timeout=600, **options)
-                if lean:
-                    lean_urls(lean_cookies(client._client))
 
                 async def call() -> object:
                     return await client.chat(model="llama3.2", messages=MESSAGES, options=OLLAMA_OPTIONS, stream=False)
@@ -217,7 +212,7 @@ def contenders(backend: str, url: str) -> dict[str, Factory]:
 
             return make
 
-        found = {"sdk default": raw(False), "sdk aiohttp": raw(True), "sdk aiohttp + lean httpx": raw(True, True)}
+        found = {"sdk default": raw(False), "sdk aiohttp": raw(True)}
     elif backend in ("openai", "anthropic"):
         sdk: Any = __import__(backend)
         cls = sdk.AsyncOpenAI if backend == "openai" else sdk.AsyncAnthropic
@@ -251,13 +246,11 @@ def contenders(backend: str, url: str) -> dict[str, Factory]:
         }
     elif backend == "local":
 
-        def raw_httpx(aiohttp: bool, lean: bool = False) -> Factory:
+        def raw_httpx(aiohttp: bool) -> Factory:
             def make() -> tuple[Call, Callable[[], Awaitable[object]]]:
                 limits = httpx.Limits(max_keepalive_connections=16)
                 options = async_transport_options(httpx, limits=limits, trust_env=False) if aiohttp else {}
                 client = httpx.AsyncClient(limits=limits, trust_env=False, **options)
-                if lean:
-                    lean_urls(lean_cookies(client))
 
                 async def call() -> object:
                     response = await client.post(f"{url}/v1/chat/completions", json=LOCAL_BODY, timeout=600)
@@ -267,11 +260,7 @@ def contenders(backend: str, url: str) -> dict[str, Factory]:
 
             return make
 
-        found = {
-            "sdk default": raw_httpx(False),
-            "sdk aiohttp": raw_httpx(True),
-            "sdk aiohttp + lean httpx": raw_httpx(True, True),
-        }
+        found = {"sdk default": raw_httpx(False), "sdk aiohttp": raw_httpx(True)}
     found["chatplug"] = ours
 
     def ours_default() -> tuple[Call, Callable[[], Awaitable[object]]]:

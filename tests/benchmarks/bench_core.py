@@ -10,12 +10,11 @@
    with a reused client; the seed's client-per-call design is measured beside it.
 3. Where a sync call's time goes, layer by layer, each measured inside real calls (chatplug's
    work runs with the CPU caches cold there, and costs several times what it does in a loop):
-   the SDK client as the backend makes it (cookies looked for only when a reply sets one, the
-   URL parsed once: a saving), the same with chatplug's deadline on its sockets, then the ollama backend
+   the SDK client with chatplug's deadline on its sockets, as the backend makes it, then the ollama backend
    (translation, client lease, ``ChatResult``), then the whole call (the dispatcher). The
    dispatcher is also measured directly: a raw SDK call followed by a call to a backend that
    answers at once, against the raw call alone; and in a tight loop.
-4. An async attempt's hard deadline: ``asyncio.timeout`` against chatplug's ``loop_deadline``, one
+4. An async attempt's hard deadline (``asyncio.timeout``, or its equivalent on Python 3.10), one
    attempt at a time and 1,000 in flight.
 
 Batches alternate between the contenders so that drift on the machine hits both alike; the
@@ -134,8 +133,7 @@ def main() -> None:
     sync = compare(
         {
             "raw": raw_sdk,
-            "lean httpx": sdk_client(url, deadline=False),
-            "deadline": sdk_client(url, deadline=True),
+            "deadline": sdk_client(url),
             "backend": ollama_backend(url),
             "chatplug": via_chatplug,
             "raw + dispatcher": raw_then_dispatcher(raw_sdk),
@@ -146,13 +144,12 @@ def main() -> None:
         f"sync per call: raw SDK {floor:.0f} us, chatplug {ours:.0f} us -> {sync['chatplug ratio']:.3f}x "
         f"(median of 300 paired rounds' ratios; quartiles {sync['chatplug q1']:.3f}-{sync['chatplug q3']:.3f}x)"
     )
-    layers = [("raw", "lean httpx"), ("lean httpx", "deadline"), ("deadline", "backend"), ("backend", "chatplug")]
+    layers = [("raw", "deadline"), ("deadline", "backend"), ("backend", "chatplug")]
     extra = [(sync[f"{layer} ratio"] - sync[f"{below} ratio"]) * floor for below, layer in layers]
     print(
         "where it goes, inside real calls (each layer's median ratio less the one below, times the raw call): "
-        f"cookies looked for only when set and URLs parsed once {extra[0]:+.1f} us, "
-        f"the deadline on the sockets {extra[1]:+.1f} us, "
-        f"the backend (translation, client lease, ChatResult) {extra[2]:+.1f} us, the dispatcher {extra[3]:+.1f} us"
+        f"the deadline on the sockets {extra[0]:+.1f} us, "
+        f"the backend (translation, client lease, ChatResult) {extra[1]:+.1f} us, the dispatcher {extra[2]:+.1f} us"
     )
     hot = dispatcher_alone_us()
     between = (sync["raw + dispatcher ratio"] - 1) * floor
@@ -194,28 +191,22 @@ def main() -> None:
         costs = async_deadline_us(concurrency)
         print(
             f"an async attempt's deadline, {concurrency:,} in flight (each attempt yields to the loop once; "
-            f"{costs['none']:.1f} us without one): asyncio.timeout {costs['asyncio.timeout'] - costs['none']:+.1f} us, "
-            f"chatplug's loop_deadline {costs['loop_deadline'] - costs['none']:+.1f} us"
+            f"{costs['none']:.1f} us without one): {costs['deadline'] - costs['none']:+.1f} us"
         )
     server.communicate("")  # closing its stdin stops the server
 
 
 def async_deadline_us(concurrency: int, attempts: int = 20_000, rounds: int = 7) -> dict[str, float]:
-    """Per attempt, with ``concurrency`` attempts in flight, each yielding to the loop once: no
-    deadline, ``asyncio.timeout`` (a timer per attempt, in the loop's heap until it is cleaned out),
-    and chatplug's ``loop_deadline`` (a timer per group of deadlines that end together). Medians of
-    ``rounds`` rounds in which the three take turns."""
-    from chatplug._deadline import loop_deadline
+    """Per attempt, with ``concurrency`` attempts in flight, each yielding to the loop once: with no
+    deadline, and with chatplug's (``_deadline.timeout``: ``asyncio.timeout`` from Python 3.11, a
+    timer per attempt). Medians of ``rounds`` rounds in which the two take turns."""
+    from chatplug._deadline import timeout
 
     async def none() -> None:
         await asyncio.sleep(0)
 
-    async def stdlib() -> None:
-        async with asyncio.timeout(600):
-            await asyncio.sleep(0)
-
-    async def ours() -> None:
-        with loop_deadline(600):
+    async def bounded() -> None:
+        async with timeout(600):
             await asyncio.sleep(0)
 
     async def batch(attempt: Callable[[], Any]) -> float:
@@ -229,7 +220,7 @@ def async_deadline_us(concurrency: int, attempts: int = 20_000, rounds: int = 7)
 
     times: dict[str, list[float]] = {}
     for _ in range(rounds):
-        for name, attempt in (("none", none), ("asyncio.timeout", stdlib), ("loop_deadline", ours)):
+        for name, attempt in (("none", none), ("deadline", bounded)):
             times.setdefault(name, []).append(asyncio.run(batch(attempt)))
     return {name: statistics.median(values) for name, values in times.items()}
 
@@ -311,19 +302,14 @@ def raw_then_dispatcher(raw_sdk: Callable[[], object]) -> Callable[[], object]:
     return both
 
 
-def sdk_client(url: str, *, deadline: bool) -> Callable[[], object]:
-    """The raw SDK's call on a client as the ollama backend makes it: its cookie jar consulted
-    only when a reply sets a cookie (``toolkit.lean_cookies``), its URL parsed once
-    (``toolkit.lean_urls``), and with ``deadline`` its sockets
-    bounded by the call's deadline (``toolkit.deadline_client``), called inside one."""
+def sdk_client(url: str) -> Callable[[], object]:
+    """The raw SDK's call on a client as the ollama backend makes it: its sockets bounded by the
+    call's deadline (``toolkit.deadline_client``), called inside one."""
     import ollama
 
-    from chatplug.toolkit import deadline_client, deadline_scope, lean_cookies, lean_urls
+    from chatplug.toolkit import deadline_client, deadline_scope
 
     client = ollama.Client(host=url, timeout=120)
-    lean_urls(lean_cookies(client._client))
-    if not deadline:
-        return lambda: client.chat(**REQUEST)
     deadline_client(client._client)
 
     def call() -> object:

@@ -20,9 +20,9 @@ third of the anthropic SDK's).
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import inspect
 import json
+import sys
 import time
 from abc import abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
@@ -51,6 +51,7 @@ from chatplug.toolkit import (
     error_detail,
     first_within,
     invalid_response,
+    lost,
     status_class,
     status_error,
     supported_options,
@@ -207,14 +208,18 @@ class StainlessBackend(ChatBackend):
     def async_http_client(self) -> dict[str, Any]:
         """``{"http_client": ...}``: the SDK's own ``DefaultAsyncHttpxClient`` (its timeout, limits and
         redirects) on aiohttp, its TLS and proxies as its default transport takes them from the
-        environment; ``{}`` (the SDK's default client) when ``LLM_ASYNC_TRANSPORT=default``."""
-        client_class = self.sdk.DefaultAsyncHttpxClient
-        # The HTTP stack the SDK is built on (httpx2; httpx for older SDKs): its client's module.
-        stack = next(cls.__module__ for cls in client_class.__mro__ if cls.__name__ == "AsyncClient")
+        environment; ``{}`` (the SDK's default client) when ``LLM_ASYNC_TRANSPORT=default``, or
+        when that class is no ``AsyncClient`` of httpx2 or httpx (said once)."""
+        client_class: Any = getattr(self.sdk, "DefaultAsyncHttpxClient", None)
+        http = _http_stack(client_class)
+        if http is None:
+            lost(
+                f"chatplug's aiohttp transport on async {self.sdk.__name__} calls",
+                f"{self.sdk.__name__}.DefaultAsyncHttpxClient is no AsyncClient of httpx2 or httpx",
+            )
+            return {}
         limits = getattr(self.sdk, "DEFAULT_CONNECTION_LIMITS", None)
-        options = async_transport_options(
-            importlib.import_module(stack.partition(".")[0]), limits=limits, socket_options=self.socket_options
-        )
+        options = async_transport_options(http, limits=limits, socket_options=self.socket_options)
         if not options:
             return {}
         return {"http_client": client_class(**options)}
@@ -367,6 +372,16 @@ def _answered(request: ChatRequest) -> ChatRequest:
     """``request`` as its failure is reported once the stream has begun: the SDK retries no
     failure after the answer started (so the message counts no attempts)."""
     return dataclasses.replace(request, max_retries=0) if request.max_retries else request
+
+
+def _http_stack(client_class: object) -> ModuleType | None:
+    """The HTTP stack an SDK is built on (httpx2; httpx for older SDKs): the one whose
+    ``AsyncClient`` its ``client_class`` is a subclass of. The SDK has imported it."""
+    for name in ("httpx2", "httpx"):
+        http = sys.modules.get(name)
+        if http is not None and isinstance(client_class, type) and issubclass(client_class, http.AsyncClient):
+            return http
+    return None
 
 
 def _cut_off(conn: Connection) -> ServerError:

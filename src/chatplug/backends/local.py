@@ -34,6 +34,7 @@ import importlib
 import json
 import logging
 import os
+import platform
 import queue
 import subprocess
 import sys
@@ -66,7 +67,6 @@ from chatplug.toolkit import (
     env_setting,
     invalid_response,
     lean_cookies,
-    lean_urls,
     status_error,
     supported_options,
     thaw,
@@ -170,11 +170,31 @@ def fetch(target: Path) -> None:
         os.replace(part, target)
 
 
+#: The platforms xllamacpp has prebuilt wheels for (``sys.platform``, ``platform.machine()``), as
+#: the environment marker of the ``local`` extra in pyproject.toml lists them.
+WHEEL_PLATFORMS = frozenset(
+    {("linux", "x86_64"), ("linux", "aarch64"), ("darwin", "arm64"), ("darwin", "x86_64"), ("win32", "AMD64")}
+)
+
+
+def unavailable(system: str = sys.platform, machine: str | None = None) -> str | None:
+    """Why the local backend cannot run on this platform (xllamacpp has no wheel for it, so the
+    ``local`` extra leaves it out), or ``None`` where it can."""
+    machine = platform.machine() if machine is None else machine
+    if (system, machine) in WHEEL_PLATFORMS:
+        return None
+    return (
+        f"the local backend is not available on this platform ({system} {machine}): xllamacpp, the llama.cpp "
+        "it runs, has prebuilt wheels only for Linux x86_64/aarch64, macOS arm64/x86_64 and Windows AMD64. "
+        "Use another backend: ollama, for one, serves the same GGUF models."
+    )
+
+
 def _xllamacpp() -> Any:
     try:
         return importlib.import_module("xllamacpp")  # untyped: no py.typed
     except ImportError:
-        raise ConfigError(f"the local backend needs xllamacpp: {INSTALL}") from None
+        raise ConfigError(unavailable() or f"the local backend needs xllamacpp: {INSTALL}") from None
 
 
 class LocalModel:
@@ -349,11 +369,10 @@ def _async_client() -> httpx.AsyncClient:
     import httpx
 
     # trust_env off: a proxy variable must not send loopback calls elsewhere. Timeouts per request.
-    # On aiohttp unless LLM_ASYNC_TRANSPORT=default; cookies looked for only when a reply sets one,
-    # the model's address parsed once.
+    # On aiohttp unless LLM_ASYNC_TRANSPORT=default.
     limits = httpx.Limits(max_keepalive_connections=16)
     transport = async_transport_options(httpx, limits=limits, trust_env=False)
-    return lean_urls(lean_cookies(httpx.AsyncClient(limits=limits, trust_env=False, **transport)))
+    return lean_cookies(httpx.AsyncClient(limits=limits, trust_env=False, **transport))
 
 
 def _sync_client() -> httpx.Client:  # the cache's other half; sync calls go in-process, not over HTTP

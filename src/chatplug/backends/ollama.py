@@ -50,7 +50,8 @@ from chatplug.toolkit import (
     import_sdk,
     invalid_response,
     lean_cookies,
-    lean_urls,
+    lost,
+    private_attribute,
     status_error,
     thaw,
     transport_error,
@@ -241,21 +242,30 @@ def _connection() -> tuple[str, str | None]:
 def _client(cls: type[C], host: str, key: str | None, timeout: float, **options: Any) -> C:
     """An SDK client for ``host``. The key goes in as the header: the SDK reads OLLAMA_API_KEY
     only when no authorization header is given, and then unstripped. ``options`` go to its httpx
-    client (an async one's transport), whose cookie jar is consulted only when a reply sets a
-    cookie (``lean_cookies``: 8-9% of a call to a server nearby) and which parses ``/api/chat``
-    against the host once, not twice a request (``lean_urls``: 40-60 us a call)."""
+    client (an async one's transport)."""
     headers = {"authorization": f"Bearer {key}"} if key else None
     try:
-        client = cls(host=host, timeout=timeout, headers=headers, **options)
+        return cls(host=host, timeout=timeout, headers=headers, **options)
     except Exception as exc:  # the SDK parses the host here (ValueError, httpx.InvalidURL)
         raise ConfigError(f"OLLAMA_HOST={host!r} is not valid ({exc}): {_HOST_FORMS}.") from None
-    lean_urls(lean_cookies(client._client))
-    return client
 
 
 def _bounded(client: ollama.Client) -> ollama.Client:
-    """``client`` with its httpx client's sockets bounded by the call's deadline."""
-    deadline_client(client._client)
+    """``client`` with its httpx client's sockets bounded by the call's deadline, and its cookie
+    jar read only for replies that set a cookie (``lean_cookies``). The SDK keeps
+    that client in a private attribute (``_client``): with an SDK that keeps it otherwise, the
+    calls go unwrapped, bounded per operation by their timeout but not by the call's deadline
+    (said once)."""
+    import httpx  # the SDK's HTTP stack, imported with it
+
+    http = private_attribute(
+        client,
+        "_client",
+        httpx.Client,
+        what="the overall deadline of sync ollama calls (each connect, read and write keeps its own timeout)",
+    )
+    if http is not None:
+        deadline_client(lean_cookies(http))
     return client
 
 
@@ -352,14 +362,14 @@ def _body(sdk: ModuleType, chat_request: type[pydantic.BaseModel], arguments: di
 def _chat_request_model(sdk: ModuleType) -> type[pydantic.BaseModel] | None:
     """The SDK's ``ChatRequest`` model, with which ``_body`` builds a call's body, if its clients
     have the ``_request`` method that sends one (both private, and both in ollama 0.4 to 0.6.3);
-    ``None``, said in a warning, otherwise."""
+    ``None``, said in a warning, otherwise: tools then go through the SDK's ``Tool`` model."""
     model = getattr(getattr(sdk, "_types", None), "ChatRequest", None)
     sends = all(callable(getattr(client, "_request", None)) for client in (sdk.Client, sdk.AsyncClient))
     if sends and isinstance(model, type) and callable(getattr(model, "model_dump", None)):
         return model
-    logger.warning(
-        "ollama: this ollama SDK has no ChatRequest model or Client._request: tools go through its Tool model, "
-        "which leaves out keywords of their parameters' JSON Schema (anyOf, $ref, default ...)"
+    lost(
+        "sending each tool's JSON Schema whole to ollama (the SDK's Tool model leaves out anyOf, $ref, default ...)",
+        "this ollama SDK has no ollama._types.ChatRequest model or Client._request method",
     )
     return None
 

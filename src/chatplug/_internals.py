@@ -1,0 +1,136 @@
+"""Where chatplug reaches into a dependency's private parts, and its way out when they change.
+
+Each use of a private attribute or an internal behaviour of another library (httpx, httpcore,
+the ollama SDK ...) goes through a helper of its own that checks the attribute is there and
+has the shape it expects, and otherwise falls back to the public path: the call still succeeds,
+only the speed-up or the extra bound is lost, and ``lost`` logs one warning saying which and why.
+A test deletes or renames each such attribute and shows the call still succeeds
+(``tests/test_internals.py``). The uses (each new one goes here too), and what is lost without each:
+
+- the ollama SDK's ``Client._client`` (its httpx client; ``backends/ollama.py``): the overall
+  deadline of sync ollama calls;
+- its ``ollama._types.ChatRequest`` and ``Client._request`` (``backends/ollama.py``): each tool's
+  JSON Schema sent whole;
+- httpx's ``Client._cookies`` (``lean_cookies``, here): a reply's cookies looked for only when it
+  sets one (5-10% of a sync ollama call to a server nearby);
+- httpx's and httpx2's ``Client._transport`` and ``_mounts`` (``_deadline.deadline_client``): the
+  overall deadline of sync calls;
+- ``HTTPTransport._pool`` and httpcore's ``ConnectionPool._network_backend``
+  (``_deadline.DeadlineTransport``): the deadline on each socket operation (the wait for a pooled
+  connection stays bounded);
+- ``httpx._utils.get_environment_proxies`` (``_transports``): the stack's own reading of the proxy
+  variables; chatplug's reading of them by httpx 0.28's rules takes its place;
+- the back reference of httpx's ``BoundAsyncStream`` to its response (``_transports.unbind``):
+  responses freed without the garbage collector;
+- an SDK's ``DefaultAsyncHttpxClient`` being an ``AsyncClient`` of httpx2 or httpx
+  (``backends/_stainless.py``): chatplug's aiohttp transport on the SDK's async calls.
+- ``os.environ``'s private ``_data`` dict (``_config.env``): each setting read in ~0.1 us, not
+  ~4 us through the mapping's public methods (about 3% of a sync call); else the public mapping;
+- an event loop's ``close``, wrapped on the loop object itself (``_clients``): a loop closed by
+  hand, without ``shutdown_asyncgens()``, closes chatplug's clients first; a loop that takes no
+  attribute has its clients dropped at the next sweep instead (no warning: not a release's change).
+
+The HTTP stacks' exceptions are mapped by their class names (``_errors``, ``_transports``), which
+are public: a class a release renames maps by the names of its bases, as a connection error.
+Nothing here assigns ``__class__`` of, or replaces a method on, an object chatplug does not own.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from types import ModuleType
+from typing import Any, TypeVar
+
+logger = logging.getLogger("chatplug")
+
+T = TypeVar("T")
+C = TypeVar("C")
+
+_said: set[str] = set()
+_lock = threading.Lock()
+_MISSING = object()
+
+
+def lost(what: str, why: str) -> None:
+    """Log, once per process for each ``what``, that a dependency's internals have changed:
+    ``what`` (a feature: "the overall deadline of sync calls on httpx") is off because ``why``
+    ("httpx.Client has no _transport"). Later calls fall back silently."""
+    with _lock:
+        if what in _said:
+            return
+        _said.add(what)
+    logger.warning(
+        "chatplug: %s is off: %s. Calls still work; upgrade chatplug, or report this if it persists.", what, why
+    )
+
+
+def forget() -> None:
+    """Warn again about everything (for tests)."""
+    with _lock:
+        _said.clear()
+
+
+def private_attribute(owner: object, name: str, kind: type[T], *, what: str) -> T | None:
+    """``owner.<name>``, a dependency's private attribute, if it is there and a ``kind``;
+    otherwise ``None``, and ``lost(what, ...)`` says which it was (missing, or what instead)."""
+    value = getattr(owner, name, _MISSING)
+    if value is _MISSING:
+        lost(what, f"{describe(owner)} has no {name}")
+    elif isinstance(value, kind):
+        return value
+    else:
+        lost(what, f"{describe(owner)}.{name} is a {describe(type(value))}, not a {describe(kind)}")
+    return None
+
+
+def describe(thing: object) -> str:
+    """``thing``'s name, for a warning: ``httpx.Client`` for the class or one of its objects,
+    ``httpx._utils`` for a module."""
+    if isinstance(thing, ModuleType):
+        return thing.__name__
+    kind = thing if isinstance(thing, type) else type(thing)
+    module = kind.__module__.partition(".")[0]  # the package its users know, not a private module
+    return kind.__qualname__ if module == "builtins" else f"{module}.{kind.__qualname__}"
+
+
+LEAN_COOKIES = "reading a reply's cookies only when it sets one"
+
+
+def lean_cookies(client: C) -> C:
+    """``client``, an ``httpx.Client`` or ``AsyncClient``, with its cookie jar consulted only for a
+    reply that sets a cookie (a ``Set-Cookie`` or ``Set-Cookie2`` header), as httpx2 does. httpx
+    0.28 hands every reply to the jar, which builds a ``urllib`` request and an ``email`` message
+    of the headers only to find no cookie: 5-10% of a sync ollama call to a server nearby. The
+    cookies kept and sent are the same. The client's cookies object (its private ``_cookies``)
+    is replaced by one of chatplug's own ``httpx.Cookies`` subclass over the same jar; if it is
+    missing or not an ``httpx.Cookies``, the client is left as it is (said once). httpx2's
+    clients and other objects are returned as they are. Returns ``client``."""
+    import httpx
+
+    if not isinstance(client, httpx.Client | httpx.AsyncClient):
+        return client
+    cookies = private_attribute(client, "_cookies", httpx.Cookies, what=LEAN_COOKIES)
+    if cookies is None or isinstance(cookies, _set_cookies_only()):
+        return client
+    client._cookies = _set_cookies_only()(cookies.jar)
+    return client
+
+
+_SET_COOKIES_ONLY: list[type[Any]] = []
+
+
+def _set_cookies_only() -> type[Any]:
+    """chatplug's ``httpx.Cookies`` that reads a reply's cookies only when it sets one (made on
+    first use: httpx is imported by the backends that need it, not by ``import chatplug``)."""
+    if not _SET_COOKIES_ONLY:
+        import httpx
+
+        class SetCookiesOnly(httpx.Cookies):
+            def extract_cookies(self, response: httpx.Response) -> None:
+                headers = response.headers
+                if "set-cookie" in headers or "set-cookie2" in headers:
+                    super().extract_cookies(response)
+
+        _SET_COOKIES_ONLY.append(SetCookiesOnly)
+    return _SET_COOKIES_ONLY[0]
