@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import inspect
 import logging
 import time
 from collections.abc import Iterator
@@ -88,7 +89,19 @@ def renamed(monkeypatch: pytest.MonkeyPatch, cls: type, name: str, *methods: str
 
 
 def finding(method: Any, name: str, hidden: str) -> Any:
-    """``method``, which finds ``name`` while it runs."""
+    """``method``, which finds ``name`` while it runs (a coroutine function: while it is awaited)."""
+    if inspect.iscoroutinefunction(method):
+
+        async def arun(self: Any, *args: Any, **kwargs: Any) -> Any:
+            there = name in self.__dict__
+            self.__dict__[name] = getattr(self, hidden)
+            try:
+                return await method(self, *args, **kwargs)
+            finally:
+                if not there:
+                    self.__dict__.pop(name, None)
+
+        return arun
 
     def run(self: Any, *args: Any, **kwargs: Any) -> Any:
         there = name in self.__dict__  # a method called by another: the outer one takes it away
@@ -165,6 +178,21 @@ def test_the_ollama_sdks_http_client(
         succeeds(generate_completion_sync("Hi", backend="ollama"))
     why = "ollama.Client has no _client" if how == "renamed" else "_client is a tests.StandIn, not a httpx.Client"
     said_once(caplog, "overall deadline of sync ollama calls", why)
+
+
+def test_the_ollama_sdks_async_http_client(
+    ollama: FakeServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Guard: ``ollama.AsyncClient._client``, whose cookie jar ``lean_cookies`` makes read only
+    replies that set a cookie. Without it, async calls read every reply's cookies, as httpx does."""
+    renamed(monkeypatch, ollama_sdk.AsyncClient, "_client", "_request_raw", "close")
+
+    async def twice() -> list[LLMResponse]:
+        return [await generate_completion_async("Hi", backend="ollama") for _ in range(2)]
+
+    for response in asyncio.run(twice()):
+        succeeds(response)
+    said_once(caplog, "lean cookies on async ollama calls", "ollama.AsyncClient has no _client")
 
 
 @pytest.mark.parametrize(("owner", "name"), [("_types", "ChatRequest"), ("AsyncClient", "_request")])

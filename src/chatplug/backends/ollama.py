@@ -107,7 +107,7 @@ class OllamaBackend(ChatBackend):
             # Sync: every socket of the client gives up at the call's deadline (see deadline_client).
             lambda host, key, timeout: _bounded(_client(sdk.Client, host, key, timeout)),
             # Async: on aiohttp unless LLM_ASYNC_TRANSPORT=default (the SDK passes these to its httpx client).
-            lambda host, key, timeout: _client(sdk.AsyncClient, host, key, timeout, **async_transport_options()),
+            lambda host, key, timeout: _lean(_client(sdk.AsyncClient, host, key, timeout, **async_transport_options())),
         )
 
     def complete(self, request: ChatRequest) -> ChatResult:
@@ -266,6 +266,18 @@ def _bounded(client: ollama.Client) -> ollama.Client:
     )
     if http is not None:
         deadline_client(lean_cookies(http))
+    return client
+
+
+def _lean(client: ollama.AsyncClient) -> ollama.AsyncClient:
+    """``client`` with its httpx client's cookie jar read only for replies that set a cookie
+    (``lean_cookies``); with an SDK that keeps that client otherwise than in ``_client``, as it is
+    (said once)."""
+    import httpx
+
+    http = private_attribute(client, "_client", httpx.AsyncClient, what="lean cookies on async ollama calls")
+    if http is not None:
+        lean_cookies(http)
     return client
 
 
