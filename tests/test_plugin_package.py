@@ -96,7 +96,10 @@ def wheel_from_installed(dist: metadata.Distribution, wheelhouse: Path) -> Path:
     files = [f for f in dist.files or [] if ".." not in f.parts and "__pycache__" not in f.parts]
     info_dir = next(f.parts[0] for f in files if f.parts[0].endswith(".dist-info"))
     wheel_meta = (dist.read_text("WHEEL") or "").splitlines()
-    tag = next(line.split(":", 1)[1].strip() for line in wheel_meta if line.startswith("Tag:"))
+    # All its tags, in the file name's compressed form: a universal wheel lists py2-none-any and
+    # py3-none-any, and named by the first alone, pip on Python 3 would not take it.
+    tags = [line.split(":", 1)[1].strip().split("-") for line in wheel_meta if line.startswith("Tag:")]
+    tag = "-".join(".".join(dict.fromkeys(parts)) for parts in zip(*tags, strict=True))
     name = re.sub(r"[-_.]+", "_", dist.metadata["Name"])
     target = wheelhouse / f"{name}-{dist.version}-{tag}.whl"
     skip = {f"{info_dir}/{n}" for n in ("RECORD", "INSTALLER", "REQUESTED", "direct_url.json")}
