@@ -27,19 +27,24 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 OLDEST = (3, 10)  # pyproject's requires-python
+TESTED = ("3.10", "3.11", "3.12", "3.13")  # the versions the README says CI tests
 
 
-def version_of(python: str) -> tuple[int, int, int] | None:
+def version_of(python: str) -> tuple[tuple[int, int, int], str] | None:
+    """``python``'s version and its own executable (a pyenv shim's real interpreter), or ``None``."""
     try:
         out = subprocess.run(
-            [python, "-c", "import sys; print(*sys.version_info[:3])"], capture_output=True, text=True, timeout=30
+            [python, "-c", "import sys; print(*sys.version_info[:3], sys.executable)"],
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
-    parts = out.stdout.split()
-    if out.returncode != 0 or len(parts) != 3:
+    parts = out.stdout.split(maxsplit=3)
+    if out.returncode != 0 or len(parts) != 4:
         return None  # a pyenv shim for a version not selected, say
-    return int(parts[0]), int(parts[1]), int(parts[2])
+    return (int(parts[0]), int(parts[1]), int(parts[2])), parts[3].strip()
 
 
 def interpreters() -> dict[str, str]:
@@ -48,9 +53,12 @@ def interpreters() -> dict[str, str]:
     pyenv_root = os.environ.get("PYENV_ROOT") or str(Path.home() / ".pyenv")
     candidates += sorted(str(p) for p in Path(pyenv_root).glob("versions/*/bin/python3"))
     found: dict[tuple[int, int], tuple[tuple[int, int, int], str]] = {}
-    for python in filter(None, candidates):
-        version = version_of(python)
-        if version is None or version[:2] < OLDEST or not re.fullmatch(r"[\w./+-]+", python):
+    for candidate in filter(None, candidates):
+        known = version_of(candidate)
+        if known is None:
+            continue
+        version, python = known
+        if version[:2] < OLDEST or not re.fullmatch(r"[\w./+-]+", python):
             continue
         best = found.get(version[:2])
         if best is None or version > best[0]:
@@ -123,6 +131,9 @@ def main() -> int:
     parser.add_argument("--skip", action="append", default=[], help="a 3.X version not to run")
     args = parser.parse_args()
     found = interpreters()
+    missing = [v for v in TESTED if v not in found]
+    if missing and os.environ.get("CI"):  # CI's image has them all: one not found is a broken run
+        sys.exit(f"Python {', '.join(missing)} not found (looked for python3.X on the PATH and pyenv's versions)")
     if not found:
         sys.exit("no Python 3.10 or newer found")
     print("Pythons found: " + ", ".join(f"{minor} ({path})" for minor, path in found.items()), flush=True)

@@ -12,6 +12,7 @@ import asyncio
 import datetime
 import inspect
 import logging
+import sys
 import time
 from collections.abc import Iterator
 from types import MappingProxyType
@@ -23,6 +24,7 @@ import httpcore2
 import httpx
 import httpx2
 import ollama as ollama_sdk
+import pydantic
 import pytest
 
 import chatplug
@@ -195,18 +197,49 @@ def test_the_ollama_sdks_async_http_client(
     said_once(caplog, "lean cookies on async ollama calls", "ollama.AsyncClient has no _client")
 
 
-@pytest.mark.parametrize(("owner", "name"), [("_types", "ChatRequest"), ("AsyncClient", "_request")])
+class ChatRequestOfOtherFields(pydantic.BaseModel):
+    model: str
+
+
+def _request_of_another_shape(original: Any) -> Any:
+    """A ``_request`` that takes what the SDK's own ``chat`` gives it (``json=``), but no ``content``."""
+
+    def _request(self: Any, cls: Any, method: str, url: str, *, json: Any = None, stream: bool = False) -> Any:
+        return original(self, cls, method, url, json=json, stream=stream)
+
+    return _request
+
+
+@pytest.mark.parametrize(
+    ("owner", "name", "change"),
+    [
+        ("_types", "ChatRequest", None),
+        ("AsyncClient", "_request", None),
+        ("Client", "_request", _request_of_another_shape),
+        ("_types", "ChatRequest", lambda _: ChatRequestOfOtherFields),
+    ],
+    ids=["ChatRequest gone", "_request gone", "_request of another signature", "ChatRequest of other fields"],
+)
 def test_the_ollama_sdks_request_model(
-    owner: str, name: str, ollama: FakeServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    owner: str,
+    name: str,
+    change: Any,
+    ollama: FakeServer,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Guard: ``ollama._types.ChatRequest`` and the clients' ``_request``, with which the backend
-    sends each tool's JSON Schema whole. Without either, tools go through the SDK's ``chat``."""
-    monkeypatch.delattr(getattr(ollama_sdk, owner), name)
+    sends each tool's JSON Schema whole. Without either, or with either changed, tools go through
+    the SDK's ``chat``."""
+    if change is None:
+        monkeypatch.delattr(getattr(ollama_sdk, owner), name)
+    else:
+        monkeypatch.setattr(getattr(ollama_sdk, owner), name, change(getattr(getattr(ollama_sdk, owner), name)))
     weather = {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}
     succeeds(generate_completion_sync("Weather in Paris?", backend="ollama", tools=[weather]))
     (tool,) = ollama.requests[-1].json()["tools"]
     assert tool["function"]["name"] == "get_weather"
-    said_once(caplog, "JSON Schema whole to ollama", "no ollama._types.ChatRequest model or Client._request")
+    said_once(caplog, "JSON Schema whole to ollama", "no ollama._types.ChatRequest model", "or no Client._request")
 
 
 @pytest.mark.parametrize("how", ["renamed", "changed"])
@@ -333,6 +366,50 @@ def test_the_sdks_async_http_client(
     monkeypatch.setattr(sdk, "DefaultAsyncHttpxClient", type("DefaultAsyncHttpxClient", (), {}))
     succeeds(ask_async())
     said_once(caplog, f"aiohttp transport on async {backend} calls", "DefaultAsyncHttpxClient")
+
+
+@pytest.mark.parametrize("name", ["openai", "anthropic"])
+def test_the_sdks_sync_http_client(name: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Guard: the SDK's ``DefaultHttpxClient``, a ``Client`` of httpx2 that ``deadline_client``
+    wraps. One of a stack chatplug does not know (the SDK checks its own; a call cannot be made
+    here with another) goes as it is, without the overall deadline, where it used to raise
+    ``TypeError`` on every sync call."""
+    from chatplug._dispatch import plugins
+
+    backend = plugins().backends.get(name)
+    other = type("Client", (), {})()
+    assert backend.bounded(other) is other and backend.bounded(other) is other
+    said_once(caplog, f"overall deadline of sync {name} calls", "DefaultHttpxClient is no Client of httpx2 or httpx")
+
+
+@pytest.mark.parametrize(
+    ("name", "what"),
+    [
+        ("DEPRECATED_MODELS", "old models"),
+        ("MODELS_TO_WARN_WITH_THINKING_ENABLED", "models thinking adaptively"),
+        ("messages_create_request_attributes", "its OpenTelemetry span"),
+    ],
+)
+def test_the_anthropic_sdks_tables(
+    name: str, what: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Guard: the anthropic SDK's messages-module tables with which chatplug warns of a model
+    and opens the span as ``create()`` does. A release without one: calls go on without that."""
+    import anthropic
+    import anthropic.resources.messages.messages as tables
+
+    assert sys.modules[anthropic.resources.Messages.create.__module__] is tables
+    monkeypatch.delattr(tables, name)
+    server = FakeServer()
+    try:
+        ANTHROPIC.route(server, ANTHROPIC.reply(ANTHROPIC.success))
+        monkeypatch.setenv(ANTHROPIC.base_url_env, server.url + ANTHROPIC.base_url_path)
+        monkeypatch.setenv(ANTHROPIC.key_env, "sk-test")
+        succeeds(generate_completion_sync("Hi", backend="anthropic"))
+    finally:
+        chatplug.close()
+        server.close()
+    said_once(caplog, f"anthropic's handling of {what}", f"has no {name}")
 
 
 def test_a_proxys_user_and_password_go_as_its_stack_sends_them() -> None:

@@ -32,7 +32,15 @@ A test deletes or renames each such attribute and shows the call still succeeds
 
 The HTTP stacks' exceptions are mapped by their class names (``_errors``, ``_transports``), which
 are public: a class a release renames maps by the names of its bases, as a connection error.
-Nothing here assigns ``__class__`` of, or replaces a method on, an object chatplug does not own.
+- the anthropic SDK's messages-module tables ``DEPRECATED_MODELS``,
+  ``MODELS_TO_WARN_WITH_THINKING_ENABLED`` and ``messages_create_request_attributes``
+  (``backends/anthropic.py``): ``create()``'s model warnings and OpenTelemetry span on chatplug's
+  calls.
+
+The request options ``create()`` passes to the SDK's ``post()`` and chatplug passes too (openai's
+``security``, anthropic's ``span_*``) are checked by ``tests/test_sdk_parity.py``, which compares
+what ``create()`` and chatplug send. chatplug assigns ``__class__`` of no object it does not own;
+the one method it replaces on such an object is an event loop's ``close``, on that loop alone.
 """
 
 from __future__ import annotations

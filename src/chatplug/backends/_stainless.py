@@ -156,7 +156,7 @@ class StainlessBackend(ChatBackend):
             # Sync: the SDK's own HTTP client, every socket of it bounded by the call's deadline.
             lambda conn, request: sync_client(
                 **self.client_arguments(conn, request),
-                http_client=deadline_client(sdk.DefaultHttpxClient(timeout=request.timeout)),
+                http_client=self.bounded(sdk.DefaultHttpxClient(timeout=request.timeout)),
             ),
             lambda conn, request: async_client(**self.client_arguments(conn, request), **self.async_http_client()),
         )
@@ -223,6 +223,20 @@ class StainlessBackend(ChatBackend):
         if not options:
             return {}
         return {"http_client": client_class(**options)}
+
+    def bounded(self, client: Any) -> Any:
+        """The SDK's sync HTTP client with every socket bounded by the call's deadline
+        (``deadline_client``); one that is no ``Client`` of httpx2 or httpx goes as it is, bounded
+        per operation by its timeout but not by the call's deadline (said once)."""
+        for name in ("httpx2", "httpx"):
+            http = sys.modules.get(name)
+            if http is not None and isinstance(client, http.Client):
+                return deadline_client(client)
+        lost(
+            f"the overall deadline of sync {self.sdk.__name__} calls",
+            f"{self.sdk.__name__}.DefaultHttpxClient is no Client of httpx2 or httpx",
+        )
+        return client
 
     #: The socket options of the SDK's default async transport (anthropic's: TCP keep-alive).
     socket_options: ClassVar[tuple[tuple[int, int, int], ...]] = ()

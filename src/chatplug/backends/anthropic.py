@@ -27,7 +27,8 @@ from __future__ import annotations
 import socket
 import sys
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
+from types import ModuleType
 from typing import Any, ClassVar
 
 from chatplug import (
@@ -43,7 +44,7 @@ from chatplug import (
     ToolCallDelta,
     hookimpl,
 )
-from chatplug.toolkit import env_secret, env_url, freeze, import_sdk, thaw
+from chatplug.toolkit import env_secret, env_url, freeze, import_sdk, lost, thaw
 
 from ._stainless import CAPABILITIES, Connection, StainlessBackend, arguments_json, parts_of, text_of
 
@@ -90,13 +91,15 @@ class AnthropicBackend(StainlessBackend):
         create = anthropic.resources.Messages.create
         super().__init__(anthropic, anthropic.Anthropic, anthropic.AsyncAnthropic, create)
         # The models create() warns of, from the tables it reads: chatplug posts the body itself,
-        # so it warns as create() would (an older SDK without the tables: no warning).
+        # so it warns as create() would. The OpenTelemetry span create() opens for each call (and
+        # the trace context it sends), by the same request options. All are the SDK's module
+        # attributes (2.6 on): a release without one loses only that (said once).
         tables = sys.modules[create.__module__]
-        self._deprecated: Mapping[str, str] = getattr(tables, "DEPRECATED_MODELS", {})
-        self._adaptive = frozenset(getattr(tables, "MODELS_TO_WARN_WITH_THINKING_ENABLED", ()))
-        # The OpenTelemetry span create() opens for each call (and the trace context it sends), by
-        # the same request options (an SDK without tracing has no attributes function: none).
-        attributes = getattr(tables, "messages_create_request_attributes", None)
+        self._deprecated: Mapping[str, str] = _sdk_table(tables, "DEPRECATED_MODELS", Mapping, "old models") or {}
+        self._adaptive = frozenset(
+            _sdk_table(tables, "MODELS_TO_WARN_WITH_THINKING_ENABLED", Collection, "models thinking adaptively") or ()
+        )
+        attributes = _sdk_table(tables, "messages_create_request_attributes", Callable, "its OpenTelemetry span")
         if attributes is not None:
             self.request_options = {
                 "span_name": "anthropic.messages.create", "span_route": self.path, "span_attributes": attributes,
@@ -380,3 +383,14 @@ def _stop_sequences(stop: object) -> list[str]:
 @hookimpl
 def register_backends(register: Callable[[str, Callable[[], ChatBackend]], None]) -> None:
     register("anthropic", AnthropicBackend)
+
+
+def _sdk_table(module: ModuleType, name: str, kind: Any, what: str) -> Any:
+    """``module.<name>``, a table or function of the SDK's messages module that ``create()`` uses,
+    if it is there and a ``kind``; else ``None``, said once: what ``create()`` does with it
+    (warn of ``what``, or open ``what``) is then not done for chatplug's calls."""
+    found = getattr(module, name, None)
+    if isinstance(found, kind):
+        return found
+    lost(f"anthropic's handling of {what} on chatplug's calls", f"{module.__name__} has no {name}")
+    return None

@@ -18,6 +18,7 @@ calls of a reply are numbered ``call_0``, ``call_1`` ... and results are matched
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
@@ -376,14 +377,27 @@ def _chat_request_model(sdk: ModuleType) -> type[pydantic.BaseModel] | None:
     have the ``_request`` method that sends one (both private, and both in ollama 0.4 to 0.6.3);
     ``None``, said in a warning, otherwise: tools then go through the SDK's ``Tool`` model."""
     model = getattr(getattr(sdk, "_types", None), "ChatRequest", None)
-    sends = all(callable(getattr(client, "_request", None)) for client in (sdk.Client, sdk.AsyncClient))
-    if sends and isinstance(model, type) and callable(getattr(model, "model_dump", None)):
+    sends = all(_takes_a_body(getattr(client, "_request", None)) for client in (sdk.Client, sdk.AsyncClient))
+    fields = set(getattr(model, "model_fields", None) or ())
+    if sends and callable(getattr(model, "model_dump", None)) and {"model", "messages", "tools", "stream"} <= fields:
         return model
     lost(
         "sending each tool's JSON Schema whole to ollama (the SDK's Tool model leaves out anyOf, $ref, default ...)",
-        "this ollama SDK has no ollama._types.ChatRequest model or Client._request method",
+        "this ollama SDK has no ollama._types.ChatRequest model (with model, messages, tools and stream) "
+        "or no Client._request(cls, method, url, content=..., stream=...)",
     )
     return None
+
+
+def _takes_a_body(method: object) -> bool:
+    """Whether ``method`` takes the arguments ``_chat`` gives the SDK's ``_request``."""
+    if not callable(method):
+        return False
+    try:
+        inspect.signature(method).bind(None, object, "POST", "/api/chat", content=b"", stream=False)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _message(message: Message, i: int) -> dict[str, Any]:
