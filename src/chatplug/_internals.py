@@ -45,6 +45,7 @@ the one method it replaces on such an object is an event loop's ``close``, on th
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from types import ModuleType
@@ -125,20 +126,16 @@ def lean_cookies(client: C) -> C:
     return client
 
 
-_SET_COOKIES_ONLY: list[type[Any]] = []
-
-
+@functools.cache
 def _set_cookies_only() -> type[Any]:
     """chatplug's ``httpx.Cookies`` that reads a reply's cookies only when it sets one (made on
     first use: httpx is imported by the backends that need it, not by ``import chatplug``)."""
-    if not _SET_COOKIES_ONLY:
-        import httpx
+    import httpx
 
-        class SetCookiesOnly(httpx.Cookies):
-            def extract_cookies(self, response: httpx.Response) -> None:
-                headers = response.headers
-                if "set-cookie" in headers or "set-cookie2" in headers:
-                    super().extract_cookies(response)
+    class SetCookiesOnly(httpx.Cookies):
+        def extract_cookies(self, response: httpx.Response) -> None:
+            headers = response.headers
+            if "set-cookie" in headers or "set-cookie2" in headers:
+                super().extract_cookies(response)
 
-        _SET_COOKIES_ONLY.append(SetCookiesOnly)
-    return _SET_COOKIES_ONLY[0]
+    return SetCookiesOnly

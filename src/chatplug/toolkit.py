@@ -144,16 +144,12 @@ def lean_urls(client: C) -> C:
     """Deprecated, and does nothing: returns ``client`` as it is. It made an httpx client keep the
     request URLs it had parsed, by changing the client's class, which a release of httpx could
     break. It will be removed."""
-    _deprecated("lean_urls")
-    return client
-
-
-def _deprecated(name: str) -> None:
     warnings.warn(
-        f"chatplug.toolkit.{name} does nothing now and will be removed: stop calling it.",
+        "chatplug.toolkit.lean_urls does nothing now and will be removed: stop calling it.",
         DeprecationWarning,
-        stacklevel=3,
+        stacklevel=2,
     )
+    return client
 
 
 def env_setting(name: str) -> str | None:

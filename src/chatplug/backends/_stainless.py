@@ -211,7 +211,7 @@ class StainlessBackend(ChatBackend):
         environment; ``{}`` (the SDK's default client) when ``LLM_ASYNC_TRANSPORT=default``, or
         when that class is no ``AsyncClient`` of httpx2 or httpx (said once)."""
         client_class: Any = getattr(self.sdk, "DefaultAsyncHttpxClient", None)
-        http = _http_stack(client_class)
+        http = _http_stack(client_class, "AsyncClient")
         if http is None:
             lost(
                 f"chatplug's aiohttp transport on async {self.sdk.__name__} calls",
@@ -228,10 +228,8 @@ class StainlessBackend(ChatBackend):
         """The SDK's sync HTTP client with every socket bounded by the call's deadline
         (``deadline_client``); one that is no ``Client`` of httpx2 or httpx goes as it is, bounded
         per operation by its timeout but not by the call's deadline (said once)."""
-        for name in ("httpx2", "httpx"):
-            http = sys.modules.get(name)
-            if http is not None and isinstance(client, http.Client):
-                return deadline_client(client)
+        if _http_stack(type(client), "Client") is not None:
+            return deadline_client(client)
         lost(
             f"the overall deadline of sync {self.sdk.__name__} calls",
             f"{self.sdk.__name__}.DefaultHttpxClient is no Client of httpx2 or httpx",
@@ -388,12 +386,12 @@ def _answered(request: ChatRequest) -> ChatRequest:
     return dataclasses.replace(request, max_retries=0) if request.max_retries else request
 
 
-def _http_stack(client_class: object) -> ModuleType | None:
-    """The HTTP stack an SDK is built on (httpx2; httpx for older SDKs): the one whose
-    ``AsyncClient`` its ``client_class`` is a subclass of. The SDK has imported it."""
+def _http_stack(client_class: object, kind: str) -> ModuleType | None:
+    """The HTTP stack an SDK is built on (httpx2; httpx for older SDKs): the one whose ``kind``
+    (``"Client"``, ``"AsyncClient"``) its ``client_class`` is a subclass of. The SDK has imported it."""
     for name in ("httpx2", "httpx"):
         http = sys.modules.get(name)
-        if http is not None and isinstance(client_class, type) and issubclass(client_class, http.AsyncClient):
+        if http is not None and isinstance(client_class, type) and issubclass(client_class, getattr(http, kind)):
             return http
     return None
 
