@@ -251,7 +251,7 @@ def test_ollama_leaves_the_thinking_blocks_out(ollama: FakeServer) -> None:
 def test_a_record_stored_before_thinking_blocks_were_kept_is_a_miss_when_it_needs_them() -> None:
     """An older record of a reply with thinking and tool calls has lost its blocks: answering from
     it would make the tool loop's next request one Anthropic refuses. Any other older record is read."""
-    from chatplug._cache import VERSION, result
+    from chatplug._pipeline.cache import VERSION, result
 
     older = {
         "v": VERSION, "content": "", "model": MODEL, "prompt_tokens": 1, "completion_tokens": 2,

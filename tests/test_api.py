@@ -108,7 +108,7 @@ def test_a_call_reads_the_settings_once_and_again_after_any_change(
 def test_a_snapshot_matches_the_environment_it_is_kept_for(monkeypatch: pytest.MonkeyPatch) -> None:
     """Another thread changing a variable and putting it back while a snapshot is made cannot
     leave its value behind for later calls: a snapshot is made from the texts it is kept under."""
-    from chatplug import _config
+    from chatplug._core import settings as _config
 
     made = _config.Snapshot.__init__
 
@@ -171,7 +171,7 @@ def test_llm_response_of_is_the_constructor_with_the_defaults() -> None:
 def test_env_reads_each_new_value_and_keeps_few(monkeypatch: pytest.MonkeyPatch) -> None:
     """``env()`` decodes each raw value once; a variable set again is read again, and values that
     keep changing do not pile up."""
-    from chatplug import _config
+    from chatplug._core import settings as _config
 
     for i in range(600):
         monkeypatch.setenv("CHATPLUG_TEST_VALUE", f" value {i} \n")
@@ -221,7 +221,8 @@ def test_the_environment_is_read_through_the_public_mapping_when_its_own_dict_is
 ) -> None:
     """chatplug reads variables through ``os.environ._data``, a private attribute (a speed-up):
     where it is renamed, it reads the public mapping, logs one warning, and calls work as before."""
-    from chatplug import _config, _internals
+    from chatplug._core import internals as _internals
+    from chatplug._core import settings as _config
     from chatplug.testing import scripted
 
     _internals.forget()
@@ -246,7 +247,8 @@ def test_the_environment_is_read_through_the_public_mapping_when_its_own_dict_is
 def test_a_mapping_in_place_of_os_environ_is_read_without_a_warning(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from chatplug import _config, _internals
+    from chatplug._core import internals as _internals
+    from chatplug._core import settings as _config
 
     _internals.forget()
     monkeypatch.setattr(os, "environ", {**os.environ, "CHATPLUG_TEST_VALUE": " y "})

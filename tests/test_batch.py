@@ -404,7 +404,7 @@ def test_without_tqdm_a_bar_is_one_updating_line(
 
 
 def test_importing_chatplug_imports_no_batch_machinery() -> None:
-    code = "import sys, chatplug; print('chatplug._batch' in sys.modules, 'tqdm' in sys.modules)"
+    code = "import sys, chatplug; print('chatplug._extras.batch' in sys.modules, 'tqdm' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.stdout.split() == ["False", "False"], proc.stderr
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import chatplug
-import chatplug._cache as cache_module
+import chatplug._pipeline.cache as cache_module
 from chatplug import (
     ChatRequest,
     ChatResult,
@@ -27,8 +27,8 @@ from chatplug import (
     stream_completion_async,
     stream_completion_sync,
 )
-from chatplug._cache import key
-from chatplug._tools import ResponseFormat, Tool
+from chatplug._core.tools import ResponseFormat, Tool
+from chatplug._pipeline.cache import key
 from chatplug.testing import scripted
 
 from .childproc import python
@@ -422,8 +422,8 @@ def test_two_processes_at_once_share_one_cache(
 
 def test_importing_chatplug_imports_neither_sqlite_nor_redis() -> None:
     run = python(
-        "import sys, chatplug; print(sorted(m for m in ('sqlite3', 'redis', 'chatplug._cache', "
-        "'chatplug._ratelimit') if m in sys.modules))",
+        "import sys, chatplug; print(sorted(m for m in ('sqlite3', 'redis', 'chatplug._pipeline.cache', "
+        "'chatplug._pipeline.ratelimit') if m in sys.modules))",
         SRC,
         LLM_CACHE="/nonexistent/cache.db",
         LLM_RATE_LIMIT="*=10rpm",
@@ -451,7 +451,7 @@ def test_the_async_redis_clients_close_with_their_loop(redis_cache: RedisServer)
 
 
 def test_without_userinfo_drops_only_the_credentials_of_an_address() -> None:
-    from chatplug._cache import without_userinfo
+    from chatplug._pipeline.cache import without_userinfo
 
     assert without_userinfo("http://alice:s3cret@10.0.0.1:8000/v1") == "http://10.0.0.1:8000/v1"
     assert without_userinfo("https://token@api.example/v1") == "https://api.example/v1"
@@ -470,7 +470,7 @@ def test_without_userinfo_drops_only_the_credentials_of_an_address() -> None:
 def test_the_key_holds_the_base_url_never_the_api_key(
     backend: str, url_env: str, key_env: str, first: str, second: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from chatplug._dispatch import plugins
+    from chatplug._pipeline.dispatch import plugins
 
     manager = plugins()
     manager.load()

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from chatplug._clients import _LOOPS
+from chatplug._http.clients import _LOOPS
 from chatplug.toolkit import ClientCache
 
 

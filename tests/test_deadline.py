@@ -19,7 +19,7 @@ import pytest
 
 import chatplug
 from chatplug import ErrorKind, LLMResponse, settings
-from chatplug._dispatch import plugins
+from chatplug._pipeline.dispatch import plugins
 from chatplug.toolkit import deadline_client, deadline_scope, deadline_transport, first_within
 
 from .conftest import registered
@@ -286,7 +286,7 @@ def test_deadline_client_wraps_proxy_mounts_and_refuses_other_objects() -> None:
 
 
 def test_first_within_sets_the_deadline_only_for_the_first_item() -> None:
-    from chatplug._deadline import DEADLINE
+    from chatplug._http.deadline import DEADLINE
 
     seen: list[float | None] = []
 
@@ -305,7 +305,7 @@ def test_first_within_sets_the_deadline_only_for_the_first_item() -> None:
 
 def test_the_sync_deadline_is_set_only_during_an_attempt(site: Site) -> None:
     """The dispatcher sets the contextvar around ``complete()`` and resets it after."""
-    from chatplug._deadline import DEADLINE
+    from chatplug._http.deadline import DEADLINE
 
     site.route(Reply(200, site.success, dict(JSON)))
     response, _ = call("sync", timeout=5)
@@ -323,7 +323,7 @@ def timeout_class() -> type:
     """The class of the async deadline's context manager on this Python."""
     if sys.version_info >= (3, 11):
         return asyncio.Timeout
-    from chatplug._deadline import _Timeout
+    from chatplug._http.deadline import _Timeout
 
     return _Timeout
 
@@ -507,7 +507,7 @@ def test_an_async_stream_past_its_first_chunk_is_bounded_per_read(monkeypatch: p
 
 
 def test_the_deadline_ends_its_block_with_the_builtin_timeout_error() -> None:
-    from chatplug._deadline import TIMEOUTS, timeout
+    from chatplug._http.deadline import TIMEOUTS, timeout
 
     async def main(loop: TimerLoop) -> str:
         with pytest.raises(TimeoutError) as raised:
@@ -531,7 +531,7 @@ def test_the_deadline_ends_its_block_with_the_builtin_timeout_error() -> None:
 def test_a_block_that_swallows_the_deadline_leaves_an_outer_one_working() -> None:
     """Like asyncio.timeout: an outer deadline still ends in TimeoutError, not in a
     CancelledError that would end the task."""
-    from chatplug._deadline import timeout
+    from chatplug._http.deadline import timeout
 
     async def swallows() -> None:
         try:
@@ -568,7 +568,7 @@ def test_a_block_that_swallows_the_deadline_leaves_an_outer_one_working() -> Non
 def test_a_cancellation_from_elsewhere_stays_a_cancellation(deadline_passed: bool) -> None:
     """Cancelled by its caller, a task in a deadline sees CancelledError, not TimeoutError, even
     when its deadline fires before the task runs again."""
-    from chatplug._deadline import timeout
+    from chatplug._http.deadline import timeout
 
     async def waits(seconds: float, started: asyncio.Event) -> None:
         async with timeout(seconds):
@@ -600,7 +600,7 @@ def test_a_cancellation_from_elsewhere_stays_a_cancellation(deadline_passed: boo
 
 @pytest.mark.parametrize("seconds", [1e308, math.inf])
 def test_a_timeout_too_large_for_the_clock_is_kept_as_it_is(yielding: str, seconds: float) -> None:
-    from chatplug._deadline import timeout
+    from chatplug._http.deadline import timeout
 
     async def main(loop: TimerLoop) -> LLMResponse:
         async with timeout(seconds):
@@ -657,7 +657,7 @@ def test_a_closed_loop_is_not_kept_alive_by_its_deadline_timers() -> None:
     import gc
     import weakref
 
-    from chatplug._deadline import timeout
+    from chatplug._http.deadline import timeout
 
     async def main(loop: TimerLoop) -> None:
         async with timeout(30):
@@ -730,7 +730,7 @@ def test_a_blocking_plugin_that_answers_in_time_is_waited_for(blocking: type[Blo
 def test_a_plugins_own_errors_and_context_cross_the_worker_thread() -> None:
     """The attempt runs in another thread with the caller's context (the deadline the toolkit
     reads), and the plugin's exception reaches the caller as its own."""
-    from chatplug._deadline import DEADLINE
+    from chatplug._http.deadline import DEADLINE
 
     seen: list[float | None] = []
 

@@ -1,5 +1,5 @@
 """Guard tests: each private attribute or internal behaviour of a dependency that chatplug uses
-(listed in ``chatplug._internals``) is taken away here, as a release of that dependency might, and
+(listed in ``chatplug._core.internals``) is taken away here, as a release of that dependency might, and
 a real call on the loopback fake server still succeeds, losing only the speed-up or the extra
 bound, with exactly one warning that says so.
 
@@ -29,10 +29,10 @@ import pytest
 
 import chatplug
 from chatplug import ErrorKind, LLMResponse, generate_completion_async, generate_completion_sync
-from chatplug import _transports as transports
-from chatplug._errors import transport_error
-from chatplug._exceptions import APIConnectionError, APITimeoutError
-from chatplug._internals import forget
+from chatplug._core.exceptions import APIConnectionError, APITimeoutError
+from chatplug._core.internals import forget
+from chatplug._http import transports
+from chatplug._http.errors import transport_error
 
 from .conftest import ollama_reply
 from .fakeserver import FakeServer
@@ -374,7 +374,7 @@ def test_the_sdks_sync_http_client(name: str, caplog: pytest.LogCaptureFixture) 
     wraps. One of a stack chatplug does not know (the SDK checks its own; a call cannot be made
     here with another) goes as it is, without the overall deadline, where it used to raise
     ``TypeError`` on every sync call."""
-    from chatplug._dispatch import plugins
+    from chatplug._pipeline.dispatch import plugins
 
     backend = plugins().backends.get(name)
     other = type("Client", (), {})()

@@ -740,7 +740,7 @@ def test_an_sdk_without_the_private_parts_is_said_and_its_chat_sends_the_tools(
     """The guard around the SDK's private ``ChatRequest`` and ``_request``: an SDK without them
     (a stand-in module here; the installed SDK is not touched) is said in a warning, and its
     ``chat`` sends the tools as its ``Tool`` model keeps them."""
-    from chatplug._internals import forget
+    from chatplug._core.internals import forget
     from chatplug.backends.ollama import OllamaBackend, _chat_request_model
 
     forget()  # the warning is said once a process: said again here

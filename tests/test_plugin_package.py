@@ -381,7 +381,7 @@ def acme(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeServer
 def test_the_guides_real_backend_keeps_the_deadline_with_its_own_clients(acme: FakeServer) -> None:
     """A server that drips its reply a byte at a time: the guide's backend ends at the deadline on
     its own sockets (deadline_client, so no worker thread), sync and async (on aiohttp)."""
-    from chatplug._dispatch import plugins
+    from chatplug._pipeline.dispatch import plugins
 
     acme.route("POST", "/v1/chat/completions", Reply(200, fixture("openai/chat_nonstream_200.json"), drip=0.2))
     sync = chatplug.generate_completion_sync("Hi", backend="acme", timeout=0.6, max_retries=0)
@@ -397,7 +397,7 @@ def test_the_guides_real_backend_keeps_the_deadline_with_its_own_clients(acme: F
 
     response, transport = asyncio.run(main())
     assert response.error_kind == "timeout", response
-    assert transport == "chatplug._transports"  # aiohttp, from async_transport_options()
+    assert transport == "chatplug._http.transports"  # aiohttp, from async_transport_options()
 
 
 def test_the_guides_real_backend_sync_and_async(acme: FakeServer, chatplug_log: pytest.LogCaptureFixture) -> None:

@@ -163,7 +163,7 @@ def test_import_loads_no_entry_point_and_no_sdk(plugins: Path) -> None:
         # structured output need (pydantic, docstring_parser, the tool loop) where used.
         loaded = [m for m in ("chatplug_echo", "chatplug.backends.ollama", "ollama", "openai", "anthropic",
                               "httpx", "importlib.metadata", "asyncio", "decimal", "difflib", "pydantic",
-                              "docstring_parser", "xllamacpp", "chatplug._toolrun") if m in sys.modules]
+                              "docstring_parser", "xllamacpp", "chatplug._extras.tool_loop") if m in sys.modules]
         print(loaded)
         chatplug.generate_completion_sync("hi", backend="echo")
         print("chatplug_echo" in sys.modules, "ollama" in sys.modules, "openai" in sys.modules)

@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 
 import chatplug
-import chatplug._cache
-import chatplug._ratelimit as ratelimit
+import chatplug._pipeline.cache
+import chatplug._pipeline.ratelimit as ratelimit
 from chatplug import ChatResult, generate_completion_async, generate_completion_sync, settings, stream_completion_sync
-from chatplug._config import _rate_limits
+from chatplug._core.settings import _rate_limits
 from chatplug.testing import scripted
 
 from .childproc import clean_env
@@ -55,7 +55,7 @@ def fresh_limits() -> Iterator[None]:
     ratelimit.reset()
     yield
     ratelimit.reset()
-    chatplug._cache.close()
+    chatplug._pipeline.cache.close()
 
 
 @pytest.fixture
@@ -225,7 +225,7 @@ def test_a_backend_without_a_limit_is_not_limited(clock: FakeClock, monkeypatch:
 
 def test_streams_and_retries_wait_too(clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LLM_RATE_LIMIT", "testing=1rpm")
-    monkeypatch.setattr("chatplug._retry.BACKOFF_BASE", 0.001)
+    monkeypatch.setattr("chatplug._pipeline.retry.BACKOFF_BASE", 0.001)
     with (
         scripted(chatplug.ServerError("oops"), "ok", retries=1) as llm,
         stream_completion_sync("Hi", timeout=100) as stream,
@@ -330,8 +330,8 @@ class Timed(list[Any]):
 
 CHILD = """
 import json, os
-import chatplug._ratelimit
-chatplug._ratelimit.WINDOW = {window}
+import chatplug._pipeline.ratelimit
+chatplug._pipeline.ratelimit.WINDOW = {window}
 from chatplug import generate_completion_sync
 limit = os.environ.pop("LLM_RATE_LIMIT")
 generate_completion_sync("warm-up", max_tokens=16, timeout=30)  # the HTTP client made, outside the limit

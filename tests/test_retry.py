@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import pytest
 
 import chatplug
-import chatplug._retry
+import chatplug._pipeline.retry
 from chatplug import (
     ChatBackend,
     ChatRequest,
@@ -30,7 +30,7 @@ from chatplug.testing import scripted
 @pytest.fixture(autouse=True)
 def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     """Backoff waits of a millisecond: the policy is under test, not the clock."""
-    monkeypatch.setattr(chatplug._retry, "BACKOFF_BASE", 0.001)
+    monkeypatch.setattr(chatplug._pipeline.retry, "BACKOFF_BASE", 0.001)
 
 
 class Spare(ChatBackend):
@@ -203,7 +203,7 @@ def test_every_target_failing_reports_the_last_error_and_the_others(spare: Any) 
 
 def test_a_target_that_keeps_failing_cools_down(spare: Any) -> None:
     with scripted(default=chatplug.APIConnectionError("down")) as fake:
-        for _ in range(chatplug._retry.COOLDOWN_AFTER):
+        for _ in range(chatplug._pipeline.retry.COOLDOWN_AFTER):
             assert generate_completion_sync("Hi", fallbacks=["spare"]).backend == "spare"
         tried = len(fake.requests)
         response = generate_completion_sync("Hi", fallbacks=["spare"])

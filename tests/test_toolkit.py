@@ -85,7 +85,7 @@ def test_the_exception_tree() -> None:
     assert issubclass(
         chatplug.InvalidResponseError, chatplug.ServerError
     )  # `except ServerError` gets every server kind
-    assert chatplug.ErrorKind is chatplug._exceptions.ErrorKind
+    assert chatplug.ErrorKind is chatplug._core.exceptions.ErrorKind
 
 
 # -- a plugin built on the toolkit -----------------------------------------------------------
@@ -271,7 +271,7 @@ def test_the_dispatchers_request_is_the_constructors() -> None:
         "tools": (), "tool_choice": "auto", "response_format": None, "deadline": 9.0,
     }  # fmt: skip
     assert set(fields) == {field.name for field in dataclasses.fields(ChatRequest)}
-    from chatplug._validate import checked_messages
+    from chatplug._pipeline.validate import checked_messages
 
     # The dispatcher hands in the messages as the validation made them: read-only copies.
     checked = checked_messages([{"role": "user", "content": [{"type": "text", "text": "x"}]}])

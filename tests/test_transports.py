@@ -22,7 +22,7 @@ import pytest
 
 import chatplug
 from chatplug import ErrorKind, LLMResponse, generate_completion_async, settings, stream_completion_async
-from chatplug import _transports as transports
+from chatplug._http import transports
 from chatplug.toolkit import aiohttp_transport, async_transport_options, use_aiohttp
 
 from .conftest import ollama_reply

@@ -12,20 +12,8 @@ import logging
 import sys
 from typing import TYPE_CHECKING, Any
 
-from ._api import (
-    generate_completion_async,
-    generate_completion_sync,
-    generate_completion_with_messages_async,
-    generate_completion_with_messages_sync,
-    stream_completion_async,
-    stream_completion_sync,
-    stream_completion_with_messages_async,
-    stream_completion_with_messages_sync,
-)
-from ._backend import ChatBackend
-from ._config import Settings, settings
-from ._dispatch import plugins as _manager
-from ._exceptions import (
+from ._core.backend import ChatBackend
+from ._core.exceptions import (
     APIConnectionError,
     APIError,
     APIStatusError,
@@ -46,15 +34,33 @@ from ._exceptions import (
     ServerError,
     UnknownBackendError,
 )
-from ._types import ChatRequest, ChatResult, LLMResponse, Message
+from ._core.settings import Settings, settings
+from ._core.values import ChatRequest, ChatResult, LLMResponse, Message
+from ._pipeline.api import (
+    generate_completion_async,
+    generate_completion_sync,
+    generate_completion_with_messages_async,
+    generate_completion_with_messages_sync,
+    stream_completion_async,
+    stream_completion_sync,
+    stream_completion_with_messages_async,
+    stream_completion_with_messages_sync,
+)
+from ._pipeline.dispatch import plugins as _manager
 
 if TYPE_CHECKING:
     import pluggy
 
-    from ._batch import BatchProgress, generate_batch_async, generate_batch_sync, iter_batch_async, iter_batch_sync
-    from ._streaming import AsyncStream, ChatChunk, Stream
-    from ._toolrun import ToolRun, run_tools_async, run_tools_sync
-    from ._tools import ResponseFormat, Tool, ToolCall, ToolCallDelta
+    from ._core.tools import ResponseFormat, Tool, ToolCall, ToolCallDelta
+    from ._extras.batch import (
+        BatchProgress,
+        generate_batch_async,
+        generate_batch_sync,
+        iter_batch_async,
+        iter_batch_sync,
+    )
+    from ._extras.tool_loop import ToolRun, run_tools_async, run_tools_sync
+    from ._pipeline.stream import AsyncStream, ChatChunk, Stream
 
     hookimpl: pluggy.HookimplMarker
     __version__: str
@@ -62,21 +68,21 @@ if TYPE_CHECKING:
 # Imported on first use: tools are not needed to import chatplug, and they cost it ~30%; batches
 # bring asyncio and threading.
 _LAZY = {
-    "AsyncStream": "._streaming",
-    "ChatChunk": "._streaming",
-    "Stream": "._streaming",
-    "BatchProgress": "._batch",
-    "generate_batch_async": "._batch",
-    "generate_batch_sync": "._batch",
-    "iter_batch_async": "._batch",
-    "iter_batch_sync": "._batch",
-    "ToolRun": "._toolrun",
-    "run_tools_async": "._toolrun",
-    "run_tools_sync": "._toolrun",
-    "ResponseFormat": "._tools",
-    "Tool": "._tools",
-    "ToolCall": "._tools",
-    "ToolCallDelta": "._tools",
+    "AsyncStream": "._pipeline.stream",
+    "ChatChunk": "._pipeline.stream",
+    "Stream": "._pipeline.stream",
+    "BatchProgress": "._extras.batch",
+    "generate_batch_async": "._extras.batch",
+    "generate_batch_sync": "._extras.batch",
+    "iter_batch_async": "._extras.batch",
+    "iter_batch_sync": "._extras.batch",
+    "ToolRun": "._extras.tool_loop",
+    "run_tools_async": "._extras.tool_loop",
+    "run_tools_sync": "._extras.tool_loop",
+    "ResponseFormat": "._core.tools",
+    "Tool": "._core.tools",
+    "ToolCall": "._core.tools",
+    "ToolCallDelta": "._core.tools",
 }
 
 # A library logs, the application decides where it goes (Python logging HOWTO).
@@ -106,12 +112,12 @@ def __getattr__(name: str) -> Any:
 def close() -> None:
     """Close every backend's pooled clients and loaded models (they are made again on the next
     call) and the cache's connections, and forget which fallback targets were cooling down."""
-    from ._retry import reset_cooldowns
+    from ._pipeline.retry import reset_cooldowns
 
     _manager().close()
     reset_cooldowns()
-    if "chatplug._cache" in sys.modules:  # only if a cache was used: importing it costs sqlite3
-        sys.modules["chatplug._cache"].close()
+    if "chatplug._pipeline.cache" in sys.modules:  # only if a cache was used: importing it costs sqlite3
+        sys.modules["chatplug._pipeline.cache"].close()
 
 
 def register_plugin(plugin: object, name: str | None = None) -> str:

@@ -1,13 +1,13 @@
 """The seed's module name, kept so existing agent code moves over by changing one import."""
 
-from ._api import (
+from ._core.settings import settings
+from ._core.values import LLMResponse
+from ._pipeline.api import (
     generate_completion_async,
     generate_completion_sync,
     generate_completion_with_messages_async,
     generate_completion_with_messages_sync,
 )
-from ._config import settings
-from ._types import LLMResponse
 
 __all__ = [
     "LLMResponse",

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from ._backend import ChatBackend
-    from ._types import ChatRequest, LLMResponse
+    from ._core.backend import ChatBackend
+    from ._core.values import ChatRequest, LLMResponse
 
 hookspec = pluggy.HookspecMarker("chatplug")
 hookimpl = pluggy.HookimplMarker("chatplug")

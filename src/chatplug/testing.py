@@ -48,12 +48,12 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequenc
 from contextlib import contextmanager
 from typing import TypeAlias, TypeVar
 
-from ._backend import ChatBackend
-from ._config import settings
-from ._exceptions import ChatplugError
-from ._streaming import ChatChunk
-from ._tools import ToolCall, ToolCallDelta
-from ._types import ChatRequest, ChatResult, text_of, thaw
+from ._core.backend import ChatBackend
+from ._core.exceptions import ChatplugError
+from ._core.settings import settings
+from ._core.tools import ToolCall, ToolCallDelta
+from ._core.values import ChatRequest, ChatResult, text_of, thaw
+from ._pipeline.stream import ChatChunk
 from .hookspecs import hookimpl
 
 __all__ = ["NAME", "Chunks", "FakeLLM", "Reply", "TestingBackend", "current", "echo", "fake_llm", "scripted"]

@@ -83,10 +83,13 @@ from types import ModuleType
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from ._clients import ClientCache, Lease
-from ._config import env
-from ._deadline import deadline_client, deadline_scope, deadline_transport, first_within
-from ._errors import (
+from ._core.exceptions import ConfigError
+from ._core.internals import lean_cookies, lost, private_attribute
+from ._core.settings import env
+from ._core.values import ChatRequest, freeze, thaw
+from ._http.clients import ClientCache, Lease
+from ._http.deadline import deadline_client, deadline_scope, deadline_transport, first_within
+from ._http.errors import (
     CONTEXT_MARKERS,
     error_detail,
     invalid_response,
@@ -96,11 +99,8 @@ from ._errors import (
     status_error,
     transport_error,
 )
-from ._exceptions import ConfigError
-from ._internals import lean_cookies, lost, private_attribute
-from ._secrets import redact, register_secret
-from ._transports import aiohttp_transport, async_transport_options, use_aiohttp
-from ._types import ChatRequest, freeze, thaw
+from ._http.secrets import redact, register_secret
+from ._http.transports import aiohttp_transport, async_transport_options, use_aiohttp
 
 __all__ = [
     "CONTEXT_MARKERS",

@@ -49,7 +49,7 @@ from tests.fakeserver import fixture
 from tests.redisserver import RedisServer, redis_binary
 
 import chatplug
-import chatplug._cache
+import chatplug._pipeline.cache
 
 N = int(os.environ.get("BENCH_N", "500"))
 BODY = fixture("ollama/chat_nonstream_200.json")
@@ -107,7 +107,7 @@ def rows_for(place: str | None, label: str) -> list[tuple[str, float, str]]:
         os.environ.pop("LLM_CACHE", None)
     else:
         os.environ["LLM_CACHE"] = place
-    chatplug._cache.close()
+    chatplug._pipeline.cache.close()
     rows = []
     counter = iter(range(10**9))
 
@@ -155,14 +155,14 @@ def async_contender(place: str | None, on_loop: bool = False) -> Callable[[], tu
             os.environ.pop("LLM_CACHE", None)
         else:
             os.environ["LLM_CACHE"] = place
-        chatplug._cache.close()
-        saved = chatplug._cache.SQLiteStore.aget
+        chatplug._pipeline.cache.close()
+        saved = chatplug._pipeline.cache.SQLiteStore.aget
         if on_loop:  # the lookup as it was before issue 24: on the event loop
 
-            async def inline(self: chatplug._cache.Store, key: str) -> bytes | None:
+            async def inline(self: chatplug._pipeline.cache.Store, key: str) -> bytes | None:
                 return self.get(key)
 
-            chatplug._cache.SQLiteStore.aget = inline  # type: ignore[method-assign]
+            chatplug._pipeline.cache.SQLiteStore.aget = inline  # type: ignore[method-assign]
 
         async def call() -> object:
             response = await chatplug.generate_completion_async(PROMPT)
@@ -170,8 +170,8 @@ def async_contender(place: str | None, on_loop: bool = False) -> Callable[[], tu
             return response
 
         async def close() -> None:
-            chatplug._cache.SQLiteStore.aget = saved  # type: ignore[method-assign]
-            chatplug._cache.close()
+            chatplug._pipeline.cache.SQLiteStore.aget = saved  # type: ignore[method-assign]
+            chatplug._pipeline.cache.close()
 
         return call, close
 
@@ -197,7 +197,7 @@ def async_table(folder: Path, redis: RedisServer | None) -> None:
         for place in (sqlite, redis.url if redis else None):  # the entry each hit reads
             if place is not None:
                 os.environ["LLM_CACHE"] = place
-                chatplug._cache.close()
+                chatplug._pipeline.cache.close()
                 assert chatplug.generate_completion_sync(PROMPT).success
         runs: dict[str, list[dict[str, float]]] = {}
         for turn in range(ROUNDS):  # in turns, in both orders, so that drift hits them alike
@@ -241,7 +241,7 @@ def main() -> None:
             server.shutdown()
             server.server_close()
     finally:
-        chatplug._cache.close()
+        chatplug._pipeline.cache.close()
         if redis is not None:
             redis.close()
     base = table[0][1]

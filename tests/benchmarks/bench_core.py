@@ -200,7 +200,7 @@ def async_deadline_us(concurrency: int, attempts: int = 20_000, rounds: int = 7)
     """Per attempt, with ``concurrency`` attempts in flight, each yielding to the loop once: with no
     deadline, and with chatplug's (``_deadline.timeout``: ``asyncio.timeout`` from Python 3.11, a
     timer per attempt). Medians of ``rounds`` rounds in which the two take turns."""
-    from chatplug._deadline import timeout
+    from chatplug._http.deadline import timeout
 
     async def none() -> None:
         await asyncio.sleep(0)

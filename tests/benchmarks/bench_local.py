@@ -143,7 +143,7 @@ def streaming(tokens: int, runs: int) -> None:
 
 
 def chatplug_backend() -> local.LocalBackend:
-    from chatplug._dispatch import plugins
+    from chatplug._pipeline.dispatch import plugins
 
     chosen = plugins().backends.get("local")
     assert isinstance(chosen, local.LocalBackend)

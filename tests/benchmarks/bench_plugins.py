@@ -101,7 +101,7 @@ def hook_cost_us(calls: int = 3000, batches: int = 7) -> tuple[float, float]:
     import importlib.util
 
     import chatplug
-    from chatplug._plugins import registry
+    from chatplug._plugins.manager import registry
 
     spec = importlib.util.spec_from_file_location(
         "chatplug_metrics", ROOT / "examples/plugins/chatplug-metrics/src/chatplug_metrics/__init__.py"

@@ -6,39 +6,19 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 from collections.abc import Sequence
 
-from ._api import generate_completion_with_messages_sync, stream_completion_with_messages_sync
-from ._dispatch import plugins
-from ._exceptions import ChatplugError
-from ._streaming import Stream
-from ._types import LLMResponse, Message
-
-
-def _temperature(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be a number from 0 to 2, not {text!r}")
-    return value
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
-    return value
+from .._core.exceptions import ChatplugError
+from .._core.values import LLMResponse, Message
+from .._pipeline.api import generate_completion_with_messages_sync, stream_completion_with_messages_sync
+from .._pipeline.dispatch import plugins
+from .._pipeline.stream import Stream
+from ._arguments import positive_int, temperature
 
 
 def _parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .. import __version__
 
     parser = argparse.ArgumentParser(
         prog="chatplug",
@@ -52,8 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend", "-b", help="backend name (default: LLM_BACKEND or ollama)")
     parser.add_argument("--model", "-m", help="model name, optionally as backend:model")
     parser.add_argument("--system", "-s", help="a system message sent before the prompt")
-    parser.add_argument("--temperature", "-t", type=_temperature, help="sampling temperature, 0 to 2")
-    parser.add_argument("--max-tokens", type=_positive, help="most tokens to generate")
+    parser.add_argument("--temperature", "-t", type=temperature, help="sampling temperature, 0 to 2")
+    parser.add_argument("--max-tokens", type=positive_int, help="most tokens to generate")
     parser.add_argument("--json", action="store_true", help="print the whole LLMResponse as JSON (when done)")
     parser.add_argument(
         "--no-stream", action="store_true", help="wait for the whole reply instead of printing it as it comes"
@@ -92,7 +72,7 @@ def serve(argv: Sequence[str]) -> int:
     parser.add_argument("--model", "-m", help="SmolLM2-135M-Instruct (the default) or the path of a .gguf file")
     parser.add_argument("--port", "-p", type=int, default=0, help="port to listen on (default: a free one)")
     args = parser.parse_args(argv)
-    from .backends import local
+    from ..backends import local
 
     try:
         local.serve(args.model, args.port)
@@ -139,7 +119,7 @@ def _main(args_list: list[str]) -> int:
     if args_list[:1] == ["serve"]:
         return serve(args_list[1:])
     if args_list[:1] == ["batch"]:
-        from ._batchfile import main as batch
+        from ._batch import main as batch
 
         return batch(args_list[1:])
     args = _parser().parse_args(args_list)

@@ -34,12 +34,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._types import ChatRequest, ChatResult, LLMResponse, freeze, thaw
+from .._core.values import ChatRequest, ChatResult, LLMResponse, freeze, thaw
 
 if TYPE_CHECKING:
     import sqlite3
 
-    from ._clients import ClientCache
+    from .._http.clients import ClientCache
 
 logger = logging.getLogger("chatplug")
 
@@ -90,9 +90,9 @@ def key(request: ChatRequest, endpoint: str = "") -> str:
         thaw(request.options) if request.options else {},
         [[t.name, t.description, thaw(t.parameters), t.strict] for t in request.tools],
         request.tool_choice,
-        None if response_format is None else [
-            response_format.name, thaw(response_format.schema), response_format.strict
-        ],
+        None
+        if response_format is None
+        else [response_format.name, thaw(response_format.schema), response_format.strict],
     ]
     text = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=repr)
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
@@ -138,7 +138,7 @@ def result(stored: bytes) -> ChatResult | None:
             return None
         calls: tuple[Any, ...] = ()
         if data["tool_calls"]:
-            from ._tools import ToolCallDelta
+            from .._core.tools import ToolCallDelta
 
             calls = tuple(
                 ToolCallDelta(index=i, id=call["id"], name=call["name"], arguments=json.dumps(call["arguments"]))
@@ -301,7 +301,7 @@ def redis_clients(url: str) -> ClientCache[Any, Any]:
             import redis
             import redis.asyncio
 
-            from ._clients import ClientCache
+            from .._http.clients import ClientCache
 
             wait = REDIS_TIMEOUT
             clients = ClientCache(
@@ -411,7 +411,7 @@ class Cache:
 
 
 def _shown(place: str) -> str:
-    from ._secrets import redact
+    from .._http.secrets import redact
 
     return redact(place)
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ._backend import ChatBackend
-from ._config import ARGUMENT, MAX_TOKENS, NAME, TEMPERATURE, Snapshot, settings
-from ._exceptions import InvalidInputError
-from ._types import ChatRequest, Message
+from .._core.backend import ChatBackend
+from .._core.exceptions import InvalidInputError
+from .._core.settings import ARGUMENT, MAX_TOKENS, NAME, TEMPERATURE, Snapshot, settings
+from .._core.values import ChatRequest, Message
 
 
 def check_arguments(
@@ -64,7 +64,7 @@ def split_features(options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str
     """(the tools and structured-output arguments, made ready; the provider options)."""
     if FEATURES.isdisjoint(options):
         return {}, dict(options)
-    from ._tools import check_tool_choice, make_response_format, make_tools
+    from .._core.tools import check_tool_choice, make_response_format, make_tools
 
     rest = {key: value for key, value in options.items() if key not in FEATURES}
     features: dict[str, Any] = {}

@@ -17,23 +17,23 @@ import time
 from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._config import MAX_RETRIES, NAMES, TIMEOUT, settings
-from ._exceptions import APITimeoutError, ErrorKind, InvalidInputError
-from ._resolve import build_request, check_arguments, choose, split_features
-from ._response import as_chatplug_error, failed, succeeded
-from ._retry import OPT_IN, TRANSIENT, Plan, Target
-from ._types import EMPTY, ChatRequest, ChatResult, LLMResponse, Message
-from ._validate import check_options
+from .._core.exceptions import APITimeoutError, ErrorKind, InvalidInputError
+from .._core.settings import MAX_RETRIES, NAMES, TIMEOUT, settings
+from .._core.values import EMPTY, ChatRequest, ChatResult, LLMResponse, Message
+from .resolve import build_request, check_arguments, choose, split_features
+from .response import as_chatplug_error, failed, succeeded
+from .retry import OPT_IN, TRANSIENT, Plan, Target
+from .validate import check_options
 
 if TYPE_CHECKING:
     from contextvars import ContextVar
 
-    from ._backend import ChatBackend
-    from ._cache import Cache
-    from ._config import Snapshot
-    from ._plugins import Plugins
-    from ._ratelimit import Ticket
-    from ._streaming import ChatChunk
+    from .._core.backend import ChatBackend
+    from .._core.settings import Snapshot
+    from .._plugins.manager import Plugins
+    from .cache import Cache
+    from .ratelimit import Ticket
+    from .stream import ChatChunk
 
 ToMessages = Callable[[Any], "tuple[Message, ...]"]
 T = TypeVar("T")
@@ -45,7 +45,7 @@ def plugins() -> Plugins:
     """The plugin manager, imported on first use (pluggy is not needed to import chatplug)."""
     global _plugins
     if _plugins is None:
-        from ._plugins import plugins as made
+        from .._plugins.manager import plugins as made
 
         _plugins = made
     return _plugins
@@ -59,7 +59,7 @@ def deadline_var() -> ContextVar[float | None]:
     programs never need it, and an import statement in the loop costs every call ~1 us."""
     global _deadline
     if _deadline is None:
-        from ._deadline import DEADLINE
+        from .._http.deadline import DEADLINE
 
         _deadline = DEADLINE
     return _deadline
@@ -117,7 +117,7 @@ class Call:
         if place is None:
             self.cache: Cache | None = None
         else:
-            from ._cache import cache_for
+            from .cache import cache_for
 
             self.cache = cache_for(place)
             self.cache_ttl = config.cache_ttl  # read now: a bad one fails the call before anything is sent
@@ -187,7 +187,7 @@ class Call:
         ``endpoint``); ``None`` past it, or without a cache."""
         if self.cache is None or self.cache_key is not None:
             return None
-        from ._cache import key
+        from .cache import key
 
         endpoint = chosen.endpoint(request)
         if not isinstance(endpoint, str):
@@ -197,7 +197,7 @@ class Call:
 
     def limits(self, request: ChatRequest) -> tuple[float | None, float | None, int] | None:
         """(rpm, tpm, estimated tokens) of the attempt's backend, or ``None``: no limit."""
-        from ._ratelimit import estimate, limits_for
+        from .ratelimit import estimate, limits_for
 
         limits = limits_for(self.rate_limits, request.backend)
         if limits is None:
@@ -206,7 +206,7 @@ class Call:
 
     def storing(self, response: LLMResponse) -> bool:
         """Whether ``response`` goes into the cache: a whole success that came from the provider."""
-        from ._streaming import CANCELLED
+        from .stream import CANCELLED
 
         return (
             self.cache is not None
@@ -271,7 +271,7 @@ def next_sync(manager: Plugins, call: Call) -> tuple[ChatBackend, ChatRequest]:
     if call.rate_limits:
         limits = call.limits(request)
         if limits is not None:
-            from . import _ratelimit
+            from . import ratelimit as _ratelimit
 
             wait, call.ticket = _ratelimit.limiter().acquire(request.backend, *limits, call.plan.remaining())
             if call.ticket is None:
@@ -315,7 +315,7 @@ async def next_async(manager: Plugins, call: Call) -> tuple[ChatBackend, ChatReq
     if call.rate_limits:
         limits = call.limits(request)
         if limits is not None:
-            from . import _ratelimit
+            from . import ratelimit as _ratelimit
 
             wait, call.ticket = await _ratelimit.limiter().aacquire(request.backend, *limits, call.plan.remaining())
             if call.ticket is None:
@@ -405,7 +405,7 @@ async def within(awaitable: Awaitable[T], seconds: float, request: ChatRequest) 
     in the caller's task (``asyncio.timeout``, or its equivalent on Python 3.10: ``_deadline.timeout``),
     so a stream's first chunk is read in the same context as the rest. A ``TimeoutError`` of the
     attempt's own (``asyncio.TimeoutError`` before 3.11) is a timeout too, as the deadline's."""
-    from ._deadline import TIMEOUTS, timeout
+    from .._http.deadline import TIMEOUTS, timeout
 
     try:
         async with timeout(seconds):
@@ -420,7 +420,7 @@ def complete_within(chosen: ChatBackend, request: ChatRequest, plan: Plan) -> Ch
     is given up at the deadline (``_deadline.call_within``)."""
     if chosen.bounds_deadline:
         return chosen.complete(request)
-    from ._deadline import GaveUp, call_within
+    from .._http.deadline import GaveUp, call_within
 
     try:
         return call_within(chosen.complete, request, plan.remaining())
@@ -443,7 +443,7 @@ def _stream_in_thread(chosen: ChatBackend, request: ChatRequest, seconds: float)
     (a tracing span) it can reset in a later one."""
     import contextvars
 
-    from ._deadline import GaveUp, call_within
+    from .._http.deadline import GaveUp, call_within
 
     context, end = contextvars.copy_context(), object()  # (a chunk that is None is the plugin's error)
 

@@ -43,9 +43,9 @@ from contextlib import contextmanager
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from ._config import settings
-from ._exceptions import ConfigError
-from ._internals import describe, lost
+from .._core.exceptions import ConfigError
+from .._core.internals import describe, lost
+from .._core.settings import settings
 
 if TYPE_CHECKING:
     import aiohttp

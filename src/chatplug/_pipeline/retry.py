@@ -19,7 +19,7 @@ import threading
 import time
 from operator import itemgetter
 
-from ._exceptions import APITimeoutError, ChatplugError, ErrorKind
+from .._core.exceptions import APITimeoutError, ChatplugError, ErrorKind
 
 #: Failures worth another attempt: the same request may well succeed a moment later.
 TRANSIENT = frozenset(

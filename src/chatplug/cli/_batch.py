@@ -31,12 +31,13 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from ._api import generate_completion_async, generate_completion_with_messages_async
-from ._batch import reporter, run_async
-from ._config import Settings, env, settings
-from ._exceptions import ConfigError, InvalidInputError
-from ._response import failed
-from ._types import LLMResponse
+from .._core.exceptions import ConfigError, InvalidInputError
+from .._core.settings import Settings, env, settings
+from .._core.values import LLMResponse
+from .._extras.batch import reporter, run_async
+from .._pipeline.api import generate_completion_async, generate_completion_with_messages_async
+from .._pipeline.response import failed
+from ._arguments import positive_int, temperature
 
 HEADER = "chatplug_batch"
 
@@ -62,7 +63,6 @@ class Invalid:
 
 
 def parser() -> argparse.ArgumentParser:
-    from .cli import _positive, _temperature
 
     parser = argparse.ArgumentParser(
         prog="chatplug batch",
@@ -74,11 +74,11 @@ def parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("input", type=Path, help="the JSONL file of inputs")
     parser.add_argument("--output", "-o", type=Path, required=True, help="the JSONL file of responses to write")
-    parser.add_argument("--concurrency", "-c", type=_positive, default=8, help="requests at a time (default: 8)")
+    parser.add_argument("--concurrency", "-c", type=positive_int, default=8, help="requests at a time (default: 8)")
     parser.add_argument("--backend", "-b", help="backend name (default: LLM_BACKEND or ollama)")
     parser.add_argument("--model", "-m", help="model name, optionally as backend:model")
-    parser.add_argument("--temperature", "-t", type=_temperature, help="sampling temperature, 0 to 2")
-    parser.add_argument("--max-tokens", type=_positive, help="most tokens to generate")
+    parser.add_argument("--temperature", "-t", type=temperature, help="sampling temperature, 0 to 2")
+    parser.add_argument("--max-tokens", type=positive_int, help="most tokens to generate")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
     parser.add_argument(
         "--restart", action="store_true", help="answer every input anew: the output and its .partial file are replaced"

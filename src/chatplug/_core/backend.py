@@ -12,10 +12,10 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, ClassVar
 
-from ._types import ChatRequest, ChatResult
+from .values import ChatRequest, ChatResult
 
 if TYPE_CHECKING:
-    from ._streaming import ChatChunk
+    from .._pipeline.stream import ChatChunk
 
 
 class ChatBackend(ABC):
@@ -81,7 +81,7 @@ class ChatBackend(ABC):
 
 
 def _whole(result: ChatResult) -> ChatChunk:
-    from ._streaming import whole_chunk
+    from .._pipeline.stream import whole_chunk
 
     if not isinstance(result, ChatResult):  # the dispatcher names the plugin that did this
         raise TypeError(f"complete() returned {type(result).__name__}, not a chatplug.ChatResult")

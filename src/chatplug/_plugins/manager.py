@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 
-from . import hookspecs
-from ._config import env
-from ._discovery import ENTRY_POINT_GROUP, discover
-from ._registry import BackendRegistry
+from .. import hookspecs
+from .._core.settings import env
+from .discovery import ENTRY_POINT_GROUP, discover
+from .registry import BackendRegistry
 
 if TYPE_CHECKING:
-    from ._types import ChatRequest, LLMResponse
+    from .._core.values import ChatRequest, LLMResponse
 
 logger = logging.getLogger("chatplug")
 

@@ -14,13 +14,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ._api import generate_completion_with_messages_async, generate_completion_with_messages_sync
-from ._exceptions import InvalidInputError
-from ._response import failed
-from ._types import LLMResponse
+from .._core.exceptions import InvalidInputError
+from .._core.values import LLMResponse
+from .._pipeline.api import generate_completion_with_messages_async, generate_completion_with_messages_sync
+from .._pipeline.response import failed
 
 if TYPE_CHECKING:
-    from ._tools import ToolCall
+    from .._core.tools import ToolCall
 
 DEFAULT_MAX_STEPS = 8
 

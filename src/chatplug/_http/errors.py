@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
-from ._exceptions import (
+from .._core.exceptions import (
     APIConnectionError,
     APIStatusError,
     APITimeoutError,

@@ -21,8 +21,8 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
-from ._exceptions import ConfigError, InvalidInputError
-from ._types import DEFAULT_MAX_RETRIES, DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TIMEOUT
+from .exceptions import ConfigError, InvalidInputError
+from .values import DEFAULT_MAX_RETRIES, DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TIMEOUT
 
 T = TypeVar("T")
 
@@ -98,7 +98,7 @@ def _raw_of(environ: object) -> _Raw:
             except Exception as exc:
                 why = f"reading os.environ._data failed ({type(exc).__name__}: {exc})"
         if raw.data is None:
-            from ._internals import lost
+            from .internals import lost
 
             lost("reading environment variables through os.environ's own dict (a speed-up)", why)
     _raw = raw

@@ -9,8 +9,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import NoReturn
 
-from ._backend import ChatBackend
-from ._exceptions import ChatplugError, ConfigError, PluginError, UnknownBackendError
+from .._core.backend import ChatBackend
+from .._core.exceptions import ChatplugError, ConfigError, PluginError, UnknownBackendError
 
 logger = logging.getLogger("chatplug")
 

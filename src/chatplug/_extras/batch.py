@@ -27,15 +27,15 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Itera
 from dataclasses import dataclass
 from typing import Any, TypeAlias, cast
 
-from ._api import (
+from .._core.exceptions import InvalidInputError
+from .._core.values import LLMResponse
+from .._pipeline.api import (
     generate_completion_async,
     generate_completion_sync,
     generate_completion_with_messages_async,
     generate_completion_with_messages_sync,
 )
-from ._exceptions import InvalidInputError
-from ._response import as_chatplug_error, failed
-from ._types import LLMResponse
+from .._pipeline.response import as_chatplug_error, failed
 
 __all__ = [
     "BatchProgress",

@@ -17,10 +17,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._config import _shown
-from ._exceptions import InvalidInputError, InvalidOutputError
-from ._types import freeze, thaw
-from ._validate import MAX_DEPTH, _json, _too_deep
+from .._pipeline.validate import MAX_DEPTH, _json, _too_deep
+from .exceptions import InvalidInputError, InvalidOutputError
+from .settings import _shown
+from .values import freeze, thaw
 
 
 @dataclass(frozen=True)

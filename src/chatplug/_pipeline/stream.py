@@ -19,16 +19,17 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from ._exceptions import PluginError
-from ._response import as_chatplug_error, failed, succeeded
-from ._types import ChatRequest, ChatResult, LLMResponse, thaw
+from .._core.exceptions import PluginError
+from .._core.values import ChatRequest, ChatResult, LLMResponse, thaw
+from .response import as_chatplug_error, failed, succeeded
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from ._dispatch import Call
-    from ._plugins import Plugins
-    from ._tools import ToolCallDelta
+    from .._core.tools import ToolCallDelta
+    from .._plugins.manager import Plugins
+    from .dispatch import Call
+
 
 # Not frozen: a stream makes one per piece of text, and a frozen dataclass costs ~2 us more to
 # build (object.__setattr__ per field). Treat it as read-only all the same.
@@ -146,7 +147,7 @@ class _Collected:
             result = self.result(request, CANCELLED if stopped else None)
             response = succeeded(result, request, self.start, manager.backends.describe)
         else:
-            from ._dispatch import where
+            from .dispatch import where
 
             chatplug_error = as_chatplug_error(
                 error if isinstance(error, Exception) else Exception(), where(manager, request)
@@ -243,7 +244,7 @@ class Stream(_StreamBase):
 
 def _chunks(run: _Run) -> Generator[ChatChunk, None, None]:
     """The chunks of a sync stream; its response is left in ``run``."""
-    from ._dispatch import begin_sync, next_sync, plugins, stream_within
+    from .dispatch import begin_sync, next_sync, plugins, stream_within
 
     manager = plugins()
     collected = _Collected(time.perf_counter())
@@ -336,7 +337,7 @@ async def _achunks(run: _Run) -> AsyncGenerator[ChatChunk, None]:
     """The chunks of an async stream; its response is left in ``run``."""
     import asyncio
 
-    from ._dispatch import begin_async, next_async, plugins, within
+    from .dispatch import begin_async, next_async, plugins, within
 
     manager = plugins()
     collected = _Collected(time.perf_counter())
@@ -419,7 +420,7 @@ def _not_async_iterator(source: object, describe: str) -> PluginError:
 
 def _unread(run: _Run) -> LLMResponse:
     """The response of a sync stream closed before it was read (see above)."""
-    from ._dispatch import Call, plugins, target_sync
+    from .dispatch import Call, plugins, target_sync
 
     manager, start = plugins(), time.perf_counter()
     try:
@@ -435,7 +436,7 @@ async def _aunread(run: _Run) -> LLMResponse:
     """``_unread`` without blocking the loop: plugins loaded and a backend made in a worker thread."""
     import asyncio
 
-    from ._dispatch import Call, plugins, target_async
+    from .dispatch import Call, plugins, target_async
 
     manager, start = plugins(), time.perf_counter()
     try:

@@ -27,8 +27,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from ._exceptions import RateLimitError
-from ._types import ChatRequest, text_of
+from .._core.exceptions import RateLimitError
+from .._core.values import ChatRequest, text_of
 
 logger = logging.getLogger("chatplug")
 
@@ -225,7 +225,7 @@ class RedisLimiter:
         self._down_until = 0.0
 
     def _clients(self) -> Any:
-        from ._cache import redis_clients
+        from .cache import redis_clients
 
         return redis_clients(self.url)
 
@@ -236,7 +236,7 @@ class RedisLimiter:
         return not self._down_until or time.monotonic() >= self._down_until
 
     def _failed(self, exc: BaseException) -> None:
-        from ._secrets import redact
+        from .._http.secrets import redact
 
         if not self._down_until:
             logger.warning(
@@ -275,7 +275,7 @@ class RedisLimiter:
         if self._up():
             args = self._args(rpm, tpm, tokens, max_wait)
             try:
-                from ._cache import _redis
+                from .cache import _redis
 
                 if self.url not in _redis:  # the first use imports redis (~0.2 s): off the event loop
                     import asyncio
@@ -316,7 +316,7 @@ _shared: dict[str, RedisLimiter] = {}
 
 def limiter() -> LocalLimiter | RedisLimiter:
     """The limiter the configuration asks for: shared through Redis, or this process's own."""
-    from ._config import settings
+    from .._core.settings import settings
 
     url = settings.rate_limit_redis
     if url is None:

@@ -9,9 +9,9 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-from ._config import _shown as _repr_cut
-from ._exceptions import InvalidInputError
-from ._types import Message, freeze
+from .._core.exceptions import InvalidInputError
+from .._core.settings import _shown as _repr_cut
+from .._core.values import Message, freeze
 
 ROLES = ("system", "user", "assistant", "tool")
 TEXT_ROLES = ("system", "user", "assistant")

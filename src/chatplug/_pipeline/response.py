@@ -11,9 +11,9 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 
-from ._exceptions import ChatplugError, InvalidOutputError, PluginError
-from ._secrets import redact
-from ._types import ChatRequest, ChatResult, LLMResponse, thaw
+from .._core.exceptions import ChatplugError, InvalidOutputError, PluginError
+from .._core.values import ChatRequest, ChatResult, LLMResponse, thaw
+from .._http.secrets import redact
 
 logger = logging.getLogger("chatplug")
 
@@ -64,7 +64,7 @@ def _response(result: ChatResult, request: ChatRequest, start: float) -> LLMResp
 def _with_output(result: ChatResult, request: ChatRequest, start: float, describe: Callable[[str], str]) -> LLMResponse:
     """A reply with tool calls or structured output: the calls' arguments parsed, the output
     validated; what does not parse is an ``invalid_output`` failure that keeps the raw text."""
-    from ._tools import parsed_output, tool_calls
+    from .._core.tools import parsed_output, tool_calls
 
     calls, problem = tool_calls(result.tool_calls)
     if calls:
@@ -127,7 +127,7 @@ def malformed(result: object) -> str | None:
     if not isinstance(result.reasoning, str):
         return f"a ChatResult whose reasoning is {result.reasoning!r}, not a str."
     if result.tool_calls:
-        from ._tools import ToolCall, ToolCallDelta
+        from .._core.tools import ToolCall, ToolCallDelta
 
         if not isinstance(result.tool_calls, (tuple, list)) or not all(
             isinstance(call, (ToolCall, ToolCallDelta)) for call in result.tool_calls

@@ -7,12 +7,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ._dispatch import call_async, call_sync
-from ._types import LLMResponse
-from ._validate import checked_messages, prompt_messages
+from .._core.values import LLMResponse
+from .dispatch import call_async, call_sync
+from .validate import checked_messages, prompt_messages
 
 if TYPE_CHECKING:
-    from ._streaming import AsyncStream, Stream
+    from .stream import AsyncStream, Stream
 
 
 def generate_completion_sync(
@@ -82,7 +82,7 @@ def stream_completion_sync(
     for chunk in stream: print(chunk.text, end="")``, then ``stream.response``. Never raises
     for provider or transport failures, before or during the stream."""
     arguments = (prompt_messages, prompt, model_name, temperature, max_tokens, backend, options)
-    from ._streaming import Stream  # on first use: a program that never streams does not pay
+    from .stream import Stream  # on first use: a program that never streams does not pay
 
     return Stream(arguments)
 
@@ -98,7 +98,7 @@ def stream_completion_with_messages_sync(
 ) -> Stream:
     """Stream the next assistant message after ``messages``; see ``stream_completion_sync``."""
     arguments = (checked_messages, messages, model_name, temperature, max_tokens, backend, options)
-    from ._streaming import Stream  # on first use: a program that never streams does not pay
+    from .stream import Stream  # on first use: a program that never streams does not pay
 
     return Stream(arguments)
 
@@ -115,7 +115,7 @@ def stream_completion_async(
     """Async twin of ``stream_completion_sync`` (not a coroutine): ``async with
     stream_completion_async(...) as stream: async for chunk in stream: ...``."""
     arguments = (prompt_messages, prompt, model_name, temperature, max_tokens, backend, options)
-    from ._streaming import AsyncStream  # on first use: a program that never streams does not pay
+    from .stream import AsyncStream  # on first use: a program that never streams does not pay
 
     return AsyncStream(arguments)
 
@@ -131,6 +131,6 @@ def stream_completion_with_messages_async(
 ) -> AsyncStream:
     """Async twin of ``stream_completion_with_messages_sync``."""
     arguments = (checked_messages, messages, model_name, temperature, max_tokens, backend, options)
-    from ._streaming import AsyncStream  # on first use: a program that never streams does not pay
+    from .stream import AsyncStream  # on first use: a program that never streams does not pay
 
     return AsyncStream(arguments)

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
-from ._exceptions import ErrorKind
+from .exceptions import ErrorKind
 
 if TYPE_CHECKING:
-    from ._exceptions import ChatplugError
-    from ._tools import ResponseFormat, Tool, ToolCall, ToolCallDelta
+    from .exceptions import ChatplugError
+    from .tools import ResponseFormat, Tool, ToolCall, ToolCallDelta
 
 Role = Literal["system", "user", "assistant", "tool"]
 

@@ -44,7 +44,7 @@ from contextvars import ContextVar
 from types import ModuleType, TracebackType
 from typing import Any, TypeVar
 
-from ._internals import describe, lost, private_attribute
+from .._core.internals import describe, lost, private_attribute
 
 T = TypeVar("T")
 A = TypeVar("A")

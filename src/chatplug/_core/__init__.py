@@ -1,0 +1,1 @@
+"""Values and the backend contract: the bottom floor, importing nothing above it."""

@@ -1,0 +1,1 @@
+"""What is built on the public functions: batches and the tool loop."""

@@ -1,0 +1,1 @@
+"""The plugin manager: entry-point discovery, the backend registry, the observer hooks."""
