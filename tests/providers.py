@@ -24,7 +24,7 @@ from chatplug import (
     generate_completion_with_messages_sync,
     settings,
 )
-from chatplug._pipeline.dispatch import plugins as _plugins
+from chatplug._plugins import plugins as _plugins
 
 from .childproc import python
 from .fakeserver import FakeServer, Recorded, Reply, fixture

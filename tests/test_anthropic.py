@@ -12,7 +12,7 @@ import logging
 import pytest
 
 from chatplug import ErrorKind, generate_completion_sync, generate_completion_with_messages_sync
-from chatplug._pipeline.dispatch import plugins
+from chatplug._plugins import plugins
 
 from .childproc import python
 from .fakeserver import FakeServer

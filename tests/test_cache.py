@@ -470,7 +470,7 @@ def test_without_userinfo_drops_only_the_credentials_of_an_address() -> None:
 def test_the_key_holds_the_base_url_never_the_api_key(
     backend: str, url_env: str, key_env: str, first: str, second: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from chatplug._pipeline.dispatch import plugins
+    from chatplug._plugins import plugins
 
     manager = plugins()
     manager.load()

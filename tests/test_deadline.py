@@ -19,7 +19,7 @@ import pytest
 
 import chatplug
 from chatplug import ErrorKind, LLMResponse, settings
-from chatplug._pipeline.dispatch import plugins
+from chatplug._plugins import plugins
 from chatplug.toolkit import deadline_client, deadline_scope, deadline_transport, first_within
 
 from .conftest import registered

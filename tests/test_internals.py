@@ -374,7 +374,7 @@ def test_the_sdks_sync_http_client(name: str, caplog: pytest.LogCaptureFixture) 
     wraps. One of a stack chatplug does not know (the SDK checks its own; a call cannot be made
     here with another) goes as it is, without the overall deadline, where it used to raise
     ``TypeError`` on every sync call."""
-    from chatplug._pipeline.dispatch import plugins
+    from chatplug._plugins import plugins
 
     backend = plugins().backends.get(name)
     other = type("Client", (), {})()

@@ -42,7 +42,7 @@ from chatplug import (
     stream_completion_async,
     stream_completion_sync,
 )
-from chatplug._pipeline.dispatch import plugins
+from chatplug._plugins import plugins
 from chatplug.backends import local
 
 PROMPT = "Why is the sky blue?"

@@ -18,7 +18,7 @@ from chatplug import (
     generate_completion_with_messages_async,
     generate_completion_with_messages_sync,
 )
-from chatplug._pipeline.dispatch import plugins
+from chatplug._plugins import plugins
 
 from .conftest import ollama_reply
 from .fakeserver import FakeServer, Reply

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from chatplug import ChatRequest, ErrorKind, generate_completion_sync
-from chatplug._pipeline.dispatch import plugins
+from chatplug._plugins import plugins
 from chatplug.backends.openai import OpenAIBackend
 
 from .fakeserver import FakeServer

@@ -49,7 +49,7 @@ from .fakeserver import FakeServer, Reply, fixture
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGINS = ROOT / "examples" / "plugins"
-GUIDE = ROOT / "examples" / "PLUGINS.md"
+GUIDE = ROOT / "docs" / "plugins.md"
 BIN = "Scripts" if sys.platform == "win32" else "bin"
 # Wheels from source trees, with the hatchling installed here: no network, no build isolation.
 BUILD = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index"]
@@ -381,7 +381,7 @@ def acme(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeServer
 def test_the_guides_real_backend_keeps_the_deadline_with_its_own_clients(acme: FakeServer) -> None:
     """A server that drips its reply a byte at a time: the guide's backend ends at the deadline on
     its own sockets (deadline_client, so no worker thread), sync and async (on aiohttp)."""
-    from chatplug._pipeline.dispatch import plugins
+    from chatplug._plugins import plugins
 
     acme.route("POST", "/v1/chat/completions", Reply(200, fixture("openai/chat_nonstream_200.json"), drip=0.2))
     sync = chatplug.generate_completion_sync("Hi", backend="acme", timeout=0.6, max_retries=0)

@@ -30,7 +30,7 @@ from chatplug import (
     stream_completion_with_messages_async,
     stream_completion_with_messages_sync,
 )
-from chatplug._pipeline.dispatch import plugins
+from chatplug._plugins import plugins
 
 from .fakeserver import FakeServer, Reply, fixture
 from .providers import ANTHROPIC, OPENAI, RAISED, REQUEST_ID, Provider, provider_server

@@ -115,7 +115,7 @@ def test_a_break_pauses_the_stream_and_closing_stops_the_backend_at_once() -> No
 
     with scripted(lambda request: ["x"]):
         stream = stream_completion_sync("Hi")
-        backend = chatplug._pipeline.dispatch.plugins().backends.get("testing")
+        backend = chatplug._plugins.plugins().backends.get("testing")
         original = backend.stream
         backend.stream = endless  # type: ignore[method-assign]  # an endless stream, for this test only
         try:

@@ -37,7 +37,7 @@ from .childproc import clean_env, run_pytest
 
 llm = pytest.fixture(chatplug.testing.fake_llm)
 
-GUIDE = Path(__file__).resolve().parents[1] / "examples" / "PLUGINS.md"
+GUIDE = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
 
 
 def test_llm_backend_testing_needs_no_code(monkeypatch: pytest.MonkeyPatch) -> None:

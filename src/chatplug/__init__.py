@@ -46,11 +46,12 @@ from ._pipeline.api import (
     stream_completion_with_messages_async,
     stream_completion_with_messages_sync,
 )
-from ._pipeline.dispatch import plugins as _manager
+from ._plugins import plugins as _manager
 
 if TYPE_CHECKING:
     import pluggy
 
+    from ._core.chunks import ChatChunk
     from ._core.tools import ResponseFormat, Tool, ToolCall, ToolCallDelta
     from ._extras.batch import (
         BatchProgress,
@@ -60,7 +61,7 @@ if TYPE_CHECKING:
         iter_batch_sync,
     )
     from ._extras.tool_loop import ToolRun, run_tools_async, run_tools_sync
-    from ._pipeline.stream import AsyncStream, ChatChunk, Stream
+    from ._pipeline.stream import AsyncStream, Stream
 
     hookimpl: pluggy.HookimplMarker
     __version__: str
@@ -68,8 +69,8 @@ if TYPE_CHECKING:
 # Imported on first use: tools are not needed to import chatplug, and they cost it ~30%; batches
 # bring asyncio and threading.
 _LAZY = {
+    "ChatChunk": "._core.chunks",
     "AsyncStream": "._pipeline.stream",
-    "ChatChunk": "._pipeline.stream",
     "Stream": "._pipeline.stream",
     "BatchProgress": "._extras.batch",
     "generate_batch_async": "._extras.batch",

@@ -49,11 +49,12 @@ from contextlib import contextmanager
 from typing import TypeAlias, TypeVar
 
 from ._core.backend import ChatBackend
+from ._core.checks import thaw
+from ._core.chunks import ChatChunk
 from ._core.exceptions import ChatplugError
 from ._core.settings import settings
 from ._core.tools import ToolCall, ToolCallDelta
-from ._core.values import ChatRequest, ChatResult, text_of, thaw
-from ._pipeline.stream import ChatChunk
+from ._core.values import ChatRequest, ChatResult, text_of
 from .hookspecs import hookimpl
 
 __all__ = ["NAME", "Chunks", "FakeLLM", "Reply", "TestingBackend", "current", "echo", "fake_llm", "scripted"]

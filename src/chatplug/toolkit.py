@@ -11,7 +11,7 @@ Clients
             ...
 
     ``lean_cookies(client)``: an ``httpx.Client`` or ``AsyncClient`` whose cookie jar reads only
-    the replies that set a cookie, as httpx2's does (5-10% of a sync call to a server nearby);
+    the replies that set a cookie, as httpx2's does (~8% of a sync ollama call to a loopback server);
     the cookies are the same. ``lean_urls(client)``: deprecated, does nothing now (it changed the
     class of httpx's client, which a release of httpx could break) and returns ``client``; it
     will be removed.
@@ -20,11 +20,11 @@ Deadlines
     ``deadline_client(httpx_client)``: a sync ``httpx.Client`` (or ``httpx2.Client``, e.g. an SDK's
     ``DefaultHttpxClient``) whose every connect, read and write ends at the call's deadline,
     whatever the server does (per-read timeouts do not stop a server that drips one byte a
-    second). The dispatcher sets the deadline around each sync ``complete()``; a sync ``stream()``
+    second). The pipeline sets the deadline around each sync ``complete()``; a sync ``stream()``
     waits for its first chunk with ``first_within(chunks, request.deadline)`` (the rest is bounded
     per read by ``request.timeout``). ``deadline_transport(transport)`` wraps one transport;
     ``deadline_scope(deadline)`` sets the deadline for a block. Async calls need none of this: the
-    dispatcher cancels them at the deadline.
+    pipeline cancels them at the deadline.
 
 Async transport
     ``async_transport_options(http, verify=..., limits=..., trust_env=...)``: the keyword
@@ -83,10 +83,11 @@ from types import ModuleType
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from ._core.checks import freeze, thaw
 from ._core.exceptions import ConfigError
 from ._core.internals import lean_cookies, lost, private_attribute
 from ._core.settings import env
-from ._core.values import ChatRequest, freeze, thaw
+from ._core.values import ChatRequest
 from ._http.clients import ClientCache, Lease
 from ._http.deadline import deadline_client, deadline_scope, deadline_transport, first_within
 from ._http.errors import (
@@ -178,8 +179,8 @@ def env_secret(name: str) -> str | None:
     header: a ``ConfigError`` naming the variable, never showing the value.
     """
     value = env(name)
-    if value is None or _checked_secrets.get(name) == value:
-        return value
+    if value is None:
+        return None
     # Blank too: a key variable that is set holds a key (a blank one is a broken secret mount,
     # and an SDK left to read the variable itself would send it raw).
     if not value or _malformed(value) or not value.isascii():
@@ -188,16 +189,7 @@ def env_secret(name: str) -> str | None:
             "set it to the key alone."
         )
     register_secret(value)
-    _checked_secrets[name] = value
     return value
-
-
-# The last value of each variable that passed its check: backends read their variables at every
-# call, so that an operator's change applies to the next one, and checking a URL or a key
-# character by character costs more than the rest of a backend's work. A changed value is
-# checked again.
-_checked_secrets: dict[str, str] = {}
-_checked_urls: dict[tuple[str, tuple[str, ...]], str] = {}
 
 
 def env_url(name: str, example: str, *, schemes: Collection[str] = ("http", "https")) -> str | None:
@@ -207,9 +199,6 @@ def env_url(name: str, example: str, *, schemes: Collection[str] = ("http", "htt
     value = env(name)
     if not value:
         return None
-    checked = (name, tuple(schemes))
-    if _checked_urls.get(checked) == value:
-        return value
     register_secret(_password(value))
     try:
         parts = urlsplit(value)
@@ -218,12 +207,13 @@ def env_url(name: str, example: str, *, schemes: Collection[str] = ("http", "htt
         parts = None
     if parts is None or parts.scheme not in schemes or not parts.hostname or _malformed(value):
         raise ConfigError(f"{name}={redact(value)!r} is not valid: expected a URL like {example}.")
-    _checked_urls[checked] = value
     return value
 
 
 def _malformed(value: str) -> bool:
-    return any(ch.isspace() or not ch.isprintable() for ch in value)
+    """Whether ``value`` holds whitespace or a character that is not printable (a control
+    character ...). Every whitespace character but the space is one that is not printable."""
+    return not value.isprintable() or " " in value
 
 
 def supported_options(

@@ -296,7 +296,7 @@ def _ratio(runs: list[dict[str, float]], floor: list[dict[str, float]]) -> float
 
 def fake_local_model(url: str) -> None:
     """The local backend pointed at the bench server: its async path posts to ``model.url``."""
-    from chatplug._pipeline.dispatch import plugins
+    from chatplug._plugins import plugins
 
     plugins().load()
     backend: Any = plugins().backends.get("local")

@@ -143,7 +143,7 @@ def streaming(tokens: int, runs: int) -> None:
 
 
 def chatplug_backend() -> local.LocalBackend:
-    from chatplug._pipeline.dispatch import plugins
+    from chatplug._plugins import plugins
 
     chosen = plugins().backends.get("local")
     assert isinstance(chosen, local.LocalBackend)

@@ -3,7 +3,7 @@
 A backend turns a ``ChatRequest`` into a ``ChatResult``, or raises a ``ChatplugError``
 subclass (``chatplug.NotFoundError``, ``chatplug.APIConnectionError`` ...) that says what went
 wrong and what to do. Validation, defaults, timing, logging and the conversion into an
-``LLMResponse`` happen once, in the dispatch layer, never in a backend.
+``LLMResponse`` happen once, in the pipeline, never in a backend.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, ClassVar
 from .values import ChatRequest, ChatResult
 
 if TYPE_CHECKING:
-    from .._pipeline.stream import ChatChunk
+    from .chunks import ChatChunk
 
 
 class ChatBackend(ABC):
@@ -38,7 +38,7 @@ class ChatBackend(ABC):
     #: Whether the sync methods end by ``request.deadline`` on their own (their HTTP client made
     #: with ``chatplug.toolkit.deadline_client``, a sync stream's first chunk read with
     #: ``first_within``, or a check of their own). When ``False`` (the default, the safe one), the
-    #: dispatcher runs each sync ``complete()``, and the wait for a sync stream's first chunk, in a
+    #: pipeline runs each sync ``complete()``, and the wait for a sync stream's first chunk, in a
     #: worker thread and stops waiting at the deadline: the call returns ``timeout`` on time, and
     #: the backend's work finishes in the background, its result dropped. Async calls need
     #: neither: they are cancelled on the event loop at the deadline.
@@ -54,7 +54,7 @@ class ChatBackend(ABC):
 
     def stream(self, request: ChatRequest) -> Iterator[ChatChunk]:
         """Send ``request`` and yield the reply as it comes: a generator, or any iterator of
-        ``ChatChunk``s. When the caller closes its stream early, the dispatcher calls the
+        ``ChatChunk``s. When the caller closes its stream early, the pipeline calls the
         iterator's ``close()`` if it has one, as a generator does: put the HTTP response in a
         ``with`` inside the generator, so that it closes at once. An exception raised here, or
         before the first chunk, is an attempt that may be retried. The default runs ``complete``
@@ -81,8 +81,8 @@ class ChatBackend(ABC):
 
 
 def _whole(result: ChatResult) -> ChatChunk:
-    from .._pipeline.stream import whole_chunk
+    from .chunks import whole_chunk  # on first use: only streams need it
 
-    if not isinstance(result, ChatResult):  # the dispatcher names the plugin that did this
+    if not isinstance(result, ChatResult):  # the pipeline names the plugin that did this
         raise TypeError(f"complete() returned {type(result).__name__}, not a chatplug.ChatResult")
     return whole_chunk(result)

@@ -1,6 +1,6 @@
 """chatplug's exceptions: one tree, each class carrying the ``ErrorKind`` it maps to.
 
-Backends raise these (mapping their SDK's own exceptions); the dispatch layer catches them
+Backends raise these (mapping their SDK's own exceptions); the pipeline catches them
 once and turns them into a failed ``LLMResponse``. ``LLMResponse.raise_for_error()`` raises
 them again for callers who prefer exceptions.
 

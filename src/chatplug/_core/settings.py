@@ -2,8 +2,7 @@
 
 Every call reads the environment again, so an operator's change to ``LLM_BACKEND`` or
 ``LLM_TIMEOUT`` takes effect on the next call. A call reads all its settings at once, as one
-``Snapshot``: one pass over the environment's variables, and the values parsed again only when
-one of them (or a value set in code) changed since the last call.
+``Snapshot``: one pass over the environment's variables.
 
     >>> from chatplug import settings
     >>> settings.temperature = 0.2      # overrides LLM_TEMPERATURE for this process
@@ -16,11 +15,11 @@ bad argument is ``invalid_input``, a bad setting ``config``, and each names wher
 
 from __future__ import annotations
 
-import itertools
 import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
+from .checks import shown
 from .exceptions import ConfigError, InvalidInputError
 from .values import DEFAULT_MAX_RETRIES, DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TIMEOUT
 
@@ -43,19 +42,7 @@ def env(name: str) -> str | None:
     raw = _raw if _raw.environ is environ else _raw_of(environ)
     if raw.data is None:
         return _decoded(environ.get(name))  # the public mapping (see _Raw)
-    key = raw.keys.get(name)
-    if key is None:
-        key = raw.keys[name] = raw.encodekey(name)
-    text = raw.data.get(key)
-    if text is None:
-        return None
-    # Each value decoded and stripped once (a dict keyed by the raw bytes, which keep their hash).
-    value = _READ.get(text)
-    if value is None:
-        if len(_READ) >= 256:  # values that keep changing (a rotated key) do not pile up
-            _READ.clear()
-        value = _READ[text] = _decoded(text)
-    return value
+    return _decoded(raw.data.get(raw.encodekey(name)))
 
 
 class _Raw:
@@ -63,20 +50,20 @@ class _Raw:
     ``os.environ._data``: encoded names to encoded values, which every change made through
     ``os.environ`` makes too), or, where ``data`` is ``None``, through the public mapping.
 
-    A call reads about fifteen variables (``_texts()``, then its backend's): through the mapping,
-    each costs ~1 us when set and ~4 us when not (two ``KeyError``s raised and caught), ~50 us a
-    call, 3-4% of a sync call to a server on the same machine; through the dict, ~0.1 us. The dict
-    is private: it is used only where it is there and reads as the mapping does (``_raw_of``);
-    else the mapping is, with one warning, and only that speed is lost.
+    A sync ollama call reads fifteen variables (``_texts()``'s thirteen, then its backend's two),
+    most of them unset: through the mapping, an unset one costs two ``KeyError``s raised and caught.
+    Measured inside real sync calls to the loopback fake server (batches alternating between the
+    two ways, 3 runs of 300 rounds): the mapping costs 38-51 us more a call, 2.6-3.2% of the call;
+    in a tight loop, 20 us against 1.4 us. The dict is private: it is used only where it is there
+    and reads as the mapping does (``_raw_of``); else the mapping is, with one warning, and only
+    that speed is lost (``tests/test_api.py`` takes it away).
     """
-
-    __slots__ = ("data", "decodevalue", "encodekey", "environ", "keys", "setting_keys")
 
     def __init__(
         self, environ: object, data: dict[Any, Any] | None = None, encodekey: Any = None, decodevalue: Any = None
     ) -> None:
         self.environ, self.data, self.encodekey, self.decodevalue = environ, data, encodekey, decodevalue
-        self.keys: dict[str, Any] = {}  # name -> its key in data
+        #: The settings' names as keys of ``data``, for ``_texts()``.
         self.setting_keys: tuple[Any, ...] = tuple(map(encodekey, _ENV_NAMES)) if data is not None else ()
 
 
@@ -106,17 +93,10 @@ def _raw_of(environ: object) -> _Raw:
 
 
 _Environ = type(os.environ)
-_READ: dict[Any, str | None] = {}  # raw value -> as env() returns it
 
 
 def _real(value: object) -> float | None:
-    if type(value) is float or type(value) is int:  # the common case, without the numbers ABCs
-        try:
-            number = float(value)
-        except OverflowError:  # an int past float's range
-            return None
-        return number if -_INF < number < _INF else None
-    import numbers  # here: ~1 ms at import, and only unusual numbers need it
+    import numbers  # here, not at the top: it costs ``import chatplug`` ~1 ms
 
     # numbers.Real covers int, float, Fraction and numpy's floats; Decimal is a Number but no Complex.
     if isinstance(value, bool) or not (
@@ -126,14 +106,12 @@ def _real(value: object) -> float | None:
         return None
     try:
         number = float(value)  # type: ignore[arg-type]  # a Real or a Decimal: both convert
-    except (OverflowError, ValueError):
+    except (OverflowError, ValueError):  # an int past float's range, a Decimal NaN that signals
         return None
     return number if -_INF < number < _INF else None
 
 
 def _whole(value: object) -> int | None:
-    if type(value) is int:
-        return value
     import numbers
 
     return None if isinstance(value, bool) or not isinstance(value, numbers.Integral) else int(value)
@@ -154,14 +132,14 @@ class Rule(Generic[T]):
         """``value`` passed to a call as ``name``; ``InvalidInputError`` if not valid."""
         checked = self.check(value)
         if checked is None:
-            raise InvalidInputError(f"{name} must be {self.expected}, got {_shown(value)}.")
+            raise InvalidInputError(f"{name} must be {self.expected}, got {shown(value)}.")
         return checked
 
     def setting(self, where: str, value: object) -> T:
         """``value`` from ``where`` (``LLM_TEMPERATURE``, ``settings.temperature``): ``ConfigError``."""
         checked = self.check(value)
         if checked is None:
-            raise ConfigError(f"{where}={_shown(value)} is not valid: expected {self.expected}.")
+            raise ConfigError(f"{where}={shown(value)} is not valid: expected {self.expected}.")
         return checked
 
     def environment(self, var: str, raw: str) -> T:
@@ -171,7 +149,7 @@ class Rule(Generic[T]):
         except ValueError:
             checked = None
         if checked is None:
-            raise ConfigError(f"{var}={_shown(raw)} is not valid: expected {self.expected}.")
+            raise ConfigError(f"{var}={shown(raw)} is not valid: expected {self.expected}.")
         return checked
 
 
@@ -291,25 +269,12 @@ RATE_LIMIT = Rule(
 URL = Rule("a redis:// (rediss://, unix://) URL", _redis_url, str)
 
 
-def _shown(value: object, limit: int = 200) -> str:
-    """``repr(value)``, cut to ``limit`` characters: a 1 MB bad argument is not echoed whole."""
-    try:
-        text = repr(value)
-    except (RecursionError, ValueError):  # nested too deep to print, or an int too long to
-        return f"a {type(value).__name__} too deeply nested to show"
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
-
-
 class Setting(Generic[T]):
     """A descriptor: the value set in code if any, else the environment's, else the default."""
 
     def __init__(self, env: str, default: T, rule: Rule[Any]) -> None:
         self.env, self.default, self.rule = env, default, rule
         self.name = ""
-        # The environment's last text and its value: every call reads the setting, and the text
-        # rarely changes, so it is parsed once per change (a value is immutable: a str, a number
-        # or a tuple). One tuple, replaced whole, so threads never see half of it.
-        self._parsed: tuple[str, Any] = ("", default)
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
@@ -330,11 +295,7 @@ class Setting(Generic[T]):
             return override
         if not raw:
             return self.default
-        parsed = self._parsed
-        if parsed[0] == raw:
-            return parsed[1]  # type: ignore[no-any-return]
         value: T = self.rule.environment(self.env, raw)
-        self._parsed = (raw, value)
         return value
 
     def __set__(self, obj: Settings, value: object) -> None:
@@ -342,7 +303,6 @@ class Setting(Generic[T]):
             obj._overrides.pop(self.name, None)
         else:
             obj._overrides[self.name] = self.rule.setting(f"settings.{self.name}", value)
-        obj._changed()
 
 
 # Where a value comes from, lowest first; a call's own argument ranks above them all.
@@ -382,31 +342,15 @@ class Settings:
 
     def __init__(self) -> None:
         self._overrides: dict[str, Any] = {}
-        self._version = next(_CHANGES)  # a new number at each change made in code
-        self._snapshot: tuple[object, Snapshot | None] = (None, None)
-
-    def _changed(self) -> None:
-        self._version = next(_CHANGES)  # never a number used before, even by racing threads
 
     def snapshot(self) -> Snapshot:
         """Every setting's value now, as one call sees them (a bad one raises ``ConfigError``
-        only when read, as ``settings.<name>`` does). The same object until the environment or
-        a value set in code changes: a call's reads then cost one look at the environment."""
-        texts = _texts()
-        key = (self._version, texts)
-        last_key, last = self._snapshot
-        if last is not None and last_key == key:
-            return last
-        # Made from the texts in its key, not from the environment read again, so that what is
-        # kept under a key always matches it, whatever other threads change meanwhile. (A value
-        # set in code meanwhile has a new version: the next call makes a new snapshot.)
-        made = Snapshot(self, texts)
-        self._snapshot = (key, made)  # one tuple, replaced whole: threads never see half of it
-        return made
+        only when read, as ``settings.<name>`` does): the environment read in one pass."""
+        return Snapshot(self, _texts())
 
     def source(self, name: str) -> int:
         """Where setting ``name`` comes from: ``CODE`` (set on this object), ``ENVIRONMENT``
-        or ``DEFAULT``. Higher wins; the dispatcher compares these for ``backend:model``."""
+        or ``DEFAULT``. Higher wins; the pipeline compares these for ``backend:model``."""
         if name in self._overrides:
             return CODE
         setting: Setting[Any] = getattr(type(self), name)
@@ -415,7 +359,6 @@ class Settings:
     def reset(self) -> None:
         """Forget every value set in code: the environment and the defaults apply again."""
         self._overrides.clear()
-        self._changed()
 
     def __repr__(self) -> str:
         shown: list[str] = []
@@ -478,7 +421,7 @@ class Snapshot:
 
 def _texts() -> tuple[object, ...]:
     """The raw text of every setting's environment variable, in one pass (what a snapshot is
-    made from: any change, even of spacing, makes a new one)."""
+    made from)."""
     environ = os.environ
     raw = _raw if _raw.environ is environ else _raw_of(environ)
     if raw.data is None:
@@ -497,7 +440,6 @@ def _decoded(text: object) -> str | None:
     return str(decodevalue(text) if decodevalue is not None else os.fsdecode(text)).strip()
 
 
-_CHANGES = itertools.count()  # next() on it is atomic: two threads never get the same number
 _SETTINGS: dict[str, Setting[Any]] = {name: getattr(Settings, name) for name in Settings.NAMES}
 _ENV_NAMES = tuple(setting.env for setting in _SETTINGS.values())
 _raw = _Raw(None)  # found at the first read (_raw_of)

@@ -17,10 +17,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._pipeline.validate import MAX_DEPTH, _json, _too_deep
+from .checks import MAX_DEPTH, check_json, freeze, shown, thaw, too_deep
 from .exceptions import InvalidInputError, InvalidOutputError
-from .settings import _shown
-from .values import freeze, thaw
 
 
 @dataclass(frozen=True)
@@ -68,7 +66,7 @@ class Tool:
 @dataclass(frozen=True)
 class ResponseFormat:
     """The structured output asked for: a JSON schema, and its name. ``model`` is the pydantic
-    class the caller passed (``None`` for a dict); the dispatcher validates with it."""
+    class the caller passed (``None`` for a dict); the pipeline validates with it."""
 
     name: str
     schema: Mapping[str, Any]
@@ -87,7 +85,7 @@ CHOICES = ("auto", "required", "none")
 def make_tools(tools: object) -> tuple[Tool, ...]:
     """The caller's ``tools=`` list as ``Tool``s; ``InvalidInputError`` for what is none."""
     if not isinstance(tools, (list, tuple)):
-        raise InvalidInputError(f"tools must be a list of functions, pydantic models or dicts, got {_shown(tools)}.")
+        raise InvalidInputError(f"tools must be a list of functions, pydantic models or dicts, got {shown(tools)}.")
     made = tuple(_tool(tool, i) for i, tool in enumerate(tools))
     names = [tool.name for tool in made]
     twice = sorted({name for name in names if names.count(name) > 1})
@@ -103,7 +101,7 @@ def _tool(tool: object, i: int) -> Tool:
         if not isinstance(name, str) or not _valid_name(name) or not isinstance(parameters, Mapping):
             raise InvalidInputError(
                 f"tools[{i}] must have a 'name' (letters, digits, _ or -) and a JSON-schema 'parameters' dict, "
-                f"got {_shown(tool)}."
+                f"got {shown(tool)}."
             )
         return Tool(name, str(spec.get("description") or ""), freeze(parameters), strict=_strict(spec, f"tools[{i}]"))
     if _is_model(tool):
@@ -112,7 +110,7 @@ def _tool(tool: object, i: int) -> Tool:
     if inspect.isfunction(tool) or inspect.ismethod(tool) or inspect.isbuiltin(tool):
         return function_tool(tool)
     raise InvalidInputError(
-        f"tools[{i}] must be a function, a pydantic model class or a JSON-schema dict, got {_shown(tool)}."
+        f"tools[{i}] must be a function, a pydantic model class or a JSON-schema dict, got {shown(tool)}."
     )
 
 
@@ -162,7 +160,7 @@ def check_tool_choice(choice: object, tools: Sequence[Tool]) -> str:
         return str(choice)
     raise InvalidInputError(
         f"tool_choice must be one of {', '.join(map(repr, CHOICES))} or a tool's name ({', '.join(map(repr, names))}), "
-        f"got {_shown(choice)}."
+        f"got {shown(choice)}."
     )
 
 
@@ -176,7 +174,7 @@ def _strict(spec: Mapping[str, Any], where: str) -> bool:
     if strict is None:
         return False
     if not isinstance(strict, bool):
-        raise InvalidInputError(f"{where}'s 'strict' must be true or false, got {_shown(strict)}.")
+        raise InvalidInputError(f"{where}'s 'strict' must be true or false, got {shown(strict)}.")
     return strict
 
 
@@ -190,7 +188,7 @@ def make_response_format(value: object) -> ResponseFormat:
     if isinstance(value, Mapping):
         if isinstance(value.get("type"), str) and value["type"] in MODES:  # ("type" may be a list)
             raise InvalidInputError(
-                f"response_format={_shown(value)} is an OpenAI mode, not a schema: pass a JSON-schema dict "
+                f"response_format={shown(value)} is an OpenAI mode, not a schema: pass a JSON-schema dict "
                 f"or a pydantic model; for this mode, {MODES[value['type']]}."
             )
         name, schema, strict = str(value.get("title") or "response"), value, False
@@ -198,12 +196,12 @@ def make_response_format(value: object) -> ResponseFormat:
             name, schema = str(value["json_schema"].get("name") or "response"), value["json_schema"].get("schema", {})
             strict = _strict(value["json_schema"], "response_format's json_schema")
             if not isinstance(schema, Mapping):
-                raise InvalidInputError(f"response_format's json_schema.schema must be a dict, got {_shown(schema)}.")
-        _json(schema, "response_format's schema")
+                raise InvalidInputError(f"response_format's json_schema.schema must be a dict, got {shown(schema)}.")
+        check_json(schema, "response_format's schema")
         _validator(schema)  # checked (and compiled) now, not when the reply comes
         return ResponseFormat(name, freeze(schema), strict=strict)
     raise InvalidInputError(
-        f"response_format must be a pydantic model class or a JSON-schema dict, got {_shown(value)}."
+        f"response_format must be a pydantic model class or a JSON-schema dict, got {shown(value)}."
     )
 
 
@@ -227,13 +225,13 @@ def parsed_output(content: str, response_format: ResponseFormat) -> Any:
         validator = _validator(response_format.json_schema())
     except InvalidInputError as exc:  # a ResponseFormat made by hand, not by make_response_format
         raise InvalidOutputError(f"the reply cannot be checked: {exc}") from None
-    too_deep = f"the reply is nested too deeply to check against the schema {response_format.name!r}"
-    if _too_deep(data):  # as an input may not be: checking goes down ~4 frames a level, recursively
-        raise InvalidOutputError(f"{too_deep} (more than {MAX_DEPTH} levels).")
+    nested = f"the reply is nested too deeply to check against the schema {response_format.name!r}"
+    if too_deep(data):  # as an input may not be: checking goes down ~4 frames a level, recursively
+        raise InvalidOutputError(f"{nested} (more than {MAX_DEPTH} levels).")
     try:
         errors = list(validator.iter_errors(data))
     except RecursionError:  # a schema that takes many frames a level
-        raise InvalidOutputError(f"{too_deep}.") from None
+        raise InvalidOutputError(f"{nested}.") from None
     if errors:
         from jsonschema.exceptions import best_match  # type: ignore[import-untyped, unused-ignore]
 
@@ -250,7 +248,7 @@ def _validator(schema: Mapping[str, Any]) -> Any:
     try:
         text = json.dumps(schema, ensure_ascii=False)
     except (TypeError, ValueError, RecursionError):
-        raise InvalidInputError(f"response_format's schema must be JSON data, got {_shown(schema)}.") from None
+        raise InvalidInputError(f"response_format's schema must be JSON data, got {shown(schema)}.") from None
     return _compiled(text)
 
 
@@ -353,7 +351,7 @@ def tool_calls(parts: Sequence[ToolCall | ToolCallDelta]) -> tuple[list[ToolCall
         except ValueError:
             arguments = None
         if not isinstance(arguments, dict):
-            problem = problem or f"the arguments of tool call {entry['name']!r} are not a JSON object: {_shown(raw)}"
+            problem = problem or f"the arguments of tool call {entry['name']!r} are not a JSON object: {shown(raw)}"
             arguments = {}
         calls.append(ToolCall(entry["id"] or f"call_{index}", entry["name"] or "", arguments, raw))
     return calls, problem

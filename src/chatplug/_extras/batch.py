@@ -1,7 +1,7 @@
 """Batches: many inputs through the public per-call functions, a bounded number at a time.
 
 Every input goes through ``generate_completion_*`` (or ``..._with_messages_*``) exactly as a
-single call would, so whatever the dispatcher does for one call (retries, fallbacks, deadlines,
+single call would, so whatever the pipeline does for one call (retries, fallbacks, deadlines,
 and whatever it adds later) it does for each input of a batch too.
 
 One engine per kind of concurrency, each feeding at most ``concurrency`` inputs at a time from

@@ -13,14 +13,14 @@ the calling thread, and past it fails at once with the HTTP stack's own ``Connec
 ``ReadTimeout`` or ``WriteTimeout``; the wait for a pooled connection is bounded too. The SDK on
 top maps that timeout as it maps any other (chatplug: ``error_kind="timeout"``).
 
-This reaches into private parts of the HTTP stack, each checked before use (``_internals``): the
+This reaches into private parts of the HTTP stack, each checked before use (``_core.internals``): the
 client's ``_transport`` and ``_mounts``, an ``HTTPTransport``'s ``_pool`` and that pool's
 ``_network_backend`` (httpcore's). In a release that keeps them otherwise, the calls still work
 and keep their per-operation timeouts; only the overall deadline (or the bound on each socket
 operation) is lost, and a warning says so once.
 
 The deadline is a ``contextvars.ContextVar`` (each thread has its own value, so concurrent calls
-never mix): the dispatcher sets it to ``request.deadline`` around each sync ``complete()``, and a
+never mix): the pipeline sets it to ``request.deadline`` around each sync ``complete()``, and a
 backend's sync ``stream()`` around the wait for its first chunk (``first_within``). Outside such a
 scope a wrapped client behaves exactly as before. Cost: one ``ContextVar.get()`` and one
 ``time.monotonic()`` per socket operation, and a dict copy per request (~1 us a call in all).
@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import itertools
 import logging
 import sys
 import threading
@@ -77,20 +76,15 @@ def first_within(iterator: Iterable[T], deadline: float | None) -> Iterator[T]:
     stream's deadline bounds the wait for its first chunk (connecting, sending, the headers and
     the first piece of body); the rest is bounded per read by the client's own timeout (the
     request's ``timeout``), as an async stream's is. The scope never spans a ``yield``, so the
-    caller's code between chunks runs outside it. Nothing is read until the iteration starts;
-    past the first item, ``itertools.chain`` hands on the rest with no Python frame per item."""
-    return itertools.chain.from_iterable(_first_within(iter(iterator), deadline))
-
-
-def _first_within(items: Iterator[T], deadline: float | None) -> Iterator[Iterable[T]]:
-    """``(first,)`` read inside the deadline's scope, then ``items`` itself (none if empty)."""
+    caller's code between chunks runs outside it. Nothing is read until the iteration starts."""
+    items = iter(iterator)
     with deadline_scope(deadline):
         try:
             first = next(items)
         except StopIteration:
             return
-    yield (first,)
-    yield items
+    yield first
+    yield from items
 
 
 class GaveUp(TimeoutError):

@@ -1,7 +1,7 @@
 """The secrets chatplug has seen, and their masking in every text it produces.
 
 A key read through ``chatplug.toolkit.env_secret`` (or given to ``register_secret``) is
-registered here; the dispatcher masks every registered secret in each error message, log line
+registered here; the pipeline masks every registered secret in each error message, log line
 and ``repr`` it produces, whichever backend raised it, so a plugin that echoes a 401 body does
 not leak its key. Secrets shorter than ``MIN_LENGTH`` are not registered: they would mask
 ordinary words. The password of any URL (``http://user:password@host``) is masked too, registered

@@ -1,6 +1,8 @@
 """The public functions: whole replies and streamed ones, sync and async twins side by side.
-Each hands its arguments to the dispatcher (``_dispatch``), which does everything else, once
-for all backends."""
+Each hands what it was given to the pipeline as a ``CallArguments`` (``arguments``), and the
+pipeline does everything else, once for all backends: ``attempts`` for whole replies, ``stream``
+for streamed ones. Both are imported on the first call: ``import chatplug`` stays near the cost
+of importing ``logging`` (they import asyncio and the rest of the pipeline)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .._core.values import LLMResponse
-from .dispatch import call_async, call_sync
+from .arguments import CallArguments
 from .validate import checked_messages, prompt_messages
 
 if TYPE_CHECKING:
@@ -26,7 +28,9 @@ def generate_completion_sync(
 ) -> LLMResponse:
     """Ask for a completion of ``prompt`` (sent as one user message). Never raises for
     provider or transport failures: check ``response.success`` / ``response.error``."""
-    return call_sync(prompt_messages, prompt, model_name, temperature, max_tokens, backend, options)
+    from .attempts import call_sync
+
+    return call_sync(CallArguments(prompt_messages, prompt, model_name, temperature, max_tokens, backend, options))
 
 
 async def generate_completion_async(
@@ -39,7 +43,11 @@ async def generate_completion_async(
     **options: Any,
 ) -> LLMResponse:
     """Async twin of ``generate_completion_sync``; never blocks the event loop."""
-    return await call_async(prompt_messages, prompt, model_name, temperature, max_tokens, backend, options)
+    from .attempts import call_async
+
+    return await call_async(
+        CallArguments(prompt_messages, prompt, model_name, temperature, max_tokens, backend, options)
+    )
 
 
 def generate_completion_with_messages_sync(
@@ -53,7 +61,9 @@ def generate_completion_with_messages_sync(
 ) -> LLMResponse:
     """Ask for the next assistant message after ``messages``
     (``[{"role": "system"|"user"|"assistant", "content": str}, ...]``, never mutated)."""
-    return call_sync(checked_messages, messages, model_name, temperature, max_tokens, backend, options)
+    from .attempts import call_sync
+
+    return call_sync(CallArguments(checked_messages, messages, model_name, temperature, max_tokens, backend, options))
 
 
 async def generate_completion_with_messages_async(
@@ -66,7 +76,11 @@ async def generate_completion_with_messages_async(
     **options: Any,
 ) -> LLMResponse:
     """Async twin of ``generate_completion_with_messages_sync``."""
-    return await call_async(checked_messages, messages, model_name, temperature, max_tokens, backend, options)
+    from .attempts import call_async
+
+    return await call_async(
+        CallArguments(checked_messages, messages, model_name, temperature, max_tokens, backend, options)
+    )
 
 
 def stream_completion_sync(
@@ -81,10 +95,9 @@ def stream_completion_sync(
     """Stream the completion of ``prompt``: ``with stream_completion_sync(...) as stream:
     for chunk in stream: print(chunk.text, end="")``, then ``stream.response``. Never raises
     for provider or transport failures, before or during the stream."""
-    arguments = (prompt_messages, prompt, model_name, temperature, max_tokens, backend, options)
-    from .stream import Stream  # on first use: a program that never streams does not pay
+    from .stream import Stream
 
-    return Stream(arguments)
+    return Stream(CallArguments(prompt_messages, prompt, model_name, temperature, max_tokens, backend, options))
 
 
 def stream_completion_with_messages_sync(
@@ -97,10 +110,9 @@ def stream_completion_with_messages_sync(
     **options: Any,
 ) -> Stream:
     """Stream the next assistant message after ``messages``; see ``stream_completion_sync``."""
-    arguments = (checked_messages, messages, model_name, temperature, max_tokens, backend, options)
-    from .stream import Stream  # on first use: a program that never streams does not pay
+    from .stream import Stream
 
-    return Stream(arguments)
+    return Stream(CallArguments(checked_messages, messages, model_name, temperature, max_tokens, backend, options))
 
 
 def stream_completion_async(
@@ -114,10 +126,9 @@ def stream_completion_async(
 ) -> AsyncStream:
     """Async twin of ``stream_completion_sync`` (not a coroutine): ``async with
     stream_completion_async(...) as stream: async for chunk in stream: ...``."""
-    arguments = (prompt_messages, prompt, model_name, temperature, max_tokens, backend, options)
-    from .stream import AsyncStream  # on first use: a program that never streams does not pay
+    from .stream import AsyncStream
 
-    return AsyncStream(arguments)
+    return AsyncStream(CallArguments(prompt_messages, prompt, model_name, temperature, max_tokens, backend, options))
 
 
 def stream_completion_with_messages_async(
@@ -130,7 +141,6 @@ def stream_completion_with_messages_async(
     **options: Any,
 ) -> AsyncStream:
     """Async twin of ``stream_completion_with_messages_sync``."""
-    arguments = (checked_messages, messages, model_name, temperature, max_tokens, backend, options)
-    from .stream import AsyncStream  # on first use: a program that never streams does not pay
+    from .stream import AsyncStream
 
-    return AsyncStream(arguments)
+    return AsyncStream(CallArguments(checked_messages, messages, model_name, temperature, max_tokens, backend, options))

@@ -34,7 +34,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .._core.values import ChatRequest, ChatResult, LLMResponse, freeze, thaw
+from .._core.checks import freeze, thaw
+from .._core.values import ChatRequest, ChatResult, LLMResponse
+from .._http.secrets import redact
 
 if TYPE_CHECKING:
     import sqlite3
@@ -317,7 +319,7 @@ def redis_clients(url: str) -> ClientCache[Any, Any]:
 
 
 class Cache:
-    """One configured store, as the dispatcher uses it: failures become one warning, and the
+    """One configured store, as the pipeline uses it: failures become one warning, and the
     store is skipped for ``RETRY_SECONDS`` after one."""
 
     def __init__(self, place: str) -> None:
@@ -342,12 +344,12 @@ class Cache:
 
     def _failed(self, problem: object) -> None:
         if not self._down_until:
-            logger.warning(_shown(f"response cache {self.place} ({self.kind}) failed, calls go on uncached: {problem}"))
+            logger.warning(redact(f"response cache {self.place} ({self.kind}) failed, calls go on uncached: {problem}"))
         self._down_until = time.monotonic() + RETRY_SECONDS
 
     def _ok(self) -> None:
         if self._down_until:
-            logger.info("response cache %s (%s) works again", _shown(self.place), self.kind)
+            logger.info("response cache %s (%s) works again", redact(self.place), self.kind)
             self._down_until = 0.0
 
     def get(self, key: str) -> ChatResult | None:
@@ -408,12 +410,6 @@ class Cache:
             self._store.close()
             self._store = None
         self._down_until = 0.0
-
-
-def _shown(place: str) -> str:
-    from .._http.secrets import redact
-
-    return redact(place)
 
 
 _lock = threading.Lock()

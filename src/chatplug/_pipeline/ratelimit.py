@@ -6,7 +6,7 @@ Each backend has a log of the requests let through in the last minute (a sliding
 and how many tokens each was estimated at (prompt characters / 4 + ``max_tokens``, corrected
 with the real usage once the reply says). A request waits until the window has room for one more
 request and its tokens; it takes its place in the log at once (at the time it will be sent), so
-that those asking after it queue behind it, first come first served. The dispatcher waits
+that those asking after it queue behind it, first come first served. The pipeline waits
 (``time.sleep`` / ``asyncio.sleep``) within the call's deadline; a wait past it fails the call at
 once with ``rate_limit`` and ``retry_after``.
 

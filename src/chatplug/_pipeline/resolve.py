@@ -7,7 +7,7 @@ call reads the settings once (``settings.snapshot()``) and hands them in.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from typing import Any
 
 from .._core.backend import ChatBackend
@@ -28,10 +28,12 @@ def check_arguments(
     )
 
 
-def choose(backend: str | None, model_name: str | None, is_backend: Any, config: Snapshot) -> tuple[str, str | None]:
+def choose(
+    backend: str | None, model_name: str | None, backends: Container[str], config: Snapshot
+) -> tuple[str, str | None]:
     """The backend and model for a call; the model is ``None`` when left to the backend's default.
 
-    A ``backend:model`` prefix (one naming an installed backend, tested with ``is_backend``:
+    A ``backend:model`` prefix (one naming an installed backend, one of ``backends``:
     ``llama3.2:1b`` is an Ollama model) selects its backend when the model name comes from as
     high a place as the backend setting: call > code > environment. So
     ``LLM_MODEL_NAME=openai:gpt-4o`` selects openai over ``LLM_BACKEND``, but not over
@@ -45,7 +47,7 @@ def choose(backend: str | None, model_name: str | None, is_backend: Any, config:
     model_source = ARGUMENT if model_name is not None else settings.source("model_name")
     backend_source = ARGUMENT if backend is not None else settings.source("backend")
     prefix, sep, rest = model.partition(":")
-    if not (sep and is_backend(prefix)):
+    if not (sep and prefix in backends):
         return chosen, model
     if not rest.strip():
         raise InvalidInputError(f"model_name {model!r} names backend {prefix!r} but no model: use '{prefix}:MODEL'.")
@@ -77,10 +79,6 @@ def split_features(options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str
     return features, rest
 
 
-#: What a backend may declare in ``capabilities``; one that declares them all needs no check.
-CAPABILITIES = frozenset({"tools", "images", "response_format"})
-
-
 def check_capabilities(
     chosen: ChatBackend, name: str, messages: tuple[Message, ...], features: Mapping[str, Any]
 ) -> None:
@@ -88,10 +86,9 @@ def check_capabilities(
     tools, images = "tools" in features, False
     for message in messages:
         content = message["content"]
-        if type(content) is not str:
+        if not isinstance(content, str):
             images = images or any(part["type"] == "image" for part in content)
-        if len(message) > 2:  # a plain message has only a role and a content
-            tools = tools or message.get("role") == "tool" or bool(message.get("tool_calls"))
+        tools = tools or message["role"] == "tool" or bool(message.get("tool_calls"))
     needed = []
     if tools:
         needed.append(("tools", "call tools"))
@@ -119,14 +116,13 @@ def build_request(
 ) -> ChatRequest:
     """The request for ``chosen``, with what the call left open filled from ``config`` (the
     model: the backend's ``default_model``). The SDK may not retry (``max_retries=0``): the
-    dispatcher does, for every backend alike."""
+    pipeline does, for every backend alike."""
     model = model or chosen.default_model
     if not model:
         raise InvalidInputError(
             f"no model given, and backend {name!r} has no default model: pass model_name= or set LLM_MODEL_NAME."
         )
-    if not CAPABILITIES.issubset(chosen.capabilities):  # a backend that declares them all needs no check
-        check_capabilities(chosen, name, messages, features)
+    check_capabilities(chosen, name, messages, features)
     return ChatRequest._of(
         {
             "messages": messages,

@@ -11,8 +11,9 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 
+from .._core.checks import thaw
 from .._core.exceptions import ChatplugError, InvalidOutputError, PluginError
-from .._core.values import ChatRequest, ChatResult, LLMResponse, thaw
+from .._core.values import ChatRequest, ChatResult, LLMResponse
 from .._http.secrets import redact
 
 logger = logging.getLogger("chatplug")
@@ -42,22 +43,20 @@ def succeeded(result: ChatResult, request: ChatRequest, start: float, describe: 
 
 def _response(result: ChatResult, request: ChatRequest, start: float) -> LLMResponse:
     prompt, completion, blocks = result.prompt_tokens, result.completion_tokens, result.thinking_blocks
-    return LLMResponse._of(
-        {
-            "content": result.content,
-            "tokens_used": (prompt or 0) + (completion or 0),
-            "response_time": time.perf_counter() - start,
-            "model_used": result.model or request.model,
-            "success": True,
-            "prompt_tokens": prompt or 0,
-            "completion_tokens": completion or 0,
-            "finish_reason": FINISH_REASONS.get(result.finish_reason, result.finish_reason),  # type: ignore[arg-type]
-            "backend": request.backend,
-            "reasoning": result.reasoning,
-            "usage_reported": prompt is not None or completion is not None,
-            # Plain dicts, as the provider sent them: the caller sends them back (response.message).
-            "thinking_blocks": [thaw(block) for block in blocks] if blocks else [],
-        }
+    return LLMResponse(
+        content=result.content,
+        tokens_used=(prompt or 0) + (completion or 0),
+        response_time=time.perf_counter() - start,
+        model_used=result.model or request.model,
+        success=True,
+        prompt_tokens=prompt or 0,
+        completion_tokens=completion or 0,
+        finish_reason=FINISH_REASONS.get(result.finish_reason, result.finish_reason),  # type: ignore[arg-type]
+        backend=request.backend,
+        reasoning=result.reasoning,
+        usage_reported=prompt is not None or completion is not None,
+        # Plain dicts, as the provider sent them: the caller sends them back (response.message).
+        thinking_blocks=[thaw(block) for block in blocks] if blocks else [],
     )
 
 
@@ -97,21 +96,6 @@ def _with_output(result: ChatResult, request: ChatRequest, start: float, describ
 
 def malformed(result: object) -> str | None:
     """What is wrong with a backend's return value, or ``None`` for a usable ``ChatResult``."""
-    if type(result) is ChatResult:  # the common case, by exact types, in one expression: every call passes here
-        prompt, completion, model, reason = (
-            result.prompt_tokens, result.completion_tokens, result.model, result.finish_reason
-        )  # fmt: skip
-        if (
-            type(result.content) is str
-            and type(result.reasoning) is str
-            and (model is None or type(model) is str)
-            and (reason is None or type(reason) is str)
-            and (prompt is None or (type(prompt) is int and prompt >= 0))
-            and (completion is None or (type(completion) is int and completion >= 0))
-            and not result.tool_calls
-            and not result.thinking_blocks
-        ):
-            return None
     if not isinstance(result, ChatResult):
         return f"{type(result).__name__}, not a chatplug.ChatResult."
     if not isinstance(result.content, str):

@@ -1,4 +1,4 @@
-"""One retry and fallback policy for every backend and every plugin, in the dispatcher.
+"""One retry and fallback policy for every backend and every plugin, in the pipeline.
 
 A call has a deadline (``LLM_TIMEOUT`` or ``timeout=``) that bounds all of it: every attempt,
 every backoff wait, every ``Retry-After``. A failed attempt of a transient kind (connection,
@@ -9,15 +9,14 @@ kind the caller opted into, e.g. ``not_found``), the next fallback target is tri
 same deadline. A target that keeps failing is skipped for a while (a cooldown, as LiteLLM's
 router does), as long as another target is left to try.
 
-``Plan`` decides; the sync and async drivers in ``_dispatch`` and ``_streaming`` only wait
-(``time.sleep`` / ``asyncio.sleep``) and run the attempts it hands them.
+``Plan`` decides; the attempt loop (``attempts``, whole and streamed calls alike) only waits
+(``time.sleep`` / ``asyncio.sleep``) and runs the attempts it hands it.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from operator import itemgetter
 
 from .._core.exceptions import APITimeoutError, ChatplugError, ErrorKind
 
@@ -34,17 +33,20 @@ COOLDOWN_AFTER, COOLDOWN_SECONDS = 3, 30.0  # consecutive failures, then skipped
 
 
 class Target(tuple[str, "str | None"]):
-    """Where an attempt goes: a backend, and a model (``None``: the backend's default). A plain
-    tuple: every call makes one, and a dataclass or NamedTuple costs more to build and to import."""
+    """Where an attempt goes: a backend, and a model (``None``: the backend's default)."""
 
     __slots__ = ()
 
     def __new__(cls, backend: str, model: str | None) -> Target:
         return tuple.__new__(cls, (backend, model))
 
-    # Read straight from the tuple (C getters, not Python properties): every call reads them.
-    backend: str = property(itemgetter(0))  # type: ignore[assignment]
-    model: str | None = property(itemgetter(1))  # type: ignore[assignment]
+    @property
+    def backend(self) -> str:
+        return self[0]
+
+    @property
+    def model(self) -> str | None:
+        return self[1]
 
     def __str__(self) -> str:
         return f"{self.backend}:{self.model}" if self.model else self.backend
@@ -77,9 +79,8 @@ class Plan:
         self.timeout = timeout
         self.max_retries = max_retries
         self.fallback_on = TRANSIENT | fallback_on if fallback_on else TRANSIENT
-        # A target cooling down is skipped while another is left to try. (``targets``, the call's
-        # own list, is kept as it is when it holds one: every call makes one.)
-        self.targets = targets if len(targets) == 1 else [t for t in targets if not _cooling(t)] or [targets[0]]
+        # A target cooling down is skipped while another is left to try.
+        self.targets = [t for t in targets if not _cooling(t)] or [targets[0]]
         self.index = 0
         #: Where the next attempt goes: ``targets[index]``.
         self.target: Target = self.targets[0]
@@ -103,8 +104,7 @@ class Plan:
         return left
 
     def succeeded(self) -> None:
-        if _failures or _cooled_until:  # else nothing to forget (the common case: no call)
-            _record(self.target, failed=False)
+        _record(self.target, failed=False)
 
     def failed(self, error: ChatplugError) -> float | None:
         """Record a failed attempt: the seconds to wait before the next one, or ``None`` to give

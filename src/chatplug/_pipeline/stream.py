@@ -1,7 +1,8 @@
 """Streamed calls: ``Stream`` (an iterator and a context manager) and ``AsyncStream`` (their
-async twins). Both take the same way through the dispatcher as a whole call (``begin_sync`` /
-``begin_async``, the observers, ``_response``) and differ from it only in calling the backend's
-``stream`` and adding the chunks up.
+async twins). A stream takes the same way as a whole call (``attempts``): its attempt opens the
+backend's stream and reads it up to the first text (``open_sync`` / ``open_async``), so a failure
+before anything reached the caller is retried, or falls back, like any other; then the rest is
+read, and added up into the response.
 
 Nothing is sent until the iteration starts. Whatever happens, the iteration ends without raising
 a provider failure, and ``stream.response`` holds the whole reply: a failure keeps the text and
@@ -14,50 +15,40 @@ the next ``for`` goes on where it stopped.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Coroutine, Generator, Iterator
+from collections.abc import AsyncGenerator, Coroutine, Generator, Iterable
 from dataclasses import dataclass
+from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from .._core.checks import thaw
+from .._core.chunks import ChatChunk, whole_chunk
 from .._core.exceptions import PluginError
-from .._core.values import ChatRequest, ChatResult, LLMResponse, thaw
-from .response import as_chatplug_error, failed, succeeded
+from .._core.values import CANCELLED, ChatRequest, ChatResult, LLMResponse
+from .._plugins import plugins
+from .arguments import CallArguments
+from .attempts import (
+    attempts_async,
+    attempts_sync,
+    begin_async,
+    begin_sync,
+    end_async,
+    end_sync,
+    failure,
+    stream_within,
+    success,
+    target_async,
+    target_sync,
+    within,
+)
+from .call import Call
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from .._core.backend import ChatBackend
     from .._core.tools import ToolCallDelta
     from .._plugins.manager import Plugins
-    from .dispatch import Call
-
-
-# Not frozen: a stream makes one per piece of text, and a frozen dataclass costs ~2 us more to
-# build (object.__setattr__ per field). Treat it as read-only all the same.
-@dataclass(slots=True)
-class ChatChunk:
-    """A piece of a streamed reply: what a backend's ``stream`` yields, and what the caller
-    iterates. ``text`` and ``reasoning`` are the new text (either may be ``""``).
-
-    A backend also reports, on any chunk (usually the last), what it learns of the whole reply:
-    ``model``, the token counts and ``finish_reason``; ``None`` means "not said here". The
-    dispatcher adds up the text and keeps the last value of each of those.
-    """
-
-    text: str = ""
-    reasoning: str = ""
-    model: str | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    finish_reason: str | None = None
-    #: Pieces of tool calls (see ``ToolCallDelta``); the dispatcher assembles them.
-    tool_calls: tuple[ToolCallDelta, ...] = ()
-    #: Whole thinking blocks of the provider's, each as it sent it (see ``ChatResult``), once the
-    #: block is complete (its text streams as ``reasoning`` meanwhile); the dispatcher keeps them.
-    thinking_blocks: tuple[Mapping[str, Any], ...] = ()
-
-
-#: The finish reason of a stream its caller stopped.
-CANCELLED = "cancelled"
 
 
 class _Text:
@@ -95,15 +86,13 @@ class _Collected:
         self.first_token: float | None = None
         self.tool_calls: list[ToolCallDelta] = []
         self.thinking_blocks: list[Mapping[str, Any]] = []
-        self.started = False  # whether anything reached the caller: no retry after that
 
     def add(self, chunk: object, describe: str) -> bool:
-        """Take ``chunk`` in; whether it carries text or reasoning for the caller. Called once
-        per chunk: kept to plain attribute reads."""
-        if type(chunk) is not ChatChunk and not isinstance(chunk, ChatChunk):
+        """Take ``chunk`` in; whether it carries text or reasoning for the caller."""
+        if not isinstance(chunk, ChatChunk):
             raise PluginError(f"{describe} streamed a {type(chunk).__name__}, not a chatplug.ChatChunk.")
         text, reasoning = chunk.text, chunk.reasoning
-        if type(text) is not str or type(reasoning) is not str:
+        if not isinstance(text, str) or not isinstance(reasoning, str):
             raise PluginError(f"{describe} streamed a ChatChunk whose text or reasoning is not a str.")
         if chunk.model is not None:
             self.model = chunk.model
@@ -119,7 +108,6 @@ class _Collected:
             self.thinking_blocks.extend(chunk.thinking_blocks)
         if not (text or reasoning):
             return False
-        self.started = True
         if self.first_token is None:
             self.first_token = time.perf_counter() - self.start
         if text:
@@ -141,18 +129,13 @@ class _Collected:
         )
 
     def response(
-        self, manager: Plugins, request: ChatRequest | None, error: Exception | None, stopped: bool, model: object
+        self, manager: Plugins, call: Call | None, error: Exception | None, stopped: bool, arguments: CallArguments
     ) -> LLMResponse:
-        if error is None and request is not None:
-            result = self.result(request, CANCELLED if stopped else None)
-            response = succeeded(result, request, self.start, manager.backends.describe)
+        """The stream's ``LLMResponse``: a failure keeps what had arrived."""
+        if error is None and call is not None and call.request is not None:
+            response = success(manager, call, self.result(call.request, CANCELLED if stopped else None), self.start)
         else:
-            from .dispatch import where
-
-            chatplug_error = as_chatplug_error(
-                error if isinstance(error, Exception) else Exception(), where(manager, request)
-            )
-            response = failed(chatplug_error, request, self.start, model)
+            response = failure(manager, call, error or Exception(), self.start, arguments.model_name)
             response.content = self.text.getvalue()  # the text that arrived is kept
             if self.model is not None:  # and the model the provider said it is
                 response.model_used = self.model
@@ -168,28 +151,88 @@ class _Collected:
 
 
 class _Run:
-    """A stream's call, kept apart from the stream object: its arguments and the response it
-    ends with. The stream's generator refers to this, never to the stream, so a stream dropped
-    unclosed is freed with its last reference, its generator with it, and CPython closes a
-    generator as its last reference goes (the HTTP response closed, the response "cancelled",
-    the observers told): no ``__del__``, no wait for the cycle collector."""
+    """A stream's call, kept apart from the stream object: its arguments, what its latest attempt
+    collected, and the response it ends with. The stream's generator refers to this, never to the
+    stream, so a stream dropped unclosed is freed with its last reference, its generator with it,
+    and CPython closes a generator as its last reference goes (the HTTP response closed, the
+    response "cancelled", the observers told): no ``__del__``, no wait for the cycle collector."""
 
-    __slots__ = ("arguments", "response")
-
-    def __init__(self, arguments: tuple[Any, ...]) -> None:
-        #: The dispatcher's arguments of the call, as ``begin_sync`` takes them.
+    def __init__(self, arguments: CallArguments) -> None:
         self.arguments = arguments
+        self.start = time.perf_counter()
+        #: The chunks of the latest attempt, added up (each attempt starts afresh).
+        self.collected = _Collected(self.start)
         self.response: LLMResponse | None = None
 
-    @property
-    def model_name(self) -> object:
-        return self.arguments[2]
+
+@dataclass
+class _Opened:
+    """A stream an attempt opened: its first chunk with text (``None``: it ended without any),
+    the chunks after it, and what closes it."""
+
+    first: ChatChunk | None
+    chunks: Any  # Iterator[ChatChunk], or an AsyncIterator
+    source: object  # what the backend returned: its close() or aclose() closes the HTTP response
+    describe: str  # the backend and its plugin, for the errors of its chunks
+
+
+def open_sync(run: _Run, manager: Plugins, chosen: ChatBackend, request: ChatRequest, seconds: float) -> _Opened:
+    """A stream attempt: the backend's stream opened within the deadline, read up to its first text."""
+    run.collected = collected = _Collected(run.start)
+    describe = manager.backends.describe(request.backend)
+    source: Iterable[ChatChunk] | None = None
+    try:
+        source = stream_within(chosen, request, seconds)
+        chunks = iter(source)
+        for chunk in chunks:
+            if collected.add(chunk, describe):
+                return _Opened(chunk, chunks, source, describe)
+        return _Opened(None, chunks, source, describe)
+    except BaseException:
+        _close(source)
+        raise
+
+
+async def open_async(run: _Run, manager: Plugins, chosen: ChatBackend, request: ChatRequest, seconds: float) -> _Opened:
+    """The async twin of ``open_sync``; the wait for the first chunk is bounded on the loop."""
+    run.collected = collected = _Collected(run.start)
+    describe = manager.backends.describe(request.backend)
+    source: Any = None
+    try:
+        source = chosen.astream(request)
+        if isinstance(source, Coroutine):  # an `async def` that returns its iterator
+            source = await within(source, seconds, request)
+        if not hasattr(source, "__aiter__"):
+            raise _not_async_iterator(source, describe)
+        chunks = source.__aiter__()
+        try:
+            chunk = await within(chunks.__anext__(), seconds, request)
+            while not collected.add(chunk, describe):
+                chunk = await chunks.__anext__()
+        except StopAsyncIteration:
+            return _Opened(None, chunks, source, describe)
+        return _Opened(chunk, chunks, source, describe)
+    except BaseException:
+        await _aclose(source)
+        raise
+
+
+def _close(source: object) -> None:
+    close = getattr(source, "close", None)  # a generator's closes the HTTP response
+    if close is not None:
+        close()
+
+
+async def _aclose(source: object) -> None:
+    aclose = getattr(source, "aclose", None)  # an async generator's closes the HTTP response
+    if aclose is not None:
+        await aclose()
 
 
 class _StreamBase:
     """What the sync and async streams share: the call, the final response and how it is read."""
 
-    def __init__(self, arguments: tuple[Any, ...]) -> None:
+    def __init__(self, arguments: CallArguments) -> None:
         self._run = _Run(arguments)
 
     @property
@@ -212,7 +255,7 @@ class Stream(_StreamBase):
     ``stream.response`` is the whole ``LLMResponse``. Closing it (leaving its ``with`` block,
     ``close()``, or dropping it) stops it: the HTTP response closed, ``finish_reason="cancelled"``."""
 
-    def __init__(self, arguments: tuple[Any, ...]) -> None:
+    def __init__(self, arguments: CallArguments) -> None:
         super().__init__(arguments)
         self._chunks: Generator[ChatChunk, None, None] | None = None  # made by the first next()
 
@@ -220,12 +263,11 @@ class Stream(_StreamBase):
         return self
 
     def __next__(self) -> ChatChunk:
-        chunks = self._chunks
-        if chunks is None:
+        if self._chunks is None:
             if self._run.response is not None:  # closed before it was read
                 raise StopIteration
-            chunks = self._chunks = _chunks(self._run)
-        return next(chunks)
+            self._chunks = _chunks(self._run)
+        return next(self._chunks)
 
     def close(self) -> None:
         """Stop the stream: the HTTP response is closed at once. Safe to call twice. A stream
@@ -244,55 +286,35 @@ class Stream(_StreamBase):
 
 def _chunks(run: _Run) -> Generator[ChatChunk, None, None]:
     """The chunks of a sync stream; its response is left in ``run``."""
-    from .dispatch import begin_sync, next_sync, plugins, stream_within
-
     manager = plugins()
-    collected = _Collected(time.perf_counter())
     call: Call | None = None
-    request: ChatRequest | None = None
     error: Exception | None = None
     stopped = False
     try:
-        call, chosen, request = begin_sync(manager, *run.arguments)
-        if call.hit is not None:  # answered from the cache: the whole reply as one chunk, nothing sent
+        call = begin_sync(manager, run.arguments)
+        opened = attempts_sync(manager, call, partial(open_sync, run, manager))
+        if opened is None:  # answered from the cache: the whole reply as one chunk, nothing sent
+            assert call.hit is not None
             chunk = whole_chunk(call.hit)
-            if collected.add(chunk, "the response cache"):
+            if run.collected.add(chunk, "the response cache"):
                 yield chunk
-        while call.hit is None:  # attempts: retried (or moved to a fallback) only before the first chunk
-            describe = manager.backends.describe(request.backend)
-            source: Iterator[ChatChunk] | None = None
-            try:
-                source = stream_within(chosen, request, call.plan)  # in the try: a plain function may send here
-                for chunk in source:
-                    if collected.add(chunk, describe):
-                        yield chunk
-                break
-            except Exception as exc:
-                if collected.started:
-                    raise
-                wait = call.failed(exc, manager, request)
-                collected = _Collected(collected.start)  # the next attempt's counts and tool calls alone
-            finally:
-                close = getattr(source, "close", None)  # a generator's closes the HTTP response
-                if close is not None:
-                    close()
-            if wait:
-                time.sleep(wait)
-            chosen, request = next_sync(manager, call)
-        if call.hit is None:
-            call.plan.succeeded()
+            return
+        try:
+            if opened.first is not None:
+                yield opened.first
+            for chunk in opened.chunks:
+                if run.collected.add(chunk, opened.describe):
+                    yield chunk
+        finally:
+            _close(opened.source)
     except (GeneratorExit, KeyboardInterrupt):
         stopped = True
         raise
     except Exception as exc:
         error = exc
     finally:
-        run.response = collected.response(manager, request, error, stopped, run.model_name)
-        if call is not None:
-            call.finish(run.response)
-            if call.cache is not None or call.ticket is not None:
-                call.after(run.response)  # a whole reply stored; its real tokens counted
-        manager.on_response(request, run.response)
+        response = run.collected.response(manager, call, error, stopped, run.arguments)
+        run.response = end_sync(manager, call, response)
 
 
 class AsyncStream(_StreamBase):
@@ -300,21 +322,19 @@ class AsyncStream(_StreamBase):
     chunk in stream``, or ``await anext(stream)``. Dropped unclosed, it is closed by its event
     loop (asyncio finalises an async generator on the loop), not at once: close it."""
 
-    def __init__(self, arguments: tuple[Any, ...]) -> None:
+    def __init__(self, arguments: CallArguments) -> None:
         super().__init__(arguments)
         self._chunks: AsyncGenerator[ChatChunk, None] | None = None  # made by the first __anext__
 
     def __aiter__(self) -> AsyncStream:
         return self
 
-    def __anext__(self) -> Awaitable[ChatChunk]:
-        # A plain method handing on the generator's awaitable: no coroutine of its own per chunk.
-        chunks = self._chunks
-        if chunks is None:
+    async def __anext__(self) -> ChatChunk:
+        if self._chunks is None:
             if self._run.response is not None:  # closed before it was read
-                return _empty().__anext__()
-            chunks = self._chunks = _achunks(self._run)
-        return chunks.__anext__()
+                raise StopAsyncIteration
+            self._chunks = _achunks(self._run)
+        return await self._chunks.__anext__()
 
     async def aclose(self) -> None:
         """Stop the stream: the HTTP response is closed at once. Safe to call twice. A stream
@@ -335,57 +355,27 @@ class AsyncStream(_StreamBase):
 
 async def _achunks(run: _Run) -> AsyncGenerator[ChatChunk, None]:
     """The chunks of an async stream; its response is left in ``run``."""
-    import asyncio
-
-    from .dispatch import begin_async, next_async, plugins, within
-
     manager = plugins()
-    collected = _Collected(time.perf_counter())
     call: Call | None = None
-    request: ChatRequest | None = None
     error: Exception | None = None
     stopped = False
     try:
-        call, chosen, request = await begin_async(manager, *run.arguments)
-        if call.hit is not None:  # answered from the cache: the whole reply as one chunk, nothing sent
+        call = await begin_async(manager, run.arguments)
+        opened = await attempts_async(manager, call, partial(open_async, run, manager))
+        if opened is None:  # answered from the cache: the whole reply as one chunk, nothing sent
+            assert call.hit is not None
             chunk = whole_chunk(call.hit)
-            if collected.add(chunk, "the response cache"):
+            if run.collected.add(chunk, "the response cache"):
                 yield chunk
-        while call.hit is None:  # attempts: retried (or moved to a fallback) only before the first chunk
-            describe = manager.backends.describe(request.backend)
-            source: Any = None
-            try:
-                source = chosen.astream(request)
-                if isinstance(source, Coroutine):  # an `async def` that returns its iterator
-                    source = await within(source, call.plan.remaining(), request)
-                if not hasattr(source, "__aiter__"):
-                    raise _not_async_iterator(source, describe)
-                # The wait for the first chunk is bounded by the call's deadline, on the loop.
-                pending = source.__aiter__()
-                waiting: Any = within(pending.__anext__(), call.plan.remaining(), request)
-                while True:
-                    try:
-                        chunk = await waiting
-                    except StopAsyncIteration:
-                        break
-                    if collected.add(chunk, describe):
-                        yield chunk
-                    waiting = pending.__anext__()
-                break
-            except Exception as exc:
-                if collected.started:
-                    raise
-                wait = call.failed(exc, manager, request)
-                collected = _Collected(collected.start)  # the next attempt's counts and tool calls alone
-            finally:
-                aclose = getattr(source, "aclose", None)  # an async generator's closes the HTTP response
-                if aclose is not None:
-                    await aclose()
-            if wait:
-                await asyncio.sleep(wait)
-            chosen, request = await next_async(manager, call)
-        if call.hit is None:
-            call.plan.succeeded()
+            return
+        try:
+            if opened.first is not None:
+                yield opened.first
+            async for chunk in opened.chunks:
+                if run.collected.add(chunk, opened.describe):
+                    yield chunk
+        finally:
+            await _aclose(opened.source)
     except (GeneratorExit, KeyboardInterrupt):
         stopped = True
         raise
@@ -395,12 +385,8 @@ async def _achunks(run: _Run) -> AsyncGenerator[ChatChunk, None]:
         stopped = True
         raise
     finally:
-        run.response = collected.response(manager, request, error, stopped, run.model_name)
-        if call is not None:
-            call.finish(run.response)
-            if not stopped and (call.cache is not None or call.ticket is not None):
-                await call.aafter(run.response)  # a whole reply stored; its real tokens counted
-        manager.on_response(request, run.response)
+        response = run.collected.response(manager, call, error, stopped, run.arguments)
+        run.response = await end_async(manager, call, response, cancelled=stopped)
 
 
 def _not_async_iterator(source: object, describe: str) -> PluginError:
@@ -420,37 +406,29 @@ def _not_async_iterator(source: object, describe: str) -> PluginError:
 
 def _unread(run: _Run) -> LLMResponse:
     """The response of a sync stream closed before it was read (see above)."""
-    from .dispatch import Call, plugins, target_sync
-
-    manager, start = plugins(), time.perf_counter()
+    manager = plugins()
     try:
-        if not manager.loaded:
-            manager.load()
-        target_sync(manager, Call(manager, *run.arguments))
+        call = begin_sync(manager, run.arguments)
+        call.build_request(target_sync(manager, call))
     except Exception as exc:
-        return _refused(manager, run, exc, start)
+        return _refused(manager, run, exc)
     return _cancelled_before_start()
 
 
 async def _aunread(run: _Run) -> LLMResponse:
     """``_unread`` without blocking the loop: plugins loaded and a backend made in a worker thread."""
-    import asyncio
-
-    from .dispatch import Call, plugins, target_async
-
-    manager, start = plugins(), time.perf_counter()
+    manager = plugins()
     try:
-        if not manager.loaded:
-            await asyncio.to_thread(manager.load)
-        await target_async(manager, Call(manager, *run.arguments))
+        call = await begin_async(manager, run.arguments)
+        call.build_request(await target_async(manager, call))
     except Exception as exc:
-        return _refused(manager, run, exc, start)
+        return _refused(manager, run, exc)
     return _cancelled_before_start()
 
 
-def _refused(manager: Plugins, run: _Run, error: Exception, start: float) -> LLMResponse:
+def _refused(manager: Plugins, run: _Run, error: Exception) -> LLMResponse:
     """The failure of a call refused before anything was sent, observed as when read."""
-    response = _Collected(start).response(manager, None, error, False, run.model_name)
+    response = _Collected(time.perf_counter()).response(manager, None, error, False, run.arguments)
     manager.on_response(None, response)
     return response
 
@@ -459,23 +437,3 @@ def _cancelled_before_start() -> LLMResponse:
     return LLMResponse(
         content="", tokens_used=0, response_time=0.0, model_used="", success=True, finish_reason=CANCELLED
     )
-
-
-def whole_chunk(result: ChatResult) -> ChatChunk:
-    """A whole reply as one chunk: what a stream yields when the cache answers it, or when its
-    backend has no streaming of its own (``ChatBackend.stream``'s default)."""
-    return ChatChunk(
-        text=result.content,
-        reasoning=result.reasoning,
-        model=result.model,
-        prompt_tokens=result.prompt_tokens,
-        completion_tokens=result.completion_tokens,
-        finish_reason=result.finish_reason,
-        tool_calls=tuple(result.tool_calls),  # type: ignore[arg-type]  # ToolCalls are assembled as deltas are
-        thinking_blocks=result.thinking_blocks,
-    )
-
-
-async def _empty() -> AsyncIterator[ChatChunk]:
-    return
-    yield  # an async generator that yields nothing

@@ -1,17 +1,15 @@
 """The plugin manager, set up once and loaded lazily, and the hooks chatplug calls on it.
 
 Nothing here runs at ``import chatplug`` (this module imports pluggy: it is imported on the first
-dispatch, or the first ``chatplug backends``). Loading reads the entry points (``_discovery``),
-registers each plugin and collects the backends they register (``_registry``); a broken plugin
-costs one warning and is skipped. The observer hooks are called through lists made once after
-each change of plugins, not looked up per call.
+call, or the first ``chatplug backends``). Loading reads the entry points (``discovery``),
+registers each plugin and collects the backends they register (``registry``); a broken plugin
+costs one warning and is skipped.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -26,8 +24,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("chatplug")
 
-Observer = tuple[str, Callable[..., object], list[str]]  # (plugin name, function, its argument names)
-
 
 class Plugins:
     """The plugin manager and the backends its plugins registered. One per process."""
@@ -39,9 +35,6 @@ class Plugins:
         self.pm.add_hookspecs(hookspecs)
         self.backends = BackendRegistry()
         self.distributions: dict[str, str] = {}  # plugin name -> the distribution it comes from
-        self._observers: dict[str, list[Observer]] = {"on_request": [], "on_response": []}
-        #: Whether any plugin observes calls: most programs have none, and every call asks.
-        self.observed = False
 
     # -- loading -------------------------------------------------------------------------
 
@@ -57,7 +50,6 @@ class Plugins:
                 self._load()
             except Exception as exc:  # not retried on the next call: it would fail the same way
                 logger.warning("chatplug could not load its plugins: %s: %s", type(exc).__name__, exc)
-            self._refresh()
             self.loaded = True
 
     def _load(self) -> None:
@@ -118,7 +110,6 @@ class Plugins:
                 raise ValueError(f"a plugin named {name!r} is already registered")
             self.distributions[registered] = distribution
             self._collect(registered)
-            self._refresh()
             return registered
 
     def unregister(self, name: str) -> None:
@@ -127,32 +118,28 @@ class Plugins:
             self.pm.unregister(name=name)
             self.distributions.pop(name, None)
             self.backends.remove_plugin(name)
-            self._refresh()
 
     # -- observers ----------------------------------------------------------------------
 
-    def _refresh(self) -> None:
-        for hook in self._observers:
-            impls = getattr(self.pm.hook, hook).get_hookimpls()
-            self._observers[hook] = [(impl.plugin_name, impl.function, list(impl.argnames)) for impl in impls]
-        self.observed = any(self._observers.values())
-
     def on_request(self, request: ChatRequest) -> None:
-        if self._observers["on_request"]:
-            self._notify("on_request", {"request": request})
+        self._notify("on_request", {"request": request})
 
     def on_response(self, request: ChatRequest | None, response: LLMResponse) -> None:
-        if self._observers["on_response"]:
-            self._notify("on_response", {"request": request, "response": response})
+        self._notify("on_response", {"request": request, "response": response})
 
     def _notify(self, hook: str, arguments: dict[str, Any]) -> None:
-        """Call every observer of ``hook``; one that raises is logged and skipped."""
-        for plugin, function, argnames in self._observers[hook]:
+        """Call every observer of ``hook``, each with the arguments it names; one that raises is
+        logged and skipped (pluggy's own hook call would stop at it)."""
+        for impl in getattr(self.pm.hook, hook).get_hookimpls():
             try:
-                function(*(arguments[arg] for arg in argnames))
+                impl.function(*(arguments[arg] for arg in impl.argnames))
             except Exception as exc:
                 logger.warning(
-                    "chatplug plugin %r raised in %s and was ignored: %s: %s", plugin, hook, type(exc).__name__, exc
+                    "chatplug plugin %r raised in %s and was ignored: %s: %s",
+                    impl.plugin_name,
+                    hook,
+                    type(exc).__name__,
+                    exc,
                 )
 
     def close(self) -> None:

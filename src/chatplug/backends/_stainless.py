@@ -149,7 +149,6 @@ class StainlessBackend(ChatBackend):
         # only if the SDK (and so the provider) knows them.
         self.accepted = frozenset(inspect.signature(create).parameters) - {"self"}
         self._not_accepted = f"not a parameter of {sdk.__name__} {sdk.__version__}"
-        self._not_body = frozenset(REQUEST_OPTIONS) | frozenset(self.header_parameters)
         # Streams whose events come as the provider's JSON, as the replies do.
         self._streams: tuple[Any, Any] = (sdk.Stream[object], sdk.AsyncStream[object])
         self._clients: ClientCache[Any, Any] = ClientCache(
@@ -261,7 +260,7 @@ class StainlessBackend(ChatBackend):
 
     # Streams: the client is borrowed for the whole stream, and the SDK's stream (its HTTP
     # response) is closed whatever ends the iteration: its end, a failure, or the caller stopping
-    # (the dispatcher closes this generator, which runs the ``finally`` at once).
+    # (the pipeline closes this generator, which runs the ``finally`` at once).
 
     def stream(self, request: ChatRequest) -> Iterator[ChatChunk]:
         conn = self.connection()
@@ -326,8 +325,6 @@ class StainlessBackend(ChatBackend):
         options it makes of the rest (``extra_headers``, ``extra_body`` ...; headers it takes as
         parameters, the caller's ``extra_headers`` winning, as in ``create()``)."""
         options = dict(self.request_options)
-        if self._not_body.isdisjoint(arguments):  # the common case
-            return arguments, options
         body = dict(arguments)
         headers = {name: body.pop(key, None) for key, name in self.header_parameters.items()}
         headers = {name: value for name, value in headers.items() if value is not None}
@@ -364,7 +361,7 @@ class StainlessBackend(ChatBackend):
 
     def _mapped(self, exc: Exception, request: ChatRequest, conn: Connection) -> Exception:
         """The chatplug error for ``exc``; ``exc`` itself if it is no provider failure (the
-        dispatcher reports it as a backend bug). Secrets are masked by the dispatcher."""
+        pipeline reports it as a backend bug). Secrets are masked by the pipeline."""
         if isinstance(exc, ChatplugError):
             return exc
         # Mid-stream, an SDK may let its HTTP stack's exception through (anthropic's streams do).

@@ -179,7 +179,7 @@ class AnthropicBackend(StainlessBackend):
         # Anthropic takes a subset of JSON Schema (every object closed with additionalProperties
         # false; constraints such as minimum moved into the description): the SDK's own
         # transform_schema, which its messages.parse() applies, makes a pydantic schema fit it. The
-        # dispatcher validates the reply against the caller's full schema.
+        # pipeline validates the reply against the caller's full schema.
         schema = response_format.json_schema()
         transform = getattr(self.sdk, "transform_schema", None)
         if transform is not None:
@@ -195,22 +195,20 @@ class AnthropicBackend(StainlessBackend):
 
     def result(self, response: Any) -> ChatResult:
         blocks, usage = response["content"], response["usage"]
-        calls: tuple[ToolCallDelta, ...]
-        kept: tuple[Mapping[str, Any], ...]
-        if len(blocks) == 1 and blocks[0]["type"] == "text":  # the common reply: one text block
-            text, thinking, calls, kept = blocks[0]["text"], "", (), ()
-        else:
-            text = "".join(block["text"] for block in blocks if block["type"] == "text")
-            thinking = "".join(block["thinking"] for block in blocks if block["type"] == "thinking")
-            calls = tuple(
-                ToolCallDelta(i, block["id"], block["name"], arguments_json(block["input"]))
-                for i, block in enumerate(block for block in blocks if block["type"] == "tool_use")
-            )
-            kept = tuple(freeze(block) for block in blocks if block["type"] in THINKING)
+        uses = [block for block in blocks if block["type"] == "tool_use"]
         return ChatResult(
-            text, response.get("model") or "", usage.get("input_tokens") or 0, usage.get("output_tokens") or 0,
-            response.get("stop_reason"), thinking, calls, kept,
-        )  # fmt: skip
+            content="".join(block["text"] for block in blocks if block["type"] == "text"),
+            model=response.get("model") or "",
+            prompt_tokens=usage.get("input_tokens") or 0,
+            completion_tokens=usage.get("output_tokens") or 0,
+            finish_reason=response.get("stop_reason"),
+            reasoning="".join(block["thinking"] for block in blocks if block["type"] == "thinking"),
+            tool_calls=tuple(
+                ToolCallDelta(i, block["id"], block["name"], arguments_json(block["input"]))
+                for i, block in enumerate(uses)
+            ),
+            thinking_blocks=tuple(freeze(block) for block in blocks if block["type"] in THINKING),
+        )
 
     def reader(self) -> Callable[[Any], ChatChunk | None]:
         return _Reader().read
@@ -225,8 +223,7 @@ class _Reader:
     the SDK's own accumulator builds them (the ``thinking_delta`` texts added up, the
     ``signature_delta`` set) and each reported whole, in a chunk of its own, at its
     ``content_block_stop``. A block cut off before its end is not reported: without its
-    signature, it cannot be sent back. (One method, not a wrapper of ``chunk``: it runs for every
-    event of every stream.)"""
+    signature, it cannot be sent back."""
 
     __slots__ = ("_open",)
 

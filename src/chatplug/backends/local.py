@@ -22,7 +22,7 @@ async stream stopped early closes its response at once, and llama.cpp cancels th
 Structured output (``response_format``) goes as a ``json_schema`` ``response_format``, which
 llama.cpp enforces with a grammar. Tools are not supported: SmolLM2's chat template has none,
 and llama.cpp ignores ``tools`` with it (also with ``tool_choice="required"``, and also with a
-Hermes-style tool template set as ``CommonParams.chat_template``), so the dispatcher refuses a
+Hermes-style tool template set as ``CommonParams.chat_template``), so the pipeline refuses a
 call with tools for this backend before sending it.
 """
 
@@ -256,7 +256,7 @@ def _where(model: LocalModel) -> str:
 
 def _failed(reply: Mapping[str, Any], where: str, status: int = 200) -> ChatplugError | None:
     """The chatplug error an error reply of llama.cpp describes (``{"error": {"code", "message",
-    "type"}}``), or ``None`` for a reply that is no error (``result`` checks the same first)."""
+    "type"}}``), or ``None`` for a reply that is no error."""
     if "error" not in reply and status < 400:
         return None
     error = reply.get("error")
@@ -286,12 +286,11 @@ def _usage(usage: Any) -> tuple[int | None, int | None]:
 
 def result(reply: Any, model: LocalModel, status: int = 200) -> ChatResult:
     """The ``ChatResult`` for llama.cpp's whole reply, or the chatplug error it describes."""
-    if type(reply) is not dict and not isinstance(reply, Mapping):  # (the ABC check is slow)
+    if not isinstance(reply, Mapping):
         raise InvalidResponseError(f"{_where(model)} sent a reply chatplug could not read: {reply!r:.200}")
-    if "error" in reply or status >= 400:  # as _failed decides, without a call for each reply
-        error = _failed(reply, _where(model), status)
-        if error is not None:
-            raise error
+    error = _failed(reply, _where(model), status)
+    if error is not None:
+        raise error
     try:
         choice = reply["choices"][0]
         message = choice["message"]
@@ -394,7 +393,7 @@ class LocalBackend(ChatBackend):
     default_model = DEFAULT_MODEL
     capabilities = frozenset({"response_format"})
     # The generation stops at the first token past the deadline, but llama.cpp reads the whole
-    # prompt before that token (seconds, for a long one): the dispatcher keeps the deadline.
+    # prompt before that token (seconds, for a long one): the pipeline keeps the deadline.
     bounds_deadline = False
 
     def endpoint(self, request: ChatRequest) -> str:
@@ -440,7 +439,7 @@ class LocalBackend(ChatBackend):
         stop it: llama.cpp calls ``callback`` at each token and stops when it returns ``True``
         (a call for the whole reply cannot be interrupted, and would run to ``max_tokens``). The
         first call comes with the first token, after the whole prompt is read (measured: 5.7 s for
-        a 0.5 s deadline, 350 tokens, busy), so the dispatcher waits for this in a worker thread
+        a 0.5 s deadline, 350 tokens, busy), so the pipeline waits for this in a worker thread
         up to the deadline (``bounds_deadline = False``)."""
         model = self.model(request.model)
         body = {**request_body(request), **STREAMED}

@@ -190,7 +190,7 @@ class OllamaBackend(ChatBackend):
 
     def _mapped(self, exc: Exception, request: ChatRequest, host: str) -> Exception:
         """The chatplug error for what the SDK raised, saying what to do about it; ``exc``
-        itself if it is no provider failure (the dispatcher reports it as a backend bug)."""
+        itself if it is no provider failure (the pipeline reports it as a backend bug)."""
         where = f"Ollama at {host}"
         if isinstance(exc, ChatplugError):
             return exc
@@ -405,8 +405,6 @@ def _message(message: Message, i: int) -> dict[str, Any]:
     ``images``, an assistant's calls in ``tool_calls``, a tool result's tool in ``tool_name``.
     Ids go along for when the SDK keeps them (ollama 0.6 drops them)."""
     content = message.get("content")
-    if isinstance(content, str) and len(message) == 2:  # plain text: as it always was
-        return {"role": message["role"], "content": content}
     sent: dict[str, Any] = {"role": message["role"]}
     if isinstance(content, str):
         sent["content"] = content
@@ -483,7 +481,7 @@ def _chunk(part: ollama.ChatResponse, calls: int = 0) -> ChatChunk:
     text, reasoning = message.content or "", message.thinking or ""
     tool_calls = _tool_calls(message.tool_calls, calls) if message.tool_calls else ()
     if not part.done:
-        return ChatChunk(text, reasoning, None, None, None, None, tool_calls)
+        return ChatChunk(text=text, reasoning=reasoning, tool_calls=tool_calls)
     return ChatChunk(
         text=text,
         reasoning=reasoning,

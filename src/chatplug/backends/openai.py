@@ -12,12 +12,11 @@ Tools, tool results, images and structured output go in chat completions' own sh
 of ``{"type": "function", "function": {...}}``, assistant ``tool_calls`` with their arguments as
 JSON text, ``tool`` messages, ``image_url`` parts (a URL or a ``data:`` URL) and a ``json_schema``
 ``response_format``. Tool calls come back whole (``message.tool_calls``) or in pieces keyed by
-their ``index`` (``delta.tool_calls``); the dispatcher parses and assembles them.
+their ``index`` (``delta.tool_calls``); the pipeline parses and assembles them.
 """
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
@@ -179,7 +178,7 @@ def _tool(tool: Tool) -> dict[str, Any]:
     # Not strict: strict function calling takes only OpenAI's strict-schema subset (every property
     # required, additionalProperties false everywhere), which a function with a default value or a
     # pydantic model with an optional field does not meet. The arguments are parsed and reported
-    # by the dispatcher either way. The key is sent, as OpenAI's own clients do; a caller's dict
+    # by the pipeline either way. The key is sent, as OpenAI's own clients do; a caller's dict
     # that says "strict": true gets it.
     function: dict[str, Any] = {"name": tool.name}
     if tool.description:
@@ -198,7 +197,7 @@ def _tool_choice(choice: str) -> str | dict[str, Any]:
 def _response_format(response_format: ResponseFormat) -> dict[str, Any]:
     # Not strict, for the same reason as tools: pydantic's schemas (defaults, optional fields, no
     # additionalProperties) are outside the strict subset, and a strict request with one is refused
-    # with HTTP 400. The model is still asked for that schema, and the dispatcher validates the
+    # with HTTP 400. The model is still asked for that schema, and the pipeline validates the
     # reply against it (invalid_output when it does not fit). A caller's wrapper may ask for strict.
     return {
         "type": "json_schema",
@@ -241,7 +240,6 @@ def _reasoning(message: Mapping[str, Any]) -> str:
     return ""
 
 
-@functools.lru_cache(maxsize=64)  # asked twice a call, of the same few URLs
 def _is_hosted(base_url: str | None) -> bool:
     return base_url is None or (urlsplit(base_url).hostname or "").endswith("api.openai.com")
 

@@ -281,14 +281,14 @@ def _check_job(path: Path, output: Path, first: bytes, job: dict[str, Any]) -> N
                            f"now {job['lines']}, {job['input'][:12]}...)")  # fmt: skip
     for key, flag, setting in OPTIONS:
         if earlier.get(key) != job[key]:
-            differences.append(f"{flag} (or {setting.env}) was {_shown(earlier.get(key))}, now {_shown(job[key])}")
+            differences.append(f"{flag} (or {setting.env}) was {_told(earlier.get(key))}, now {_told(job[key])}")
     raise UsageError(
         f"{path}, the record of {output}, names another job: {'; '.join(differences) or 'not this one'}. To go "
         "on with that job, run it with its input and options; to answer this one, " + HOW_TO_GO_ON.format(output=output)
     )
 
 
-def _shown(value: object) -> str:
+def _told(value: object) -> str:
     return "unset" if value is None else repr(value)
 
 

@@ -1,4 +1,4 @@
-"""``chatplug "prompt"``, ``chatplug backends``, ``chatplug serve`` and ``chatplug batch`` (in ``_batchfile``):
+"""``chatplug "prompt"``, ``chatplug backends``, ``chatplug serve`` and ``chatplug batch`` (in ``_batch``):
 the command line, on the public API."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from .._core.exceptions import ChatplugError
 from .._core.values import LLMResponse, Message
 from .._pipeline.api import generate_completion_with_messages_sync, stream_completion_with_messages_sync
-from .._pipeline.dispatch import plugins
 from .._pipeline.stream import Stream
+from .._plugins import plugins
 from ._arguments import positive_int, temperature
 
 

@@ -9,7 +9,7 @@ caller gets.
 The request is read-only all the way down: reading ``m["content"]`` works as on a dict, and
 ``chatplug.toolkit.thaw(request.messages)`` gives plain dicts and lists for JSON or an SDK.
 A backend for a real service is built on ``chatplug.toolkit`` (client cache, error mapping,
-settings and secrets): see "A backend for a real service" in examples/PLUGINS.md.
+settings and secrets): see "A backend for a real service" in docs/plugins.md.
 """
 
 from __future__ import annotations
