@@ -424,10 +424,10 @@ class StainlessContract:
             with pytest.raises(chatplug.InvalidResponseError):
                 response.raise_for_error()
 
-    def test_the_dispatcher_retries_and_the_sdk_does_not(
+    def test_the_pipeline_retries_and_the_sdk_does_not(
         self, server: FakeServer, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        """One retry policy for every backend: the dispatcher's (LLM_MAX_RETRIES, default 2), with
+        """One retry policy for every backend: the pipeline's (LLM_MAX_RETRIES, default 2), with
         the SDK's own retries off so that they do not stack (each request is the SDK's first)."""
         settings.max_retries = None  # the default, as users have it (conftest sets 0)
         failure = self.PROVIDER.error(500, "api_error", "Internal server error", {"retry-after-ms": "1"})

@@ -1,4 +1,4 @@
-"""The dispatch layer: configuration, precedence, validation and the response contract."""
+"""The pipeline: configuration, precedence, validation and the response contract."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def test_llm_response_keeps_the_seed_field_order() -> None:
 
 @pytest.mark.parametrize("cls", [chatplug.ChatRequest, chatplug.ChatResult, LLMResponse])
 def test_the_public_records_behave_as_generated_dataclasses(cls: type) -> None:
-    """repr, == and hash are written once for the three (``_types._Record``), not generated: each
+    """repr, == and hash are written once for the three (``_core.values._Record``), not generated: each
     behaves as ``@dataclass`` would have made it, checked against a dataclass made from its fields."""
     frozen = cls is not LLMResponse
     reference = dataclasses.make_dataclass(

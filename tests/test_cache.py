@@ -355,6 +355,18 @@ def test_a_whole_call_is_replayed_by_a_stream(sqlite_cache: Path) -> None:
     assert [c.text for c in chunks] == ["Stored once"] and stream.response.cached and len(llm.requests) == 1
 
 
+
+def test_a_stream_replayed_from_the_cache_and_closed_early_is_cancelled(sqlite_cache: Path) -> None:
+    """As any stream its caller stopped: the reply it had replayed is kept, cut short, not "stop"."""
+    with scripted("Stored once") as llm:
+        generate_completion_sync("Hi")
+        for close in (lambda s: s.close(), lambda s: s.__exit__(None, None, None)):
+            stream = stream_completion_sync("Hi")
+            assert next(stream).text == "Stored once"
+            close(stream)
+            assert (stream.response.finish_reason, stream.response.cached) == ("cancelled", True)
+    assert len(llm.requests) == 1
+
 # -- shared by processes, counted at the loopback provider ----------------------------------------
 
 CHILD = """

@@ -304,7 +304,7 @@ def test_first_within_sets_the_deadline_only_for_the_first_item() -> None:
 
 
 def test_the_sync_deadline_is_set_only_during_an_attempt(site: Site) -> None:
-    """The dispatcher sets the contextvar around ``complete()`` and resets it after."""
+    """The pipeline sets the contextvar around ``complete()`` and resets it after."""
     from chatplug._http.deadline import DEADLINE
 
     site.route(Reply(200, site.success, dict(JSON)))
@@ -316,7 +316,7 @@ def test_the_sync_deadline_is_set_only_during_an_attempt(site: Site) -> None:
 # -- async deadlines: asyncio.timeout, or its equivalent on Python 3.10 -------------------------
 #
 # Every async attempt (a whole call, a stream's opening and first chunk, each call of a batch or a
-# tool run) goes through the dispatcher's ``within``: these run on every Python chatplug supports.
+# tool run) goes through the pipeline's ``within``: these run on every Python chatplug supports.
 
 
 def timeout_class() -> type:
@@ -670,7 +670,7 @@ def test_a_closed_loop_is_not_kept_alive_by_its_deadline_timers() -> None:
     assert gone() is None
 
 
-# -- a backend that blocks: the dispatcher keeps the deadline for it --------------------------------
+# -- a backend that blocks: the pipeline keeps the deadline for it --------------------------------
 
 #: How long the blocking backend below holds a call at the most (its thread is released by the test
 #: well before): a call that returns before this did not wait for the backend.

@@ -1,6 +1,6 @@
 """The house's layout, as docs/architecture.md draws it: each family of modules on its floor, no
 module importing one on a floor above it, and no import circle, counting every import a module
-makes (at its top, inside functions, and under ``TYPE_CHECKING``)."""
+makes (at its top, inside functions, under ``TYPE_CHECKING``, and by name in a string)."""
 
 from __future__ import annotations
 
@@ -61,6 +61,13 @@ def imports(name: str, path: Path, known: dict[str, Path]) -> set[str]:
                 found.add(base)
         elif isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names} & known.keys()
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            # A module named in a string, imported by importlib or looked up in sys.modules:
+            # "chatplug._pipeline.cache", or relative to this package as __init__'s _LAZY has it.
+            text = node.value
+            target = f"{package}{text}" if text.startswith(".") and " " not in text else text
+            if target in known and target != "chatplug":  # "chatplug" alone is the logger's name
+                found.add(target)
     found.discard(name)
     return found
 
@@ -122,10 +129,13 @@ def test_the_checker_sees_a_circle_and_an_import_from_above(tmp_path: Path) -> N
         "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .._pipeline import call\n"
     )
     (package / "_pipeline" / "call.py").write_text("def f():\n    from .._core.values import X\n")
+    (package / "__init__.py").write_text('_LAZY = {"X": "._pipeline.call"}\n')
     known = {
         "chatplug._core.values": package / "_core" / "values.py",
         "chatplug._pipeline.call": package / "_pipeline" / "call.py",
     }
     assert imports("chatplug._core.values", known["chatplug._core.values"], known) == {"chatplug._pipeline.call"}
     assert imports("chatplug._pipeline.call", known["chatplug._pipeline.call"], known) == {"chatplug._core.values"}
+    known["chatplug"] = package / "__init__.py"
+    assert imports("chatplug", known["chatplug"], known) == {"chatplug._pipeline.call"}
     assert floor_of("chatplug._pipeline.call") > floor_of("chatplug._core.values")

@@ -212,7 +212,7 @@ def test_a_streamed_tool_call_is_the_same(ollama: FakeServer, run: Call) -> None
 
 
 def backend_chunks(*, use_async: bool) -> list[ChatChunk]:
-    """The chunks the backend itself streams (the dispatcher gives callers the text ones only)."""
+    """The chunks the backend itself streams (the pipeline gives callers the text ones only)."""
     from chatplug.backends.ollama import OllamaBackend
 
     backend = OllamaBackend()

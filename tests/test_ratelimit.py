@@ -173,7 +173,7 @@ def test_the_local_limiter_is_thread_safe() -> None:
     assert len(taken) == 100  # exactly the limit, out of 400 asks
 
 
-# -- through the dispatcher -----------------------------------------------------------------------
+# -- through the pipeline -----------------------------------------------------------------------
 
 
 CALLS = pytest.mark.parametrize(

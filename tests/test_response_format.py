@@ -1,6 +1,6 @@
 """``response_format=`` with a JSON-schema dict: the schema is checked as a JSON Schema (Draft
 2020-12, by ``jsonschema``) before anything is sent, and the reply is validated with every
-keyword, the error naming where it fails and which keyword. Through the dispatcher on the
+keyword, the error naming where it fails and which keyword. Through the pipeline on the
 ``testing`` backend, and the wire of each provider that takes a schema (the openai and anthropic
 SDKs over a socket, and Ollama's), which all end in the same validation."""
 

@@ -1,4 +1,4 @@
-"""The dispatcher's one retry and fallback policy, on the ``testing`` backend and a second plugin
+"""The pipeline's one retry and fallback policy, on the ``testing`` backend and a second plugin
 backend: what is retried, how long it waits, the deadline, fallbacks, their cooldown, and what the
 response and the observers say about the attempts."""
 

@@ -1,4 +1,4 @@
-"""Streamed calls through the dispatcher, on the ``testing`` backend and on a plugin that never
+"""Streamed calls through the pipeline, on the ``testing`` backend and on a plugin that never
 heard of streaming: the stream objects, the final response, faults, early stops, observers."""
 
 from __future__ import annotations

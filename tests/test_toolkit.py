@@ -261,8 +261,8 @@ def test_a_changed_key_or_url_is_checked_again(monkeypatch: pytest.MonkeyPatch) 
     assert chatplug.toolkit.env_url("ACME_URL", "ftp://host", schemes=("ftp",)) == "ftp://127.0.0.1/v1"
 
 
-def test_the_dispatchers_request_is_the_constructors() -> None:
-    """The dispatcher builds requests without the frozen dataclass's ``__init__``: the same object."""
+def test_the_pipelines_request_is_the_constructors() -> None:
+    """The pipeline builds requests without the frozen dataclass's ``__init__``: the same object."""
     import dataclasses
 
     fields = {
@@ -273,7 +273,7 @@ def test_the_dispatchers_request_is_the_constructors() -> None:
     assert set(fields) == {field.name for field in dataclasses.fields(ChatRequest)}
     from chatplug._pipeline.validate import checked_messages
 
-    # The dispatcher hands in the messages as the validation made them: read-only copies.
+    # The pipeline hands in the messages as the validation made them: read-only copies.
     checked = checked_messages([{"role": "user", "content": [{"type": "text", "text": "x"}]}])
     made = ChatRequest._of({**fields, "messages": checked})
     assert made == ChatRequest(**fields) and repr(made) == repr(ChatRequest(**fields))

@@ -1,4 +1,4 @@
-"""Tools, structured output and images through the dispatcher, on the ``testing`` backend: what
+"""Tools, structured output and images through the pipeline, on the ``testing`` backend: what
 the caller passes, what a backend receives, what comes back, and the tool-running loop."""
 
 from __future__ import annotations
@@ -266,7 +266,7 @@ class TextOnly(ChatBackend):
     default_model = "text-1"
 
     def complete(self, request: ChatRequest) -> ChatResult:
-        raise AssertionError("never reached: the dispatcher refuses first")
+        raise AssertionError("never reached: the pipeline refuses first")
 
     async def acomplete(self, request: ChatRequest) -> ChatResult:
         raise AssertionError("never reached")

@@ -8,7 +8,7 @@
    ``ollama.AsyncClient`` (target: chatplug >= 0.95x its throughput), and against that same loop
    on the HTTP transport chatplug's ollama backend uses (``toolkit.async_transport_options()``,
    aiohttp unless ``LLM_ASYNC_TRANSPORT=default``), which isolates chatplug's own cost (the
-   batch and the dispatcher) from the HTTP stack's; ``generate_batch_sync``
+   batch and the pipeline) from the HTTP stack's; ``generate_batch_sync``
    (a pool of threads) beside them; and LiteLLM's ``batch_completion`` when litellm is installed.
    The same async pair again at ``--also`` concurrencies (32 by default). Both async contenders
    run on one event loop, alternating, after a warm-up; ``--rounds N`` reports the median of N.

@@ -11,8 +11,8 @@
 3. Where a sync call's time goes, layer by layer, each measured inside real calls (chatplug's
    work runs with the CPU caches cold there, and costs several times what it does in a loop):
    the SDK client with chatplug's deadline on its sockets, as the backend makes it, then the ollama backend
-   (translation, client lease, ``ChatResult``), then the whole call (the dispatcher). The
-   dispatcher is also measured directly: a raw SDK call followed by a call to a backend that
+   (translation, client lease, ``ChatResult``), then the whole call (the pipeline). The
+   pipeline is also measured directly: a raw SDK call followed by a call to a backend that
    answers at once, against the raw call alone; and in a tight loop.
 4. An async attempt's hard deadline (``asyncio.timeout``, or its equivalent on Python 3.10), one
    attempt at a time and 1,000 in flight.
@@ -136,7 +136,7 @@ def main() -> None:
             "deadline": sdk_client(url),
             "backend": ollama_backend(url),
             "chatplug": via_chatplug,
-            "raw + dispatcher": raw_then_dispatcher(raw_sdk),
+            "raw + pipeline": raw_then_pipeline(raw_sdk),
         }
     )
     floor, ours = sync["raw"], sync["chatplug"]
@@ -149,17 +149,17 @@ def main() -> None:
     print(
         "where it goes, inside real calls (each layer's median ratio less the one below, times the raw call): "
         f"the deadline on the sockets {extra[0]:+.1f} us, "
-        f"the backend (translation, client lease, ChatResult) {extra[1]:+.1f} us, the dispatcher {extra[2]:+.1f} us"
+        f"the backend (translation, client lease, ChatResult) {extra[1]:+.1f} us, the pipeline {extra[2]:+.1f} us"
     )
-    hot = dispatcher_alone_us()
-    between = (sync["raw + dispatcher ratio"] - 1) * floor
+    hot = pipeline_alone_us()
+    between = (sync["raw + pipeline ratio"] - 1) * floor
     print(
-        f"the dispatcher alone (a backend that answers at once): {hot:.1f} us per call in a tight loop, "
-        f"{between:.1f} us between real calls (a raw SDK call and then a dispatcher call, against the raw call alone)"
+        f"the pipeline alone (a backend that answers at once): {hot:.1f} us per call in a tight loop, "
+        f"{between:.1f} us between real calls (a raw SDK call and then a pipeline call, against the raw call alone)"
     )
-    after = dispatcher_after_us()
+    after = pipeline_after_us()
     print(
-        "the dispatcher after 0.5 ms of other work, which makes it cold: "
+        "the pipeline after 0.5 ms of other work, which makes it cold: "
         + ", ".join(f"{what} {us:.1f} us" for what, us in after.items())
     )
     seed = compare({"client per call": new_client_per_call}, calls=5, rounds=3)["client per call"]
@@ -198,7 +198,7 @@ def main() -> None:
 
 def async_deadline_us(concurrency: int, attempts: int = 20_000, rounds: int = 7) -> dict[str, float]:
     """Per attempt, with ``concurrency`` attempts in flight, each yielding to the loop once: with no
-    deadline, and with chatplug's (``_deadline.timeout``: ``asyncio.timeout`` from Python 3.11, a
+    deadline, and with chatplug's (``_http.deadline.timeout``: ``asyncio.timeout`` from Python 3.11, a
     timer per attempt). Medians of ``rounds`` rounds in which the two take turns."""
     from chatplug._http.deadline import timeout
 
@@ -226,7 +226,7 @@ def async_deadline_us(concurrency: int, attempts: int = 20_000, rounds: int = 7)
 
 
 def instant_call() -> Callable[[], object]:
-    """A dispatcher call to a backend that answers at once: the dispatcher's work and nothing else
+    """A pipeline call to a backend that answers at once: the pipeline's work and nothing else
     (the backend ``instant``, registered for the rest of the run)."""
     import chatplug
     from chatplug import ChatBackend, ChatRequest, ChatResult
@@ -250,8 +250,8 @@ def instant_call() -> Callable[[], object]:
     return lambda: chatplug.generate_completion_with_messages_sync(MESSAGES, backend="instant")
 
 
-def dispatcher_alone_us(calls: int = 5000, repeats: int = 7) -> float:
-    """The dispatcher's cost per call in a tight loop, where its code and data stay in the CPU's
+def pipeline_alone_us(calls: int = 5000, repeats: int = 7) -> float:
+    """The pipeline's cost per call in a tight loop, where its code and data stay in the CPU's
     caches (the best of ``repeats``): resolve, validate, build the request, plan, time and build
     the response."""
     call = instant_call()
@@ -259,11 +259,11 @@ def dispatcher_alone_us(calls: int = 5000, repeats: int = 7) -> float:
     return min(per_call_us(call, calls) for _ in range(repeats))
 
 
-def dispatcher_after_us(rounds: int = 100) -> dict[str, float]:
-    """What makes the dispatcher cost more between real calls than in a loop: its cost right
+def pipeline_after_us(rounds: int = 100) -> dict[str, float]:
+    """What makes the pipeline cost more between real calls than in a loop: its cost right
     after 0.5 ms of a busy loop that touches almost no memory, of an idle wait (the thread
     sleeps, as it does while a server answers), and of a pass over ~4 MB of objects, more than
-    the core's cache holds (as the HTTP stack's work evicts the dispatcher's code and data)."""
+    the core's cache holds (as the HTTP stack's work evicts the pipeline's code and data)."""
     call = instant_call()
     numbers = list(range(100_000))
 
@@ -290,8 +290,8 @@ def dispatcher_after_us(rounds: int = 100) -> dict[str, float]:
     return costs
 
 
-def raw_then_dispatcher(raw_sdk: Callable[[], object]) -> Callable[[], object]:
-    """A raw SDK call, then a dispatcher call that sends nothing: the dispatcher's cost with the
+def raw_then_pipeline(raw_sdk: Callable[[], object]) -> Callable[[], object]:
+    """A raw SDK call, then a pipeline call that sends nothing: the pipeline's cost with the
     caches as a real call leaves them."""
     call = instant_call()
 
@@ -321,7 +321,7 @@ def sdk_client(url: str) -> Callable[[], object]:
 
 def ollama_backend(url: str) -> Callable[[], object]:
     """The ollama backend's ``complete()`` alone (on OLLAMA_HOST), inside a deadline as the
-    dispatcher calls it, with the request the dispatcher would build."""
+    pipeline calls it, with the request the pipeline would build."""
     from chatplug import ChatRequest
     from chatplug.backends.ollama import OllamaBackend
     from chatplug.toolkit import deadline_scope

@@ -198,7 +198,7 @@ class _Backend:
         self._inner.sleep(seconds)
 
 
-#: What is lost, and said once (``_internals.lost``), when httpx's or httpcore's private parts are
+#: What is lost, and said once (``_core.internals.lost``), when httpx's or httpcore's private parts are
 #: not as ``deadline_client`` and ``DeadlineTransport`` expect them.
 _WHOLE = "the overall deadline of sync calls (each connect, read and write keeps its own timeout)"
 _SOCKETS = "the deadline on each socket operation of sync calls (the wait for a pooled connection stays bounded)"

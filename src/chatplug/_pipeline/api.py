@@ -30,7 +30,17 @@ def generate_completion_sync(
     provider or transport failures: check ``response.success`` / ``response.error``."""
     from .attempts import call_sync
 
-    return call_sync(CallArguments(prompt_messages, prompt, model_name, temperature, max_tokens, backend, options))
+    return call_sync(
+        CallArguments(
+            to_messages=prompt_messages,
+            payload=prompt,
+            model_name=model_name,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            backend=backend,
+            options=options,
+        )
+    )
 
 
 async def generate_completion_async(
@@ -46,7 +56,15 @@ async def generate_completion_async(
     from .attempts import call_async
 
     return await call_async(
-        CallArguments(prompt_messages, prompt, model_name, temperature, max_tokens, backend, options)
+        CallArguments(
+            to_messages=prompt_messages,
+            payload=prompt,
+            model_name=model_name,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            backend=backend,
+            options=options,
+        )
     )
 
 
@@ -63,7 +81,17 @@ def generate_completion_with_messages_sync(
     (``[{"role": "system"|"user"|"assistant", "content": str}, ...]``, never mutated)."""
     from .attempts import call_sync
 
-    return call_sync(CallArguments(checked_messages, messages, model_name, temperature, max_tokens, backend, options))
+    return call_sync(
+        CallArguments(
+            to_messages=checked_messages,
+            payload=messages,
+            model_name=model_name,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            backend=backend,
+            options=options,
+        )
+    )
 
 
 async def generate_completion_with_messages_async(
@@ -79,7 +107,15 @@ async def generate_completion_with_messages_async(
     from .attempts import call_async
 
     return await call_async(
-        CallArguments(checked_messages, messages, model_name, temperature, max_tokens, backend, options)
+        CallArguments(
+            to_messages=checked_messages,
+            payload=messages,
+            model_name=model_name,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            backend=backend,
+            options=options,
+        )
     )
 
 
@@ -97,7 +133,17 @@ def stream_completion_sync(
     for provider or transport failures, before or during the stream."""
     from .stream import Stream
 
-    return Stream(CallArguments(prompt_messages, prompt, model_name, temperature, max_tokens, backend, options))
+    return Stream(
+        CallArguments(
+            to_messages=prompt_messages,
+            payload=prompt,
+            model_name=model_name,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            backend=backend,
+            options=options,
+        )
+    )
 
 
 def stream_completion_with_messages_sync(
@@ -112,7 +158,17 @@ def stream_completion_with_messages_sync(
     """Stream the next assistant message after ``messages``; see ``stream_completion_sync``."""
     from .stream import Stream
 
-    return Stream(CallArguments(checked_messages, messages, model_name, temperature, max_tokens, backend, options))
+    return Stream(
+        CallArguments(
+            to_messages=checked_messages,
+            payload=messages,
+            model_name=model_name,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            backend=backend,
+            options=options,
+        )
+    )
 
 
 def stream_completion_async(
@@ -128,7 +184,17 @@ def stream_completion_async(
     stream_completion_async(...) as stream: async for chunk in stream: ...``."""
     from .stream import AsyncStream
 
-    return AsyncStream(CallArguments(prompt_messages, prompt, model_name, temperature, max_tokens, backend, options))
+    return AsyncStream(
+        CallArguments(
+            to_messages=prompt_messages,
+            payload=prompt,
+            model_name=model_name,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            backend=backend,
+            options=options,
+        )
+    )
 
 
 def stream_completion_with_messages_async(
@@ -143,4 +209,14 @@ def stream_completion_with_messages_async(
     """Async twin of ``stream_completion_with_messages_sync``."""
     from .stream import AsyncStream
 
-    return AsyncStream(CallArguments(checked_messages, messages, model_name, temperature, max_tokens, backend, options))
+    return AsyncStream(
+        CallArguments(
+            to_messages=checked_messages,
+            payload=messages,
+            model_name=model_name,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            backend=backend,
+            options=options,
+        )
+    )

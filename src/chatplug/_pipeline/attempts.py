@@ -127,11 +127,10 @@ def failure(manager: Plugins, call: Call | None, error: Exception, start: float,
 
 
 def success(manager: Plugins, call: Call, result: object, start: float) -> LLMResponse:
-    """The response of a call whose last attempt returned ``result`` (or that the cache answered).
-    ``result`` is a plugin's: ``succeeded`` makes one that is no ``ChatResult`` the plugin's failure."""
+    """The response of a call whose last attempt returned ``result`` (or that the cache answered
+    with it). ``result`` is a plugin's: ``succeeded`` makes one that is no ``ChatResult`` the
+    plugin's failure."""
     assert call.request is not None
-    if call.hit is not None:
-        result = call.hit
     return succeeded(cast("ChatResult", result), call.request, start, manager.backends.describe)
 
 
@@ -171,7 +170,7 @@ def call_sync(arguments: CallArguments) -> LLMResponse:
     except Exception as exc:
         response = failure(manager, call, exc, start, arguments.model_name)
     else:
-        response = success(manager, call, result, start)
+        response = success(manager, call, result if call.hit is None else call.hit, start)
     return end_sync(manager, call, response)
 
 
@@ -186,7 +185,7 @@ async def call_async(arguments: CallArguments) -> LLMResponse:
     except Exception as exc:
         response = failure(manager, call, exc, start, arguments.model_name)
     else:
-        response = success(manager, call, result, start)
+        response = success(manager, call, result if call.hit is None else call.hit, start)
     return await end_async(manager, call, response)
 
 

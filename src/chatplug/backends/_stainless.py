@@ -103,8 +103,7 @@ def text_of(content: Any) -> str:
 
 
 class Connection(NamedTuple):
-    """Where and as whom a backend connects, read from the environment at each call. (A named
-    tuple: one is made per call, and a frozen dataclass's ``__init__`` costs several times more.)"""
+    """Where and as whom a backend connects, read from the environment at each call."""
 
     base_url: str | None  # None: the SDK's default, the hosted service
     api_key: str | None

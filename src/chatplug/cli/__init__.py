@@ -1,6 +1,6 @@
 """The ``chatplug`` command: ``chatplug "prompt"``, ``chatplug backends``, ``chatplug serve`` and
-``chatplug batch IN.jsonl -o OUT.jsonl``, all on the public API."""
+``chatplug batch IN.jsonl -o OUT.jsonl``, built on the public functions."""
 
-from ._commands import main
+from ._commands import list_backends, main, serve
 
-__all__ = ["main"]
+__all__ = ["list_backends", "main", "serve"]
