@@ -53,7 +53,7 @@ FACTORY_SAYS_WHY = registering(
 FACTORY_MAKES_NO_BACKEND = registering('register("confused", dict)')
 RETURNS_GARBAGE = backend_plugin("garbage", '{"content": "not a ChatResult"}', "None")
 RAISES_A_BUG = backend_plugin("buggy", "request.messages[5]")
-AZURE = backend_plugin("azure", 'ChatResult("azure", request.model)')
+CONTOSO = backend_plugin("contoso", 'ChatResult("contoso", request.model)')
 BAD_RESULT_FIELDS = backend_plugin(
     "sloppy",
     "ChatResult(content=None, model=request.model, prompt_tokens=None)",
@@ -268,18 +268,18 @@ def test_two_plugins_registering_the_same_name(plugins: Path) -> None:
 
 
 def test_entry_point_name_taken_by_another_distribution(plugins: Path) -> None:
-    """A third-party `openai = chatplug_azure` was dropped without a word (pluggy holds one
+    """A third-party `openai = chatplug_contoso` was dropped without a word (pluggy holds one
     plugin per name), and calling its backend said it was not installed."""
-    fake_distribution(plugins, "chatplug-azure", "openai", AZURE)
-    out, log = call(plugins, "azure", "echo")
+    fake_distribution(plugins, "chatplug-contoso", "openai", CONTOSO)
+    out, log = call(plugins, "contoso", "echo")
     echo_works(out)
     warnings = loading_warnings(log)
     assert len(warnings) == 1, log
-    for text in ("plugin 'openai' (chatplug_azure) from 'chatplug-azure'", "is taken by distribution 'chatplug'"):
+    for text in ("plugin 'openai' (chatplug_contoso) from 'chatplug-contoso'", "is taken by distribution 'chatplug'"):
         assert text in warnings[0], warnings[0]
-    failed(out["azure"], "config", "No backend named 'azure'", "Skipped at loading", "'chatplug-azure'")
+    failed(out["contoso"], "config", "No backend named 'contoso'", "Skipped at loading", "'chatplug-contoso'")
     rows = dict(line.split() for line in python(LIST_BACKENDS, plugins).stdout.splitlines())
-    assert rows["openai"] == "chatplug" and "azure" not in rows  # the built-in keeps its name
+    assert rows["openai"] == "chatplug" and "contoso" not in rows  # the built-in keeps its name
 
 
 def test_two_distributions_with_one_entry_point_name(plugins: Path, tmp_path_factory: pytest.TempPathFactory) -> None:

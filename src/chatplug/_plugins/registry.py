@@ -111,7 +111,9 @@ class BackendRegistry:
         import difflib  # only on this error path: it costs `import chatplug` ~2 ms
 
         by_lower = {backend.lower(): backend for backend in self.entries}
-        close = [by_lower[c] for c in difflib.get_close_matches(name.lower(), by_lower, n=3)]
+        # The same name but for its case is the one meant; else the names close to it.
+        same = [by_lower[name.lower()]] if name.lower() in by_lower else []
+        close = same or [by_lower[c] for c in difflib.get_close_matches(name.lower(), by_lower, n=3)]
         guess = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
         # Plugins that are installed but not loaded may be the one: say so, not only "not installed".
         skipped = f" Skipped at loading (one may provide it): {'; '.join(why.failed.values())}." if why.failed else ""
