@@ -831,3 +831,68 @@ def test_chatplug_backends_lists_all_twelve() -> None:
              "vllm", "lmstudio", "azure"}  # fmt: skip
     assert {row.name for row in PROVIDERS} == names
     assert names <= set(chatplug.backend_names())
+
+
+DEEPSEEK = next(row for row in PROVIDERS if row.name == "deepseek")
+
+
+@over([DEEPSEEK])
+def test_deepseeks_reasoning_goes_back_on_the_next_turn(wire: Wire) -> None:
+    """Thinking mode with tools: the assistant turn's reasoning_content goes back with it
+    (api-docs.deepseek.com/guides/thinking_mode), kept in response.message as a block."""
+    expected = thought(DEEPSEEK)
+    wire.answer(json_reply(expected.whole), sse_reply(expected.stream), json_reply(expected.whole))
+    whole = chatplug.generate_completion_with_messages_sync(asked())
+    with chatplug.stream_completion_with_messages_sync(asked()) as stream:
+        list(stream)
+    for response in (whole, stream.response):
+        assert response.success, response.error
+        assert response.message["thinking_blocks"] == [
+            {"type": "reasoning_content", "reasoning_content": response.reasoning}
+        ]
+    history = [*asked(), whole.message, {"role": "user", "content": "And at sunset?"}]
+    assert chatplug.generate_completion_with_messages_sync(history).success
+    sent = wire.bodies()[2]["messages"]
+    assert sent[1] == {"role": "assistant", "content": whole.content, "reasoning_content": expected.reasoning}
+    assert "reasoning_content" not in sent[0] and "reasoning_content" not in sent[2]
+
+
+def test_other_providers_leave_deepseeks_reasoning_out(anthropic_server: FakeServer, openai_server: FakeServer) -> None:
+    block = {"type": "reasoning_content", "reasoning_content": "Because of scattering."}
+    history = [*asked(), {"role": "assistant", "content": "Scattering.", "thinking_blocks": [block]}, *asked("More?")]
+    for backend, server in (("anthropic", anthropic_server), ("openai", openai_server)):
+        response = chatplug.generate_completion_with_messages_sync(history, backend=backend)
+        assert response.success, response.error
+        assert "Because of scattering." not in server.requests[-1].body.decode()
+
+
+PERPLEXITY = next(row for row in PROVIDERS if row.name == "perplexity")
+CITED = ["https://en.wikipedia.org/wiki/Rayleigh_scattering", "https://science.nasa.gov/sun/facts/"]
+
+
+def cited_stream() -> bytes:
+    """OpenAI's recorded stream with Perplexity's ``citations`` on each chunk, as its stream sends
+    them (derived: its API reference's streaming example carries them beside ``choices``)."""
+    events = fixture("openai/chat_stream_200.sse").decode().split("\n\n")
+    cited = []
+    for event in events:
+        if event.startswith("data: {"):
+            body = json.loads(event[len("data: ") :])
+            body["citations"] = CITED
+            event = "data: " + json.dumps(body, separators=(",", ":"))
+        cited.append(event)
+    return "\n\n".join(cited).encode()
+
+
+@over([PERPLEXITY])
+def test_perplexitys_citations_are_kept(wire: Wire, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLM_CACHE", str(tmp_path / "cache.db"))
+    wire.answer(json_reply(fixture("compatible/perplexity/chat_nonstream_200.json")), sse_reply(cited_stream()))
+    whole = chatplug.generate_completion_with_messages_sync(asked())
+    with chatplug.stream_completion_with_messages_sync(asked("Why is it red at sunset?")) as stream:
+        list(stream)
+    replayed = chatplug.generate_completion_with_messages_sync(asked())
+    for response in (whole, stream.response, replayed):
+        assert response.success, response.error
+        assert response.citations == CITED and response.to_dict()["citations"] == CITED
+    assert replayed.cached and len(wire.server.requests) == 2

@@ -1,5 +1,6 @@
-"""Per-call cost of the ``openai`` and ``anthropic`` backends against their raw SDK clients,
-outside the default test run:
+"""Per-call cost of the ``openai`` and ``anthropic`` backends against their raw SDK clients, and
+of a named OpenAI-compatible provider (``groq``, one row of ``backends/compatible.py``) against the
+``openai`` backend it runs on, outside the default test run:
 
     .venv/bin/python tests/benchmarks/bench_providers.py
 
@@ -98,6 +99,24 @@ def main() -> None:
 
         report(f"{backend} async per call", floor, compare_async({floor: raw_async, "chatplug": ours}))
         async_clients.clear()
+
+    # A named provider costs what the openai backend does: the same machinery, one row of data.
+    os.environ.update(GROQ_BASE_URL=f"{url}/v1", GROQ_API_KEY="gsk-bench")
+    model = OPENAI_REQUEST["model"]
+
+    def named(b: str) -> Callable[[], object]:
+        return lambda: check(chatplug.generate_completion_with_messages_sync(MESSAGES, model, backend=b))
+
+    sync = compare({"openai": named("openai"), "groq": named("groq")})
+    print(f"groq sync per call: openai backend {sync['openai']:.0f} us, groq {sync['groq']:.0f} us -> "
+          f"{sync['groq ratio']:.3f}x (quartiles {sync['groq q1']:.3f}-{sync['groq q3']:.3f}x)")
+
+    async def named_async(b: str) -> object:
+        return check(await chatplug.generate_completion_with_messages_async(MESSAGES, model, backend=b))
+
+    results = compare_async({"openai": lambda: named_async("openai"), "groq": lambda: named_async("groq")})
+    print(f"groq async per call: openai backend {results['openai']:.0f} us, groq {results['groq']:.0f} us -> "
+          f"{results['groq'] / results['openai']:.3f}x")
     server.communicate("")  # closing its stdin stops the server
 
 

@@ -36,6 +36,8 @@ class ChatChunk:
     #: Whole thinking blocks of the provider's, each as it sent it (see ``ChatResult``), once the
     #: block is complete (its text streams as ``reasoning`` meanwhile); the pipeline keeps them.
     thinking_blocks: tuple[Mapping[str, Any], ...] = ()
+    #: The sources the provider cites, as URLs, once it says them; the pipeline keeps the last said.
+    citations: tuple[str, ...] = ()
 
 
 def whole_chunk(result: ChatResult) -> ChatChunk:
@@ -50,4 +52,5 @@ def whole_chunk(result: ChatResult) -> ChatChunk:
         finish_reason=result.finish_reason,
         tool_calls=tuple(result.tool_calls),  # type: ignore[arg-type]  # ToolCalls are assembled as deltas are
         thinking_blocks=result.thinking_blocks,
+        citations=result.citations,
     )

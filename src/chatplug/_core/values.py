@@ -182,6 +182,8 @@ class ChatResult(_Record):
     tool_calls: tuple[ToolCallDelta | ToolCall, ...] = ()
     #: The provider's thinking blocks, in the order it sent them (read-only; ``()``: none).
     thinking_blocks: tuple[Mapping[str, Any], ...] = ()
+    #: The sources the provider cites for its answer, as URLs (Perplexity's ``citations``).
+    citations: tuple[str, ...] = ()
 
     __hash__ = _Record._hash  # type: ignore[assignment]
 
@@ -195,6 +197,7 @@ class ChatResult(_Record):
         reasoning: str = "",
         tool_calls: tuple[ToolCallDelta | ToolCall, ...] = (),
         thinking_blocks: tuple[Mapping[str, Any], ...] = (),
+        citations: tuple[str, ...] = (),
     ) -> None:
         # Written out (the same defaults as the fields, pinned by a test): every backend makes one
         # per reply, and the generated frozen __init__ sets each field through
@@ -208,6 +211,7 @@ class ChatResult(_Record):
             reasoning=reasoning,
             tool_calls=tool_calls,
             thinking_blocks=thinking_blocks,
+            citations=citations,
         )
 
 
@@ -251,6 +255,8 @@ class LLMResponse(_Record):
     #: The provider's thinking blocks (Anthropic's ``thinking`` and ``redacted_thinking``), plain
     #: dicts exactly as it sent them; ``message`` carries them, to be sent back in a tool loop.
     thinking_blocks: list[dict[str, Any]] = field(default_factory=list)
+    #: The sources the provider cites for its answer, as URLs (Perplexity's); ``[]``: none.
+    citations: list[str] = field(default_factory=list)
     exception: ChatplugError | None = field(default=None, repr=False, compare=False)
 
     @property

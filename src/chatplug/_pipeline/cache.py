@@ -124,6 +124,7 @@ def record(response: LLMResponse) -> bytes:
         "reasoning": response.reasoning,
         "tool_calls": [call.to_dict() for call in response.tool_calls],
         "thinking_blocks": response.thinking_blocks,
+        "citations": response.citations,
     }
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogatepass")
 
@@ -155,6 +156,7 @@ def result(stored: bytes) -> ChatResult | None:
             reasoning=data["reasoning"],
             tool_calls=calls,
             thinking_blocks=tuple(freeze(block) for block in data.get("thinking_blocks", ())),
+            citations=tuple(data.get("citations", ())),
         )
     except (ValueError, KeyError, TypeError, AttributeError):
         return None

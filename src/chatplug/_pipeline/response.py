@@ -57,6 +57,7 @@ def _response(result: ChatResult, request: ChatRequest, start: float) -> LLMResp
         usage_reported=prompt is not None or completion is not None,
         # Plain dicts, as the provider sent them: the caller sends them back (response.message).
         thinking_blocks=[thaw(block) for block in blocks] if blocks else [],
+        citations=list(result.citations),
     )
 
 

@@ -86,6 +86,7 @@ class _Collected:
         self.first_token: float | None = None
         self.tool_calls: list[ToolCallDelta] = []
         self.thinking_blocks: list[Mapping[str, Any]] = []
+        self.citations: tuple[str, ...] = ()
 
     def add(self, chunk: object, describe: str) -> bool:
         """Take ``chunk`` in; whether it carries text or reasoning for the caller."""
@@ -106,6 +107,8 @@ class _Collected:
             self.tool_calls.extend(chunk.tool_calls)
         if chunk.thinking_blocks:
             self.thinking_blocks.extend(chunk.thinking_blocks)
+        if chunk.citations:
+            self.citations = chunk.citations
         if not (text or reasoning):
             return False
         if self.first_token is None:
@@ -126,6 +129,7 @@ class _Collected:
             reasoning=self.reasoning.getvalue(),
             tool_calls=tuple(self.tool_calls),
             thinking_blocks=tuple(self.thinking_blocks),
+            citations=self.citations,
         )
 
     def response(

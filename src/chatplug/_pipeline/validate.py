@@ -207,7 +207,13 @@ def _calls(calls: object, where: str, names: dict[str, str]) -> tuple[dict[str, 
 
 
 #: The thinking blocks an assistant message may carry back, and the text each must hold.
-THINKING_BLOCKS: Mapping[str, tuple[str, ...]] = {"thinking": ("thinking", "signature"), "redacted_thinking": ("data",)}
+#: The thinking blocks a message may carry back, and the keys each needs: Anthropic's two, and the
+#: reasoning of an OpenAI-compatible provider that wants it back (DeepSeek's thinking mode).
+THINKING_BLOCKS: Mapping[str, tuple[str, ...]] = {
+    "thinking": ("thinking", "signature"),
+    "redacted_thinking": ("data",),
+    "reasoning_content": ("reasoning_content",),
+}
 
 
 def _thinking_blocks(blocks: object, where: str) -> tuple[dict[str, Any], ...]:
@@ -223,8 +229,9 @@ def _thinking_blocks(blocks: object, where: str) -> tuple[dict[str, Any], ...]:
         at = f"{where}.thinking_blocks[{j}]"
         if not (isinstance(block, Mapping) and _is_thinking_block(block)):
             raise InvalidInputError(
-                f"{at} must be {{'type': 'thinking', 'thinking': str, 'signature': str}} or "
-                f"{{'type': 'redacted_thinking', 'data': str}}, exactly as the provider sent it; got {shown(block)}."
+                f"{at} must be {{'type': 'thinking', 'thinking': str, 'signature': str}}, "
+                f"{{'type': 'redacted_thinking', 'data': str}} or {{'type': 'reasoning_content', "
+                f"'reasoning_content': str}}, exactly as response.message gave it; got {shown(block)}."
             )
         check_json(block, at)
         checked.append(dict(block))

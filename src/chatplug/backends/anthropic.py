@@ -318,7 +318,9 @@ def _turn(message: Message) -> tuple[str, str | list[dict[str, Any]]]:
         for call in calls or ()
     ]
     # The thinking first, each block as the provider sent it: it checks them by their signature.
-    return role, [thaw(block) for block in thinking or ()] + _blocks(content) + uses
+    # Another provider's (DeepSeek's reasoning_content) is not Anthropic's to read: left out.
+    ours = [thaw(block) for block in thinking or () if block.get("type") in THINKING]
+    return role, ours + _blocks(content) + uses
 
 
 def _blocks(content: Any) -> list[dict[str, Any]]:

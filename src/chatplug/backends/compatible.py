@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from chatplug import (
@@ -28,7 +28,7 @@ from chatplug import (
     InvalidInputError,
     hookimpl,
 )
-from chatplug.toolkit import env_secret, env_url
+from chatplug.toolkit import env_secret, env_url, freeze
 
 from ._stainless import CAPABILITIES, Connection
 from .openai import PLACEHOLDER_KEY, OpenAIBackend
@@ -68,6 +68,9 @@ class Provider:
     streams_response_format: bool = True
     #: Headers sent from environment variables when they are set: header -> variable.
     headers_from: Mapping[str, str] = field(default_factory=dict)
+    #: Whether its reasoning must go back on the assistant turns that carried it (DeepSeek's thinking
+    #: mode with tools): kept as a ``reasoning_content`` thinking block in ``response.message``.
+    returns_reasoning: bool = False
     #: The name of the output limit: ``max_tokens``, or ``max_completion_tokens`` (OpenAI's models).
     limit_name: str = "max_tokens"
 
@@ -104,7 +107,10 @@ PROVIDERS: tuple[Provider, ...] = (
         # No image input on its chat API. Its response_format takes only "text" and "json_object"
         # (api-docs.deepseek.com/guides/json_mode): a json_schema one is refused with HTTP 400
         # "This response_format type is unavailable now", so structured output is refused here.
+        # In thinking mode, an assistant turn with tool calls must carry its reasoning_content back
+        # on the next request of the same turn (api-docs.deepseek.com/guides/thinking_mode#tool-calls).
         capabilities=frozenset({"tools"}),
+        returns_reasoning=True,
     ),
     Provider(
         "mistral", "https://api.mistral.ai/v1", "mistral-small-latest",
@@ -259,6 +265,11 @@ class CompatibleBackend(OpenAIBackend):
         choice = arguments.get("tool_choice")
         if isinstance(choice, str) and choice in provider.tool_choice:
             arguments["tool_choice"] = provider.tool_choice[choice]
+        if provider.returns_reasoning:  # one wire message per chatplug message, in order
+            for message, wire in zip(request.messages, arguments["messages"], strict=True):
+                reasoning = _reasoning_content(message)
+                if reasoning:
+                    wire["reasoning_content"] = reasoning
         response_format = arguments.get("response_format")
         if response_format is not None and provider.schema_form == "json_object":
             arguments["response_format"] = {
@@ -268,10 +279,30 @@ class CompatibleBackend(OpenAIBackend):
         return arguments
 
     def result(self, response: Any) -> ChatResult:
-        return super().result(_as_openai(response, "message"))
+        result = super().result(_as_openai(response, "message"))
+        if self.provider.returns_reasoning and result.reasoning:
+            return replace(result, thinking_blocks=(_reasoning_block(result.reasoning),))
+        return result
 
     def chunk(self, event: Any) -> ChatChunk | None:
         return super().chunk(_as_openai(event, "delta"))
+
+    def reader(self) -> Callable[[Any], ChatChunk | None]:
+        """For a provider whose reasoning goes back: the stream's reasoning, whole, as one
+        ``reasoning_content`` block on its last chunk (its text streams as ``reasoning``)."""
+        if not self.provider.returns_reasoning:
+            return self.chunk
+        pieces: list[str] = []
+
+        def read(event: Any) -> ChatChunk | None:
+            chunk = self.chunk(event)
+            if chunk is not None:
+                pieces.append(chunk.reasoning)
+                if chunk.finish_reason is not None and any(pieces):
+                    chunk.thinking_blocks = (_reasoning_block("".join(pieces)),)
+            return chunk
+
+        return read
 
     def stream(self, request: ChatRequest) -> Iterator[ChatChunk]:
         self._check_stream(request)
@@ -287,6 +318,16 @@ class CompatibleBackend(OpenAIBackend):
                 f"{self.provider.name} gives no structured output (response_format=) on a streamed call: "
                 "nothing was sent. Ask for the whole reply instead."
             )
+
+
+def _reasoning_block(text: str) -> Mapping[str, str]:
+    return freeze({"type": "reasoning_content", "reasoning_content": text})  # type: ignore[no-any-return]
+
+
+def _reasoning_content(message: Mapping[str, Any]) -> str:
+    """The reasoning an assistant message carries back, from its ``reasoning_content`` blocks."""
+    blocks = message.get("thinking_blocks") or ()
+    return "".join(block["reasoning_content"] for block in blocks if block.get("type") == "reasoning_content")
 
 
 def _refuse(provider: Provider, request: ChatRequest) -> None:

@@ -112,6 +112,7 @@ class OpenAIBackend(StainlessBackend):
             tool_calls=tuple(
                 _tool_call(i, call) for i, call in enumerate(message.get("tool_calls") or ()) if _is_function(call)
             ),
+            citations=_citations(response),
         )
 
     def stream_arguments(self, request: ChatRequest) -> dict[str, Any]:
@@ -132,6 +133,7 @@ class OpenAIBackend(StainlessBackend):
             completion_tokens=usage.get("completion_tokens") if usage else None,
             finish_reason=choice.get("finish_reason") if choice is not None else None,
             tool_calls=tuple(_tool_call(i, call) for i, call in enumerate(pieces) if _is_function(call)),
+            citations=_citations(event),
         )
 
 
@@ -238,6 +240,13 @@ def _reasoning(message: Mapping[str, Any]) -> str:
         if isinstance(value, str) and value:
             return value
     return ""
+
+
+def _citations(body: Mapping[str, Any]) -> tuple[str, ...]:
+    """The URLs a compatible server cites for its answer, beside the choices (Perplexity's
+    ``citations``, on the reply and on its stream's chunks); OpenAI's API has none."""
+    citations = body.get("citations")
+    return tuple(url for url in citations if isinstance(url, str)) if isinstance(citations, list) else ()
 
 
 def _is_hosted(base_url: str | None) -> bool:
