@@ -112,10 +112,12 @@ def run(ids: list[str]) -> dict[str, str]:
     """Each test's outcome: passed, failed or skipped."""
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.xml"
-        subprocess.run(
+        proc = subprocess.run(
             [sys.executable, "-m", "pytest", "-q", "-m", "", "-p", "no:cacheprovider", f"--junitxml={report}", *ids],
-            cwd=ROOT, check=False, stdout=subprocess.DEVNULL,
+            cwd=ROOT, check=False, capture_output=True, text=True,
         )  # fmt: skip
+        if not report.exists():
+            raise SystemExit(f"conformance: pytest wrote no report:\n{proc.stdout}\n{proc.stderr}")
         outcomes = {}
         for case in ET.parse(report).iter("testcase"):
             module = case.get("classname", "").replace(".", "/")

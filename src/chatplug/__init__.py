@@ -46,7 +46,6 @@ from ._pipeline.api import (
     stream_completion_with_messages_async,
     stream_completion_with_messages_sync,
 )
-from ._plugins import plugins as _manager
 
 if TYPE_CHECKING:
     import pluggy
@@ -62,6 +61,7 @@ if TYPE_CHECKING:
     )
     from ._extras.tool_loop import ToolRun, run_tools_async, run_tools_sync
     from ._pipeline.stream import AsyncStream, Stream
+    from ._plugins.manager import Plugins
 
     hookimpl: pluggy.HookimplMarker
     __version__: str
@@ -108,6 +108,13 @@ def __getattr__(name: str) -> Any:
         globals()[name] = value  # once: later lookups find it without this function
         return value
     raise AttributeError(f"module 'chatplug' has no attribute {name!r}")
+
+
+def _manager() -> "Plugins":
+    """The plugin manager, on first use: ``import chatplug`` does not import it."""
+    from ._plugins import plugins
+
+    return plugins()
 
 
 def close() -> None:

@@ -12,8 +12,8 @@ A test deletes or renames each such attribute and shows the call still succeeds
 - its ``ollama._types.ChatRequest`` and ``Client._request`` (``backends/ollama.py``): each tool's
   JSON Schema sent whole;
 - httpx's ``Client._cookies`` (``lean_cookies``, here): a reply's cookies looked for only when it
-  sets one (measured inside sync ollama calls to the loopback fake server, the two ways
-  alternating: 118-151 us, 7.5-8.7% of a call);
+  sets one (``tests/benchmarks/bench_kept.py``, inside sync ollama calls to the loopback fake
+  server, the two ways alternating: 7.9-9.6% of a call, ~110-180 us);
 - httpx's and httpx2's ``Client._transport`` and ``_mounts`` (``deadline_client``,
   ``_http/deadline.py``): the overall deadline of sync calls;
 - ``HTTPTransport._pool`` and httpcore's ``ConnectionPool._network_backend``
@@ -30,8 +30,9 @@ A test deletes or renames each such attribute and shows the call still succeeds
   (``backends/anthropic.py``): ``create()``'s model warnings and OpenTelemetry span on chatplug's
   calls;
 - ``os.environ``'s private ``_data`` dict (``settings.env``, ``settings._texts``): the variables a
-  call reads, read without raising and catching a ``KeyError`` for each unset one (measured inside
-  sync ollama calls to the loopback fake server: 38-51 us, 2.6-3.2% of a call); else the public
+  call reads, read without raising and catching a ``KeyError`` for each unset one
+  (``tests/benchmarks/bench_kept.py``, inside sync ollama calls to the loopback fake server:
+  2.5-4.3% of a call, ~25-75 us); else the public
   mapping;
 - an event loop's ``close``, wrapped on the loop object itself (``_http/clients.py``): a loop
   closed by hand, without ``shutdown_asyncgens()``, closes chatplug's clients first; a loop that
@@ -115,8 +116,9 @@ def lean_cookies(client: C) -> C:
     """``client``, an ``httpx.Client`` or ``AsyncClient``, with its cookie jar consulted only for a
     reply that sets a cookie (a ``Set-Cookie`` or ``Set-Cookie2`` header), as httpx2 does. httpx
     0.28 hands every reply to the jar, which builds a ``urllib`` request and an ``email`` message
-    of the headers only to find no cookie: 118-151 us, 7.5-8.7% of a sync ollama call to the
-    loopback fake server (measured inside real calls, the two ways alternating). The cookies kept
+    of the headers only to find no cookie: 7.9-9.6% of a sync ollama call to the loopback fake
+    server, ~110-180 us (``tests/benchmarks/bench_kept.py``: inside real calls, the two ways
+    alternating; medians of five runs on 2 shared cores). The cookies kept
     and sent are the same. The client's cookies object (its private ``_cookies``)
     is replaced by one of chatplug's own ``httpx.Cookies`` subclass over the same jar; if it is
     missing or not an ``httpx.Cookies``, the client is left as it is (said once). httpx2's

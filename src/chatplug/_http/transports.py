@@ -273,11 +273,12 @@ def unbind(stream: Any) -> None:
     """Give ``stream._owner``, the client's response for a closed ``stream``, the stream itself
     back in place of httpx's wrapper (``BoundAsyncStream``), and forget it.
 
-    The wrapper refers back to the response: a cycle, which only the garbage collector frees (at
-    500 requests in flight through the ollama SDK, its collections took 20-75 us more CPU a
-    request, and the requests 3-16% more CPU in all). Without it, the response is freed with its
-    last reference; the wrapper has set its elapsed time by now. httpx2's wrapper keeps no
-    response, and is left in place (its response reads the elapsed time from it)."""
+    The wrapper refers back to the response: a cycle, which only the garbage collector frees (with
+    500 async ollama calls in flight to the loopback fake server, 7.6-15.3% more CPU a call,
+    ~50-180 us: ``tests/benchmarks/bench_kept.py``, medians of five runs on 2 shared cores).
+    Without it, the response is freed with its last reference; the wrapper has set its elapsed
+    time by now. httpx2's wrapper keeps no response, and is left in place (its response reads the
+    elapsed time from it)."""
     owner, stream._owner = stream._owner, None
     if owner is not None and _refers_back(owner.stream, owner):
         owner.stream = stream

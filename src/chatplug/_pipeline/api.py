@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 from .._core.values import LLMResponse
 from .arguments import CallArguments
-from .validate import checked_messages, prompt_messages
 
 if TYPE_CHECKING:
     from .stream import AsyncStream, Stream
@@ -32,8 +31,7 @@ def generate_completion_sync(
 
     return call_sync(
         CallArguments(
-            to_messages=prompt_messages,
-            payload=prompt,
+            prompt=prompt,
             model_name=model_name,
             temperature=temperature,
             max_tokens=max_tokens,
@@ -57,8 +55,7 @@ async def generate_completion_async(
 
     return await call_async(
         CallArguments(
-            to_messages=prompt_messages,
-            payload=prompt,
+            prompt=prompt,
             model_name=model_name,
             temperature=temperature,
             max_tokens=max_tokens,
@@ -83,8 +80,7 @@ def generate_completion_with_messages_sync(
 
     return call_sync(
         CallArguments(
-            to_messages=checked_messages,
-            payload=messages,
+            messages=messages,
             model_name=model_name,
             temperature=temperature,
             max_tokens=max_tokens,
@@ -108,8 +104,7 @@ async def generate_completion_with_messages_async(
 
     return await call_async(
         CallArguments(
-            to_messages=checked_messages,
-            payload=messages,
+            messages=messages,
             model_name=model_name,
             temperature=temperature,
             max_tokens=max_tokens,
@@ -135,8 +130,7 @@ def stream_completion_sync(
 
     return Stream(
         CallArguments(
-            to_messages=prompt_messages,
-            payload=prompt,
+            prompt=prompt,
             model_name=model_name,
             temperature=temperature,
             max_tokens=max_tokens,
@@ -160,8 +154,7 @@ def stream_completion_with_messages_sync(
 
     return Stream(
         CallArguments(
-            to_messages=checked_messages,
-            payload=messages,
+            messages=messages,
             model_name=model_name,
             temperature=temperature,
             max_tokens=max_tokens,
@@ -186,8 +179,7 @@ def stream_completion_async(
 
     return AsyncStream(
         CallArguments(
-            to_messages=prompt_messages,
-            payload=prompt,
+            prompt=prompt,
             model_name=model_name,
             temperature=temperature,
             max_tokens=max_tokens,
@@ -211,8 +203,7 @@ def stream_completion_with_messages_async(
 
     return AsyncStream(
         CallArguments(
-            to_messages=checked_messages,
-            payload=messages,
+            messages=messages,
             model_name=model_name,
             temperature=temperature,
             max_tokens=max_tokens,

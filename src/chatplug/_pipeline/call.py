@@ -17,7 +17,7 @@ from .arguments import CallArguments
 from .resolve import build_request, check_arguments, choose, split_features
 from .response import as_chatplug_error
 from .retry import OPT_IN, TRANSIENT, Plan, Target
-from .validate import check_options
+from .validate import check_options, checked_messages, prompt_messages
 
 if TYPE_CHECKING:
     from .._core.backend import ChatBackend
@@ -39,7 +39,7 @@ class Call:
         )
         backends = manager.backends.entries
         name, model = choose(backend, model, backends, config)
-        self.to_messages, self.payload = arguments.to_messages, arguments.payload
+        self.arguments = arguments
         self.messages: tuple[Message, ...] | None = None  # made with the first request
         targets = [Target(name, model)]
         try:
@@ -88,7 +88,13 @@ class Call:
         """The request for the plan's current target (``APITimeoutError`` past the deadline)."""
         self.plan.remaining()
         if self.messages is None:
-            self.messages = self.to_messages(self.payload)
+            given = self.arguments
+            # The messages are checked once the backend is chosen: their errors come after the
+            # arguments' own.
+            if given.from_messages:
+                self.messages = checked_messages(given.messages)
+            else:
+                self.messages = prompt_messages(given.prompt)
         target = self.plan.target
         self.request = build_request(
             chosen, target.backend, target.model, self.messages, self.temperature, self.limit, self.options,

@@ -55,9 +55,9 @@ def checked_messages(messages: object) -> tuple[Message, ...]:
             )
         content, role = message.get("content"), message.get("role")
         if len(message) == 2 and isinstance(content, str) and role in TEXT_ROLES:
-            # Plain text, checked here as ``_message`` would: 0.4 us a message, not 4 us. Measured
-            # against the loopback fake server, a 50-message conversation sent by the raw ollama
-            # SDK takes ~1.4 ms, which ``_message`` for every message would raise by ~170 us (12%).
+            # Plain text, checked here as ``_message`` would, and ~6-9 us a message sooner: with a
+            # 50-message conversation, 10.4-14.2% of a sync ollama call to the loopback fake server
+            # (``tests/benchmarks/bench_kept.py``, medians of five runs on 2 shared cores).
             text = sendable(content, f"messages[{i}] content")
             checked.append(MappingProxyType({"role": role, "content": text}))  # type: ignore[arg-type]
             continue
@@ -258,8 +258,9 @@ def check_options(options: Mapping[str, Any]) -> None:
             )
 
 
-# Cached: ``difflib`` takes ~20-30 us an option name, ~90 us for ollama's usual num_predict, top_p
-# and repeat_penalty, 5% of a sync call to the loopback fake server; a program passes the same few.
+# Cached: ``difflib`` on ollama's usual num_predict, top_p and repeat_penalty costs 8.1-10.4% of a
+# sync call to the loopback fake server, ~120-240 us (``tests/benchmarks/bench_kept.py``, medians of
+# five runs on 2 shared cores); a program passes the same few.
 @functools.lru_cache(maxsize=256)
 def _near_keyword(key: str) -> str | None:
     if key in KEYWORDS or len(key) < 5:
