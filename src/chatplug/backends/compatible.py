@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 from chatplug import (
@@ -207,9 +208,6 @@ class CompatibleBackend(OpenAIBackend):
             return f"{endpoint.rstrip('/')}/openai/v1/" if endpoint else None
         return env_url(provider.url_variable, provider.base_url) or provider.base_url
 
-    def endpoint(self, request: ChatRequest) -> str:
-        return self.base_url() or ""
-
     def connection(self) -> Connection:
         provider = self.provider
         url = self.base_url()
@@ -351,20 +349,23 @@ def _as_openai(payload: Any, key: str) -> Any:
     ``reasoning_content``; reasoning tokens counted apart from the completion's (xai's usage has
     total = prompt + completion + reasoning; LiteLLM's xai/chat/transformation.py folds them in)
     are counted in the completion's, as OpenAI counts them. Anything else is left as it is."""
-    if type(payload) is not dict:  # (type checks: this runs for every event of every stream)
+    if not isinstance(payload, dict):
         return payload
     for choice in payload.get("choices") or ():
-        part = choice.get(key) if type(choice) is dict else None
-        if type(part) is dict and type(part.get("content")) is list:
+        part = choice.get(key) if isinstance(choice, dict) else None
+        if isinstance(part, dict) and isinstance(part.get("content"), list):
             payload = {**payload, "choices": [_joined(choice, key) for choice in payload["choices"]]}
             break
     usage = payload.get("usage")
-    if type(usage) is dict:
+    if isinstance(usage, dict):
         details = usage.get("completion_tokens_details")
         reasoning = details.get("reasoning_tokens") if isinstance(details, dict) else None
         prompt, completion, total = (usage.get(name) for name in ("prompt_tokens", "completion_tokens", "total_tokens"))
         if (
-            (type(reasoning) is int and type(prompt) is int and type(completion) is int and type(total) is int)
+            isinstance(reasoning, int)
+            and isinstance(prompt, int)
+            and isinstance(completion, int)
+            and isinstance(total, int)
             and reasoning
             and total == prompt + completion + reasoning
         ):
@@ -397,11 +398,7 @@ def _env_text(variable: str) -> str | None:
     return os.environ.get(variable, "").strip() or None
 
 
-def make(provider: Provider) -> Callable[[], ChatBackend]:
-    return lambda: CompatibleBackend(provider)
-
-
 @hookimpl
 def register_backends(register: Callable[[str, Callable[[], ChatBackend]], None]) -> None:
     for provider in PROVIDERS:
-        register(provider.name, make(provider))
+        register(provider.name, partial(CompatibleBackend, provider))
