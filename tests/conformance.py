@@ -31,7 +31,7 @@ FEATURES = {
     "errors": "error kinds",
 }
 
-# What proves each cell of the first four backends: (verdict, a regex of test ids in FILES).
+# What proves each cell of the built-in backends: (verdict, a regex of test ids in FILES).
 BUILT_IN: dict[str, dict[str, tuple[str, str]]] = {
     "ollama": {
         "text": ("tested", r"test_ollama\.py::test_success_sync$"),
@@ -71,10 +71,25 @@ for name in ("openai", "anthropic"):
         "errors": ("tested", rf"test_{name}\.py::test_errors\["),
     }  # fmt: skip
 
+# gemini: the SDK parity tests send each feature's request through chatplug and the raw google-genai
+# SDK and check what chatplug made of the recorded reply; the fault matrix's HTTP status cells.
+PARITY = r"test_sdk_parity\.py::test_gemini_generate_content_and_chatplug_send_the_same_request"
+BUILT_IN["gemini"] = {
+    "text": ("tested", rf"{PARITY}\[gemini-plain-"),
+    "stream_usage": ("tested", rf"{PARITY}\[gemini-stream-(sync|async)\]"),
+    "tools": ("tested", rf"{PARITY}\[gemini-tools-"),
+    "stream_tools": ("tested", rf"{PARITY}\[gemini-stream-tools-"),
+    "structured": ("tested", rf"{PARITY}\[gemini-structured-"),
+    "images": ("tested", rf"{PARITY}\[gemini-image-"),
+    "reasoning": ("tested", rf"{PARITY}\[gemini-(stream-)?thinking"),
+    "errors": ("tested", r"test_fault_matrix\.py::test_fault\[gemini-\d"),
+}
+
 FILES = [
     "tests/test_ollama.py", "tests/test_ollama_stream.py", "tests/test_ollama_tools.py", "tests/test_openai.py",
     "tests/test_anthropic.py", "tests/test_stainless_stream.py", "tests/test_stainless_tools.py",
-    "tests/test_local.py", "tests/test_compatible.py", "tests/test_conformance.py",
+    "tests/test_local.py", "tests/test_compatible.py", "tests/test_conformance.py", "tests/test_sdk_parity.py",
+    "tests/test_fault_matrix.py",
 ]  # fmt: skip
 
 

@@ -89,6 +89,15 @@ def clean_config(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         "ANTHROPIC_API_KEY",
         "ANTHROPIC_BASE_URL",
         "ANTHROPIC_AUTH_TOKEN",
+        "GEMINI_API_KEY",
+        "GEMINI_BASE_URL",
+        "GOOGLE_API_KEY",
+        "GOOGLE_GENAI_USE_VERTEXAI",
+        "GOOGLE_GENAI_API_VERSION",
+        "GOOGLE_GENAI_HTTP_CLIENT",
+        "GOOGLE_GENAI_USE_ENTERPRISE",
+        "GOOGLE_CLOUD_PROJECT",
+        "GOOGLE_CLOUD_LOCATION",
     ):
         monkeypatch.delenv(var, raising=False)
     settings.reset()

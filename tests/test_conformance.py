@@ -25,11 +25,18 @@ def look_up(city: str) -> str:
 def capabilities() -> dict[str, frozenset[str]]:
     from chatplug.backends.anthropic import AnthropicBackend
     from chatplug.backends.compatible import PROVIDERS
+    from chatplug.backends.gemini import GeminiBackend
     from chatplug.backends.local import LocalBackend
     from chatplug.backends.ollama import OllamaBackend
     from chatplug.backends.openai import OpenAIBackend
 
-    built_in = {"ollama": OllamaBackend, "openai": OpenAIBackend, "anthropic": AnthropicBackend, "local": LocalBackend}
+    built_in = {
+        "ollama": OllamaBackend,
+        "openai": OpenAIBackend,
+        "anthropic": AnthropicBackend,
+        "gemini": GeminiBackend,
+        "local": LocalBackend,
+    }
     return {
         **{name: backend.capabilities for name, backend in built_in.items()},
         **{provider.name: provider.capabilities for provider in PROVIDERS},

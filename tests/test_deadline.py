@@ -6,7 +6,9 @@ bounds (these tests check a bound, not a speed)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import math
+import re
 import sys
 import threading
 import time
@@ -26,51 +28,141 @@ from .conftest import registered
 from .fakeserver import FakeServer, Reply, fixture
 from .providers import ANTHROPIC, OPENAI
 
-BACKENDS = ("ollama", "openai", "anthropic")
+BACKENDS = ("ollama", "openai", "anthropic", "gemini")
 MODES = ("sync", "async", "stream", "astream")
 SLACK = 0.5  # seconds a call may take past its deadline
 JSON = {"Content-Type": "application/json"}
 T = TypeVar("T")
 
+#: Google's error statuses (``google.rpc.Code`` names) by HTTP status, as Gemini sends them.
+GOOGLE_STATUS = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
+def google_error(status: int, message: str, retry_delay: str | None = None) -> bytes:
+    """An error body in Google's shape (``{"error": {"code", "message", "status", "details"}}``),
+    with a ``google.rpc.RetryInfo`` detail when ``retry_delay`` ("37s") is given, as Gemini says
+    how long to wait on a 429."""
+    error: dict[str, Any] = {"code": status, "message": message, "status": GOOGLE_STATUS.get(status, "UNKNOWN")}
+    if retry_delay is not None:
+        error["details"] = [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": retry_delay}]
+    return json.dumps({"error": error}).encode()
+
 
 @dataclass
 class Site:
-    """A backend's fake server: where its SDK posts, and the bodies it answers with."""
+    """A backend's fake server: where its SDK posts, and the bodies it answers with. Whole calls
+    and streams post to ``endpoint``, but for a backend whose streams have an endpoint of their
+    own (``stream_endpoint``: Gemini's ``:streamGenerateContent``)."""
 
     backend: str
     server: FakeServer
     endpoint: str
+    stream_endpoint: str | None = None
 
     def route(self, *replies: Reply) -> None:
+        """Answer every call, whole or streamed, with ``replies`` (in order, the last repeating)."""
         self.server.route("POST", self.endpoint, *replies)
+        if self.stream_endpoint is not None:
+            self.server.route("POST", self.stream_endpoint, *replies)
+
+    def route_stream(self, *replies: Reply) -> None:
+        """Answer streams with ``replies``: on a backend whose streams have an endpoint of their
+        own, whole calls keep what ``route`` gave them; on the others, whole calls get these too."""
+        self.server.route("POST", self.stream_endpoint or self.endpoint, *replies)
+
+    def succeed(self, **options: Any) -> None:
+        """Answer with the backend's recorded success, ``options`` as the reply's (a drip...):
+        whole calls get its JSON body and, where streams have an endpoint of their own, streams
+        get its recorded stream (one endpoint for both cannot tell them apart: JSON for all)."""
+        self.route(Reply(200, self.success, dict(JSON), **options))
+        if self.stream_endpoint is not None:
+            self.route_stream(self.stream_reply(**options))
+
+    def stream_reply(self, **options: Any) -> Reply:
+        """The backend's recorded stream as its server sends it, ``options`` as the reply's."""
+        content_type = "application/x-ndjson" if self.backend == "ollama" else "text/event-stream"
+        return Reply(200, self.stream_success, {"Content-Type": content_type}, **options)
+
+    def stream_events(self) -> list[bytes]:
+        """The recorded stream's events, each whole: NDJSON lines, or SSE events with the blank
+        line that ends each."""
+        if self.backend == "ollama":
+            return self.stream_success.splitlines(keepends=True)
+        return re.findall(rb".+?(?:\r\n\r\n|\n\n)", self.stream_success, re.DOTALL)
 
     @property
     def success(self) -> bytes:
         return fixture(SUCCESS[self.backend])
+
+    @property
+    def stream_success(self) -> bytes:
+        return fixture(STREAM_SUCCESS[self.backend])
 
     def error(self, status: int, headers: dict[str, str] | None = None) -> Reply:
         body = {
             "ollama": b'{"error":"slow down"}',
             "openai": OPENAI.error_json("rate_limit_exceeded", "slow down"),
             "anthropic": ANTHROPIC.error_json("rate_limit_error", "slow down"),
+            "gemini": google_error(status, "slow down"),
         }[self.backend]
         return Reply(status, body, {**JSON, **(headers or {})})
+
+    def rate_limited(self, seconds: int) -> Reply:
+        """A 429 asking to be retried in ``seconds``, where the provider says it: Gemini in a
+        ``RetryInfo`` detail of its body (it sends no ``Retry-After``), the others in a
+        ``retry-after`` header."""
+        if self.backend == "gemini":
+            return Reply(429, google_error(429, "slow down", f"{seconds}s"), dict(JSON))
+        return self.error(429, {"retry-after": str(seconds)})
 
 
 SUCCESS = {
     "ollama": "ollama/chat_nonstream_200.json",
     "openai": f"openai/{OPENAI.success}",
     "anthropic": f"anthropic/{ANTHROPIC.success}",
+    "gemini": "gemini/generate_200.json",
 }
+#: Each backend's recorded stream: its events (lines) are what a stream's chunks come of.
+STREAM_SUCCESS = {
+    "ollama": "ollama/chat_stream_200.ndjson",
+    "openai": "openai/chat_stream_200.sse",
+    "anthropic": "anthropic/messages_stream_200.sse",
+    "gemini": "gemini/stream_200.sse",
+}
+
+
+def gemini_endpoints() -> tuple[str, str]:
+    """Where the gemini backend posts for its default model: whole calls, and streams (the fake
+    server matches the path without the stream's ``?alt=sse``)."""
+    from chatplug.backends.gemini import GeminiBackend
+
+    model = f"/v1beta/models/{GeminiBackend.default_model}"
+    return f"{model}:generateContent", f"{model}:streamGenerateContent"
 
 
 def open_site(backend: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Site]:
     """A fake server for ``backend``, its address in the environment, ``LLM_BACKEND`` set, and the
     backend loaded (its SDK imported: a first use is not what these tests time)."""
     server = FakeServer()
+    stream_endpoint = None
     if backend == "ollama":
         monkeypatch.setenv("OLLAMA_HOST", server.url)
         endpoint = "/api/chat"
+    elif backend == "gemini":
+        monkeypatch.setenv("GEMINI_BASE_URL", server.url)
+        monkeypatch.setenv("GEMINI_API_KEY", "gemini-deadline-key")  # the backend needs one, even here
+        for variable in ("GOOGLE_API_KEY", "GOOGLE_GENAI_USE_VERTEXAI", "GOOGLE_GENAI_API_VERSION"):
+            monkeypatch.delenv(variable, raising=False)  # the SDK's own, which would win
+        endpoint, stream_endpoint = gemini_endpoints()
     else:
         provider = OPENAI if backend == "openai" else ANTHROPIC
         monkeypatch.setenv(provider.base_url_env, server.url + provider.base_url_path)
@@ -80,7 +172,7 @@ def open_site(backend: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Site]:
     manager.load()
     manager.backends.get(backend)
     try:
-        yield Site(backend, server, endpoint)
+        yield Site(backend, server, endpoint, stream_endpoint)
     finally:
         chatplug.close()
         server.close()
@@ -130,7 +222,7 @@ def timeout_of(seconds: str, monkeypatch: pytest.MonkeyPatch, retries: str | Non
 @pytest.mark.parametrize("dripped", ["body", "headers"])
 def test_a_drip_ends_at_the_deadline(site: Site, mode: str, dripped: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """One byte every 0.3 s keeps every read alive; the call still ends at its 1 s deadline."""
-    site.route(Reply(200, site.success, dict(JSON), drip=0.3, drip_headers=dripped == "headers"))
+    site.succeed(drip=0.3, drip_headers=dripped == "headers")
     timeout_of("1", monkeypatch)
     response, elapsed = call(mode)
     assert response.error_kind is ErrorKind.TIMEOUT, response.error
@@ -160,7 +252,7 @@ def test_retries_share_the_deadline(site: Site, mode: str, monkeypatch: pytest.M
 
 
 def test_a_per_call_timeout_is_the_deadline(site: Site) -> None:
-    site.route(Reply(200, site.success, dict(JSON), drip=0.2))
+    site.succeed(drip=0.2)
     response, elapsed = call("sync", timeout=0.5)
     assert response.error_kind is ErrorKind.TIMEOUT
     assert elapsed < 0.5 + SLACK
@@ -171,7 +263,8 @@ def test_a_per_call_timeout_is_the_deadline(site: Site) -> None:
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_a_retry_after_past_the_deadline_fails_at_once(site: Site, mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    site.route(site.error(429, {"retry-after": "15"}))
+    """The wait the provider asks for (Gemini's RetryInfo, the others' Retry-After) cannot fit."""
+    site.route(site.rate_limited(15))
     timeout_of("1", monkeypatch, retries="1")
     response, elapsed = call(mode)
     assert response.error_kind is ErrorKind.RATE_LIMIT, response.error
@@ -185,7 +278,9 @@ def test_a_retry_after_past_the_deadline_fails_at_once(site: Site, mode: str, mo
 def test_a_retry_after_of_forever_fails_at_once(
     site: Site, mode: str, value: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    site.route(site.error(429, {"retry-after": value}))
+    """An hour where the provider says it; a forever only a ``retry-after`` header can say (on
+    Gemini, a gateway's: the backend reads the header as well as the body's RetryInfo)."""
+    site.route(site.rate_limited(3600) if value == "3600" else site.error(429, {"retry-after": value}))
     timeout_of("1", monkeypatch, retries="1")
     response, elapsed = call(mode)
     assert response.error_kind is ErrorKind.RATE_LIMIT, response.error
@@ -196,21 +291,19 @@ def test_a_retry_after_of_forever_fails_at_once(
 # -- what the deadline leaves alone ----------------------------------------------------------
 
 
-def test_a_stream_past_its_first_chunk_is_bounded_per_read(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_stream_past_its_first_chunk_is_bounded_per_read(site: Site) -> None:
     """A sync stream's deadline bounds the wait for its first chunk; the rest is bounded per read
     by the timeout (as an async stream's is): a stream that goes on past the deadline, each piece
     in time, is read to its end."""
-    for site in open_site("ollama", monkeypatch):
-        body = fixture("ollama/chat_stream_200.ndjson")
-        # The whole body takes ~1.5 s to arrive, each byte well within the 1 s timeout.
-        site.route(Reply(200, body, {"Content-Type": "application/x-ndjson"}, drip=1.5 / len(body)))
-        response, elapsed = call("stream", timeout=1)
-        assert response.success, (response.error, elapsed)
-        assert response.content
+    # The whole body takes ~1.5 s to arrive, each byte well within the 1 s timeout.
+    site.route_stream(site.stream_reply(drip=1.5 / len(site.stream_success)))
+    response, elapsed = call("stream", timeout=1)
+    assert response.success, (response.error, elapsed)
+    assert response.content
 
 
 def test_calls_that_succeed_are_unchanged(site: Site) -> None:
-    site.route(Reply(200, site.success, dict(JSON)))
+    site.succeed()
     for mode in ("sync", "async"):  # (streams: their own tests run on the same clients)
         response, _ = call(mode, timeout=5)
         assert response.success, (mode, response.error)
@@ -307,7 +400,7 @@ def test_the_sync_deadline_is_set_only_during_an_attempt(site: Site) -> None:
     """The pipeline sets the contextvar around ``complete()`` and resets it after."""
     from chatplug._http.deadline import DEADLINE
 
-    site.route(Reply(200, site.success, dict(JSON)))
+    site.succeed()
     response, _ = call("sync", timeout=5)
     assert response.success
     assert DEADLINE.get() is None
@@ -489,21 +582,20 @@ def test_an_async_plugin_stream_keeps_one_context_across_its_chunks() -> None:
     assert texts == ["a", "b"] and seen == ["call"]
 
 
-def test_an_async_stream_past_its_first_chunk_is_bounded_per_read(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_async_stream_past_its_first_chunk_is_bounded_per_read(site: Site) -> None:
     """Past its first chunk, an async stream is bounded per read by the timeout (the deadline
-    bounds the wait for the first): a server that stops sending ends it as a timeout."""
-    for site in open_site("ollama", monkeypatch):
-        lines = fixture("ollama/chat_stream_200.ndjson").splitlines(keepends=True)
-        site.route(Reply(200, b"", {"Content-Type": "application/x-ndjson"}, pieces=lines[:2], hold=True))
+    bounds the wait for the first): a server that stops sending ends it as a timeout. The server
+    sends the recorded stream but its last event, then nothing."""
+    site.route_stream(site.stream_reply(pieces=site.stream_events()[:-1], hold=True))
 
-        async def read() -> tuple[list[str], LLMResponse]:
-            async with chatplug.stream_completion_async("hi", timeout=0.5, max_retries=0) as stream:
-                texts = [chunk.text async for chunk in stream]
-            return texts, stream.response
+    async def read() -> tuple[list[str], LLMResponse]:
+        async with chatplug.stream_completion_async("hi", timeout=0.5, max_retries=0) as stream:
+            texts = [chunk.text async for chunk in stream]
+        return texts, stream.response
 
-        texts, response = asyncio.run(read())
-        assert texts and texts[0]
-        assert response.error_kind is ErrorKind.TIMEOUT, response.error
+    texts, response = asyncio.run(read())
+    assert "".join(texts)
+    assert response.error_kind is ErrorKind.TIMEOUT, response.error
 
 
 def test_the_deadline_ends_its_block_with_the_builtin_timeout_error() -> None:

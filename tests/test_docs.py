@@ -42,6 +42,13 @@ def ollama(name: str) -> Reply:
     return Reply(200, fixture(f"ollama/{name}"), dict(OLLAMA_JSON))
 
 
+GEMINI_MODEL = "gemini-3.8-flash"  # the gemini backend's default
+
+
+def gemini(name: str) -> Reply:
+    return Reply(200, fixture(f"gemini/{name}"), {"Content-Type": "application/json; charset=UTF-8"})
+
+
 def ollama_says(content: str) -> Reply:
     body = json.loads(fixture("ollama/chat_nonstream_200.json"))
     body["message"]["content"] = content
@@ -66,6 +73,9 @@ class Scenario:
     files: dict[str, bytes] = field(default_factory=dict)
     #: Runs the real local model (fetched once): with the other ``-m slow`` tests.
     slow: bool = False
+    #: The same server's replies to Gemini's generateContent for the default model, in order;
+    #: GEMINI_BASE_URL and GEMINI_API_KEY point the gemini backend at it.
+    gemini: tuple[Reply, ...] = ()
 
 
 SCENARIOS = {
@@ -91,6 +101,11 @@ SCENARIOS = {
     "testing-stream": Scenario(prints=("Hello\nserver\n{'city': 'Oslo'}",)),
     "echo": Scenario(env={"LLM_BACKEND": "testing"}, prints=("Echo me",)),
     "plugin": Scenario(prints=("HELLO",)),
+    # A Gemini 3 tool step (a signed function call), then its answer: recorded replies.
+    "gemini-tools": Scenario(
+        gemini=(gemini("tool_200.json"), gemini("tool_result_200.json")),
+        prints=("The current weather in Florence, Italy is 40°C.\n2 71\nthought_signature\n",),
+    ),
 }
 
 
@@ -139,6 +154,9 @@ def test_the_example_runs(block: Block, tmp_path: Path) -> None:
     server.route("POST", "/api/chat", *scenario.replies)
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_") and k != "CHATPLUG_PLUGINS"}
     env |= {"OLLAMA_HOST": server.url, **scenario.env}
+    if scenario.gemini:
+        server.route("POST", f"/v1beta/models/{GEMINI_MODEL}:generateContent", *scenario.gemini)
+        env |= {"GEMINI_BASE_URL": server.url, "GEMINI_API_KEY": "gemini-docs-key"}
     for name, content in scenario.files.items():
         (tmp_path / name).write_bytes(content)
     script = tmp_path / "example.py"

@@ -17,7 +17,7 @@ import chatplug
 from chatplug import ErrorKind, LLMResponse
 
 from .fakeserver import Reply
-from .test_deadline import BACKENDS, JSON, SLACK, Site, open_site
+from .test_deadline import BACKENDS, JSON, SLACK, Site, google_error, open_site
 
 TIMEOUT = 1.0  # each call's deadline (LLM_TIMEOUT's meaning): small, so the matrix stays fast
 ERROR_LIMIT = 10_000  # characters: an error says what happened, it does not carry the body
@@ -25,8 +25,11 @@ ERROR_LIMIT = 10_000  # characters: an error says what happened, it does not car
 E = ErrorKind
 
 
-def error_body(site: Site, status: int, kind: str, message: str) -> bytes:
-    """An error body in the backend's own shape."""
+def error_body(site: Site, status: int, kind: str, message: str, retry_delay: str | None = None) -> bytes:
+    """An error body in the backend's own shape (Gemini's: Google's, with a ``RetryInfo`` detail
+    when ``retry_delay`` is given; the others say how long to wait in a header, if at all)."""
+    if site.backend == "gemini":
+        return google_error(status, message, retry_delay)
     if site.backend == "ollama":
         return json.dumps({"error": message}).encode()
     if site.backend == "openai":
@@ -34,10 +37,20 @@ def error_body(site: Site, status: int, kind: str, message: str) -> bytes:
     return json.dumps({"type": "error", "error": {"type": kind, "message": message}}).encode()
 
 
-def status(code: int, kind: str, headers: dict[str, str] | None = None) -> Callable[[Site], Reply]:
-    return lambda site: Reply(
-        code, error_body(site, code, kind, f"HTTP {code} from the fake"), {**JSON, **(headers or {})}
-    )
+def status(code: int, kind: str, retry_after: int | None = None) -> Callable[[Site], Reply]:
+    """An error reply with HTTP status ``code``; ``retry_after``: the seconds it asks to be retried
+    in, said where the provider says it (Gemini in its body's ``RetryInfo``, the others in a
+    ``retry-after`` header)."""
+
+    def reply(site: Site) -> Reply:
+        message = f"HTTP {code} from the fake"
+        if retry_after is None:
+            return Reply(code, error_body(site, code, kind, message), dict(JSON))
+        if site.backend == "gemini":
+            return Reply(code, error_body(site, code, kind, message, f"{retry_after}s"), dict(JSON))
+        return Reply(code, error_body(site, code, kind, message), {**JSON, "retry-after": str(retry_after)})
+
+    return reply
 
 
 HTML = b"<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head><body><h1>Bad Gateway</h1></body></html>"
@@ -67,7 +80,7 @@ FAULTS: dict[str, Fault] = {
     "401": Fault(status(401, "authentication_error"), E.AUTH),
     "404": Fault(status(404, "not_found_error"), E.NOT_FOUND),
     "429": Fault(status(429, "rate_limit_error"), E.RATE_LIMIT),
-    "429 retry-after": Fault(status(429, "rate_limit_error", {"retry-after": "30"}), E.RATE_LIMIT),
+    "429 retry-after": Fault(status(429, "rate_limit_error", retry_after=30), E.RATE_LIMIT),
     "500": Fault(status(500, "api_error"), E.SERVER),
     "503": Fault(status(503, "overloaded_error"), E.OVERLOADED),
     "529": Fault(status(529, "overloaded_error"), E.OVERLOADED, ("anthropic",)),
@@ -125,6 +138,7 @@ def check(site: Site, fault: str, closed_url: str, monkeypatch: pytest.MonkeyPat
         for env in ("OLLAMA_HOST", "ANTHROPIC_BASE_URL"):
             monkeypatch.setenv(env, closed_url)
         monkeypatch.setenv("OPENAI_BASE_URL", f"{closed_url}/v1")
+        monkeypatch.setenv("GEMINI_BASE_URL", closed_url)
     else:
         site.route(expected.reply(site))
     for mode, response, elapsed in both(backend):

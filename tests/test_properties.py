@@ -112,7 +112,7 @@ max_tokens_arg = st.one_of(st.none(), numbers, texts, st.booleans(), json_ish)
 
 #: Installed backends other than ``testing``: a name or prefix naming one would leave the fake
 #: (and ``local`` would load a model), so they are left out where the testing backend answers.
-REAL = ("ollama", "openai", "anthropic", "local")
+REAL = ("ollama", "openai", "anthropic", "gemini", "local")
 
 
 def _not_real(value: object) -> bool:
@@ -167,7 +167,8 @@ def check(response: object, sent: int) -> None:
 @pytest.fixture
 def no_real_backend(monkeypatch: pytest.MonkeyPatch, closed_port: int) -> None:
     """Should anything reach a real backend all the same, it goes nowhere but a closed loopback port."""
-    for var, path in (("OLLAMA_HOST", ""), ("OPENAI_BASE_URL", "/v1"), ("ANTHROPIC_BASE_URL", "")):
+    addresses = (("OLLAMA_HOST", ""), ("OPENAI_BASE_URL", "/v1"), ("ANTHROPIC_BASE_URL", ""), ("GEMINI_BASE_URL", ""))
+    for var, path in addresses:
         monkeypatch.setenv(var, f"http://127.0.0.1:{closed_port}{path}")
 
 

@@ -1,11 +1,13 @@
 """Streams as the caller holds them (issue 24), through the public functions against the loopback
 servers: a stream is its own iterator (``next()`` and ``for`` read one stream, a ``for`` after a
 ``break`` goes on), it is stopped only when closed or dropped, a stream closed unread checks its
-input all the same, and a stream that fails keeps the token counts the provider had sent."""
+input all the same, and a stream that fails keeps the token counts the provider had sent (each
+HTTP backend's recorded stream that fails midway)."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -25,6 +27,7 @@ from chatplug import (
 from .conftest import LINES, PIECES, Observed, streamed
 from .fakeserver import FakeServer, Reply, fixture
 from .providers import ANTHROPIC, OPENAI
+from .test_deadline import Site, open_site
 
 SSE = {"Content-Type": "text/event-stream; charset=utf-8"}
 
@@ -223,6 +226,24 @@ def test_an_openai_stream_failing_before_any_count_says_none_arrived(openai_serv
     for response in stream_both():
         assert not response.success and response.error_kind is ErrorKind.SERVER, response.error
         assert (response.tokens_used, response.usage_reported) == (0, False)
+
+
+@pytest.fixture
+def gemini_site(monkeypatch: pytest.MonkeyPatch) -> Iterator[Site]:
+    yield from open_site("gemini", monkeypatch)
+
+
+@pytest.mark.parametrize("name", ["error_midstream_200.sse", "error_midstream_event_200.sse"])
+def test_a_gemini_stream_failing_midway_keeps_the_counts_of_its_last_event(gemini_site: Site, name: str) -> None:
+    """The recorded streams: one event (11 prompt tokens; 14 output and 206 thinking tokens, which
+    count as output), then Google's 503 error, bare or as an event."""
+    gemini_site.route_stream(Reply(200, fixture(f"gemini/{name}"), dict(SSE), chunked=True))
+    for response in stream_both():
+        assert not response.success and response.error_kind is ErrorKind.OVERLOADED, response.error
+        assert response.content == '"Hi" in Portuguese is **"Oi"** (pronounced like'
+        assert (response.prompt_tokens, response.completion_tokens, response.tokens_used) == (11, 220, 231)
+        assert response.usage_reported is True
+        assert response.model_used == "gemini-3.1-pro-preview"  # as the event said, not as asked
 
 
 def test_an_ollama_stream_failing_midway_says_no_count_arrived(ollama: FakeServer) -> None:

@@ -44,6 +44,8 @@ Async transport
     its client (``ClientCache`` closes clients at loop shutdown). ``aiohttp_transport(http, ...)``
     is one such transport; ``use_aiohttp()`` says whether the setting asks for aiohttp (aiohttp
     is imported on first use; without it installed, the default is the SDK's own transport).
+    ``tls_context(http)``: the TLS context an ``http`` client makes for itself (``SSL_CERT_FILE``
+    ...), made once and shared (~50 ms each): ``httpx2.Client(verify=tls_context(httpx2))``.
 
 A dependency's internals
     ``private_attribute(owner, name, kind, what=...)``: an SDK's private attribute if it is there
@@ -101,7 +103,7 @@ from ._http.errors import (
     transport_error,
 )
 from ._http.secrets import redact, register_secret
-from ._http.transports import aiohttp_transport, async_transport_options, use_aiohttp
+from ._http.transports import aiohttp_transport, async_transport_options, tls_context, use_aiohttp
 
 __all__ = [
     "CONTEXT_MARKERS",
@@ -132,6 +134,7 @@ __all__ = [
     "status_error",
     "supported_options",
     "thaw",
+    "tls_context",
     "transport_error",
     "use_aiohttp",
 ]

@@ -86,13 +86,16 @@ def serve() -> None:
         "/api/chat": fixture("ollama/chat_nonstream_200.json"),
         "/v1/chat/completions": fixture("openai/chat_nonstream_200.json"),
         "/v1/messages": fixture("anthropic/messages_nonstream_200.json"),
+        # bench_gemini.py's: Gemini's reply as recorded (fixtures/gemini/INDEX.md).
+        "/v1beta/models/gemini-3.8-flash:generateContent": fixture("gemini/generate_200.json"),
     }
+    types = {path: "application/json; charset=UTF-8" if "gemini" in path else "application/json" for path in bodies}
 
     async def answer(request: web.Request) -> web.Response:
         await request.read()
         if delay:
             await asyncio.sleep(delay)
-        return web.Response(body=bodies[request.path], content_type="application/json")
+        return web.Response(body=bodies[request.path], headers={"Content-Type": types[request.path]})
 
     async def main() -> None:
         app = web.Application()

@@ -1,12 +1,26 @@
-"""Per-call cost of the ``openai`` and ``anthropic`` backends against their raw SDK clients, and
-of a named OpenAI-compatible provider (``groq``, one row of ``backends/compatible.py``) against the
-``openai`` backend it runs on, outside the default test run:
+"""Per-call cost of the ``openai``, ``anthropic`` and ``gemini`` backends against their raw SDK
+clients, and of a named OpenAI-compatible provider (``groq``, one row of ``backends/compatible.py``)
+against the ``openai`` backend it runs on, outside the default test run:
 
     .venv/bin/python tests/benchmarks/bench_providers.py
 
 Same method as ``bench_core.py``: a loopback fake server in its own process answering with the
 recorded wire bodies, a reused raw SDK client as the floor, batches alternating between the
-contenders, the median batch reported as a ratio. Async runs each batch on a fresh event loop.
+contenders. Each ratio is the median of the rounds' ratios (a batch of chatplug's against the
+floor's batch in the same round), with its quartiles: on shared cores one run's ratio moves by
+tenths, and the quartiles say how far. Async runs each batch on a fresh event loop.
+
+The gemini floor is one ``google.genai.Client`` (``api_version="v1beta"``, on the fake server),
+reused: ``client.models.generate_content`` sync, on the SDK's default httpx2 client, and
+``client.aio.models.generate_content`` async, on the SDK's default async transport, which is
+aiohttp whenever aiohttp is installed (google-genai 3.x, ``BaseApiClient._use_aiohttp``: one
+``aiohttp.ClientSession`` per event loop, made by the SDK), as it is here. chatplug's gemini
+backend runs the same SDK on chatplug's HTTP clients: sync an ``httpx2.Client`` bounded by the
+call's deadline, async an ``httpx2.AsyncClient`` on chatplug's aiohttp transport. Both send the
+same body (``contents``, ``temperature`` and ``maxOutputTokens`` as chatplug's defaults). The raw
+call is made as a user would make it, automatic function calling left on (the SDK's default; it
+sends nothing, but an async call deep-copies the config for it), which the backend turns off.
+Gemini's async throughput is measured by ``bench_gemini.py``.
 """
 
 from __future__ import annotations
@@ -14,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import os
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -22,20 +37,39 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.benchmarks.bench_core import compare, start_server
+from tests.benchmarks.bench_core import compare
+from tests.fakeserver import FakeServer, Reply, fixture
 
 MESSAGES = [{"role": "user", "content": "Why is the sky blue?"}]
 # What chatplug sends with its defaults, so both sides make the same request.
 OPENAI_REQUEST = {"model": "gpt-4o-mini", "messages": MESSAGES, "temperature": 0.7, "max_tokens": 500}
 ANTHROPIC_REQUEST = {"model": "claude-sonnet-5-5", "messages": MESSAGES, "max_tokens": 500}
+#: ``client.models.generate_content(**GEMINI_REQUEST)``: the body chatplug's gemini backend sends
+#: with its defaults (``automatic_function_calling``, which it also sets, never goes on the wire).
+GEMINI_MODEL = "gemini-3.8-flash"  # chatplug's default
+GEMINI_REQUEST: dict[str, Any] = {
+    "model": GEMINI_MODEL,
+    "contents": MESSAGES[0]["content"],
+    "config": {"temperature": 0.7, "max_output_tokens": 500},
+}
+#: The path Gemini's ``generateContent`` answers on: the model is part of it.
+GEMINI_PATH = f"/v1beta/models/{GEMINI_MODEL}:generateContent"
 
 
-def report(label: str, floor_name: str, results: dict[str, float]) -> None:
-    floor, ours = results[floor_name], results["chatplug"]
-    print(f"{label}: {floor_name} {floor:.0f} us, chatplug {ours:.0f} us -> {ours / floor:.3f}x")
+def report(label: str, floor_name: str, results: dict[str, float], ours: str = "chatplug") -> None:
+    """One line: each side's median time, and the median of the rounds' ratios with its quartiles."""
+    print(
+        f"{label}: {floor_name} {results[floor_name]:.0f} us, {ours} {results[ours]:.0f} us -> "
+        f"{results[f'{ours} ratio']:.3f}x (quartiles {results[f'{ours} q1']:.3f}-{results[f'{ours} q3']:.3f}x)"
+    )
 
 
-def compare_async(contenders: dict[str, Callable[[], Awaitable[object]]], calls: int = 200) -> dict[str, float]:
+def compare_async(
+    contenders: dict[str, Callable[[], Awaitable[object]]], calls: int = 100, rounds: int = 15
+) -> dict[str, float]:
+    """Per-call µs of each contender, and each one's ratio to the first (the floor), summarised as
+    ``bench_core.compare`` does; a batch is ``calls`` calls on a fresh event loop."""
+
     async def batch(fn: Callable[[], Awaitable[object]]) -> float:
         for _ in range(10):  # warm up on this loop: its clients and connections
             await fn()
@@ -46,25 +80,37 @@ def compare_async(contenders: dict[str, Callable[[], Awaitable[object]]], calls:
 
     results: dict[str, list[float]] = {name: [] for name in contenders}
     # Each contender goes first in every other round: the first of a round pays for the drift.
-    for round_ in range(7):
+    for round_ in range(rounds):
         items = list(contenders.items())
         for name, fn in items if round_ % 2 == 0 else reversed(items):
             results[name].append(asyncio.run(batch(fn)))
-    return {name: statistics.median(values) for name, values in results.items()}
+    floor = next(iter(results.values()))
+    summary = {name: statistics.median(values) for name, values in results.items()}
+    for name, values in results.items():
+        ratios = [ours / base for ours, base in zip(values, floor, strict=True)]
+        summary[f"{name} ratio"] = statistics.median(ratios)
+        summary[f"{name} q1"], _, summary[f"{name} q3"] = statistics.quantiles(ratios, n=4)
+    return summary
 
 
 def main() -> None:
     import anthropic
     import openai
+    from google import genai
 
     import chatplug
 
     server, url = start_server()
     os.environ.update(OPENAI_BASE_URL=f"{url}/v1", OPENAI_API_KEY="sk-bench", ANTHROPIC_BASE_URL=url,
-                      ANTHROPIC_API_KEY="sk-ant-bench")
+                      ANTHROPIC_API_KEY="sk-ant-bench", GEMINI_BASE_URL=url, GEMINI_API_KEY="gemini-bench")
     sdk_args: dict[str, Any] = {"timeout": 120, "max_retries": 2}
     raw_openai = openai.OpenAI(**sdk_args)
     raw_anthropic = anthropic.Anthropic(**sdk_args)
+    # One client for both: for its async calls the SDK makes an aiohttp session per event loop.
+    raw_gemini = genai.Client(
+        api_key="gemini-bench",
+        http_options=genai.types.HttpOptions(base_url=url, api_version="v1beta", timeout=120_000),  # ms
+    )
     async_clients: dict[asyncio.AbstractEventLoop, Any] = {}
 
     def per_loop(cls: type[Any]) -> Any:
@@ -78,49 +124,78 @@ def main() -> None:
         assert response.success, response.error
         return response
 
-    for backend, raw_sync, raw_async in (
+    for backend, model, raw_sync, raw_async in (
         (
             "openai",
+            "gpt-4o-mini",
             lambda: raw_openai.chat.completions.create(**OPENAI_REQUEST),
             lambda: per_loop(openai.AsyncOpenAI).chat.completions.create(**OPENAI_REQUEST),
         ),
         (
             "anthropic",
+            "claude-sonnet-5-5",
             lambda: raw_anthropic.messages.create(**ANTHROPIC_REQUEST),
             lambda: per_loop(anthropic.AsyncAnthropic).messages.create(**ANTHROPIC_REQUEST),
+        ),
+        (
+            "gemini",
+            GEMINI_MODEL,
+            lambda: raw_gemini.models.generate_content(**GEMINI_REQUEST),
+            lambda: raw_gemini.aio.models.generate_content(**GEMINI_REQUEST),
         ),
     ):
         floor = f"raw {backend} SDK"
         report(f"{backend} sync per call", floor, compare({
             floor: raw_sync,
-            "chatplug": lambda b=backend: check(chatplug.generate_completion_with_messages_sync(MESSAGES, backend=b)),
+            "chatplug": lambda b=backend, m=model: check(
+                chatplug.generate_completion_with_messages_sync(MESSAGES, m, backend=b)
+            ),
         }))
 
-        async def ours(b: str = backend) -> object:
-            return check(await chatplug.generate_completion_with_messages_async(MESSAGES, backend=b))
+        async def ours(b: str = backend, m: str = model) -> object:
+            return check(await chatplug.generate_completion_with_messages_async(MESSAGES, m, backend=b))
 
         report(f"{backend} async per call", floor, compare_async({floor: raw_async, "chatplug": ours}))
         async_clients.clear()
 
     # A named provider costs what the openai backend does: the same machinery, one row of data.
     os.environ.update(GROQ_BASE_URL=f"{url}/v1", GROQ_API_KEY="gsk-bench")
-    model = OPENAI_REQUEST["model"]
+    model = str(OPENAI_REQUEST["model"])
 
     def named(b: str) -> Callable[[], object]:
         return lambda: check(chatplug.generate_completion_with_messages_sync(MESSAGES, model, backend=b))
 
-    sync = compare({"openai": named("openai"), "groq": named("groq")})
-    print(f"groq sync per call: openai backend {sync['openai']:.0f} us, groq {sync['groq']:.0f} us -> "
-          f"{sync['groq ratio']:.3f}x (quartiles {sync['groq q1']:.3f}-{sync['groq q3']:.3f}x)")
+    report("groq sync per call", "openai", compare({"openai": named("openai"), "groq": named("groq")}), "groq")
 
     async def named_async(b: str) -> object:
         return check(await chatplug.generate_completion_with_messages_async(MESSAGES, model, backend=b))
 
     results = compare_async({"openai": lambda: named_async("openai"), "groq": lambda: named_async("groq")})
-    print(f"groq async per call: openai backend {results['openai']:.0f} us, groq {results['groq']:.0f} us -> "
-          f"{results['groq'] / results['openai']:.3f}x")
+    report("groq async per call", "openai", results, "groq")
     server.communicate("")  # closing its stdin stops the server
 
 
+def start_server() -> tuple[subprocess.Popen[str], str]:
+    """The fake server in its own process (as ``bench_core.start_server``), answering every
+    provider measured here. Close its stdin to stop it."""
+    server = subprocess.Popen(
+        [sys.executable, __file__, "--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert server.stdout is not None
+    return server, server.stdout.readline().strip()
+
+
+def serve() -> None:
+    server = FakeServer()
+    plain_json = {"Content-Type": "application/json"}
+    server.route("POST", "/v1/chat/completions", Reply(200, fixture("openai/chat_nonstream_200.json"), plain_json))
+    server.route("POST", "/v1/messages", Reply(200, fixture("anthropic/messages_nonstream_200.json"), plain_json))
+    google_json = {"Content-Type": "application/json; charset=UTF-8"}  # as recorded (fixtures/gemini/INDEX.md)
+    server.route("POST", GEMINI_PATH, Reply(200, fixture("gemini/generate_200.json"), google_json))
+    print(server.url, flush=True)
+    sys.stdin.read()
+    server.close()
+
+
 if __name__ == "__main__":
-    main()
+    serve() if sys.argv[1:] == ["--serve"] else main()

@@ -40,6 +40,8 @@ class ChatChunk:
     thinking_blocks: tuple[Mapping[str, Any], ...] = ()
     #: The sources the provider cites, as URLs, once it says them; the pipeline keeps the last said.
     citations: tuple[str, ...] = ()
+    #: The tokens spent thinking so far, when the provider counts them apart; the pipeline keeps the last said.
+    reasoning_tokens: int | None = None
 
 
 def whole_chunk(result: ChatResult) -> ChatChunk:
@@ -55,4 +57,5 @@ def whole_chunk(result: ChatResult) -> ChatChunk:
         tool_calls=tuple(result.tool_calls),  # type: ignore[arg-type]  # ToolCalls are assembled as deltas are
         thinking_blocks=result.thinking_blocks,
         citations=result.citations,
+        reasoning_tokens=result.reasoning_tokens,
     )

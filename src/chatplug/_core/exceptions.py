@@ -59,6 +59,7 @@ class ChatplugError(Exception):
     """Root of every chatplug error. ``str(e)`` is the message shown in ``LLMResponse.error``."""
 
     kind: ErrorKind = ErrorKind.PLUGIN
+    finish_reason: str | None = None
 
     def __init__(
         self,
@@ -67,12 +68,16 @@ class ChatplugError(Exception):
         backend: str | None = None,
         status_code: int | None = None,
         retry_after: float | None = None,
+        finish_reason: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.backend = backend
         self.status_code = status_code
         self.retry_after = retry_after
+        #: Why the provider stopped, when it answered with a refusal rather than a reply (a prompt
+        #: blocked for safety: ``"content_filter"``): the failed response's ``finish_reason``.
+        self.finish_reason = finish_reason
 
     def __str__(self) -> str:
         backend = self.backend

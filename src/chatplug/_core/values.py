@@ -186,6 +186,9 @@ class ChatResult(_Record):
     thinking_blocks: tuple[Mapping[str, Any], ...] = ()
     #: The sources the provider cites for its answer, as URLs (Perplexity's ``citations``).
     citations: tuple[str, ...] = ()
+    #: The tokens the model spent thinking, when the provider counts them apart (``None``: it did
+    #: not say). Report them in ``completion_tokens`` too when the provider bills them as output.
+    reasoning_tokens: int | None = None
 
     __hash__ = _Record._hash  # type: ignore[assignment]
 
@@ -200,6 +203,7 @@ class ChatResult(_Record):
         tool_calls: tuple[ToolCallDelta | ToolCall, ...] = (),
         thinking_blocks: tuple[Mapping[str, Any], ...] = (),
         citations: tuple[str, ...] = (),
+        reasoning_tokens: int | None = None,
     ) -> None:
         # Written out (the same defaults as the fields, pinned by a test): every backend makes one
         # per reply, and the generated frozen __init__ sets each field through
@@ -214,6 +218,7 @@ class ChatResult(_Record):
             tool_calls=tool_calls,
             thinking_blocks=thinking_blocks,
             citations=citations,
+            reasoning_tokens=reasoning_tokens,
         )
 
 
@@ -259,6 +264,9 @@ class LLMResponse(_Record):
     thinking_blocks: list[dict[str, Any]] = field(default_factory=list)
     #: The sources the provider cites for its answer, as URLs (Perplexity's); ``[]``: none.
     citations: list[str] = field(default_factory=list)
+    #: Of ``completion_tokens``, those the model spent thinking, when the provider counts them
+    #: apart (Gemini's ``thoughtsTokenCount``); 0 when it does not.
+    reasoning_tokens: int = 0
     exception: ChatplugError | None = field(default=None, repr=False, compare=False)
 
     @property

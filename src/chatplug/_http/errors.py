@@ -43,6 +43,7 @@ CONTEXT_MARKERS = (
     "maximum context",
     "prompt is too long",
     "too many tokens",
+    "exceeds the maximum number of tokens",  # Gemini: "The input token count (N) exceeds the maximum ..."
 )
 
 #: How much of an error body goes into a message: a 50 MB HTML page is not an error message.

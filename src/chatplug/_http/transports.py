@@ -332,6 +332,13 @@ def _proxy_auth(proxy: Any) -> bytes | None:
 _SSL_CONTEXTS: dict[tuple[Any, ...], ssl.SSLContext] = {}
 
 
+def tls_context(http: ModuleType | None = None) -> ssl.SSLContext:
+    """The TLS context ``http``'s own client would make (``httpx`` by default, or ``httpx2``): the
+    system's certificates, or ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``. Made once per configuration
+    and shared: each takes ~50 ms to load the certificates."""
+    return _ssl_context(http or importlib.import_module("httpx"), True, None, True)
+
+
 def _ssl_context(http: ModuleType, verify: ssl.SSLContext | str | bool, cert: Any, trust_env: bool) -> ssl.SSLContext:
     """``http.create_ssl_context(verify, cert, trust_env)``, made once per configuration (the
     certificate variables it reads from the environment included)."""

@@ -125,6 +125,7 @@ def record(response: LLMResponse) -> bytes:
         "tool_calls": [call.to_dict() for call in response.tool_calls],
         "thinking_blocks": response.thinking_blocks,
         "citations": response.citations,
+        "reasoning_tokens": response.reasoning_tokens,
     }
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogatepass")
 
@@ -157,6 +158,7 @@ def result(stored: bytes) -> ChatResult | None:
             tool_calls=calls,
             thinking_blocks=tuple(freeze(block) for block in data.get("thinking_blocks", ())),
             citations=tuple(data.get("citations", ())),
+            reasoning_tokens=data.get("reasoning_tokens"),
         )
     except (ValueError, KeyError, TypeError, AttributeError):
         return None

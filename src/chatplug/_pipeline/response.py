@@ -58,6 +58,7 @@ def _response(result: ChatResult, request: ChatRequest, start: float) -> LLMResp
         # Plain dicts, as the provider sent them: the caller sends them back (response.message).
         thinking_blocks=[thaw(block) for block in blocks] if blocks else [],
         citations=list(result.citations),
+        reasoning_tokens=result.reasoning_tokens or 0,
     )
 
 
@@ -84,7 +85,7 @@ def _with_output(result: ChatResult, request: ChatRequest, start: float, describ
             error = exc
     bad = failed(error, request, start)
     bad.content, bad.reasoning, bad.tool_calls = response.content, response.reasoning, response.tool_calls
-    bad.thinking_blocks = response.thinking_blocks
+    bad.thinking_blocks, bad.reasoning_tokens = response.thinking_blocks, response.reasoning_tokens
     bad.prompt_tokens, bad.completion_tokens, bad.tokens_used, bad.usage_reported = (
         response.prompt_tokens,
         response.completion_tokens,
@@ -101,7 +102,7 @@ def malformed(result: object) -> str | None:
         return f"{type(result).__name__}, not a chatplug.ChatResult."
     if not isinstance(result.content, str):
         return f"a ChatResult whose content is {type(result.content).__name__}, not str."
-    for name in ("prompt_tokens", "completion_tokens"):
+    for name in ("prompt_tokens", "completion_tokens", "reasoning_tokens"):
         value = getattr(result, name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
             return f"a ChatResult whose {name} is {value!r}, not a whole number >= 0 or None."
@@ -137,6 +138,7 @@ def failed(exc: ChatplugError, request: ChatRequest | None, start: float, model_
         backend=request.backend if request else exc.backend,
         error_kind=exc.kind,
         retry_after=exc.retry_after,
+        finish_reason=exc.finish_reason,
         usage_reported=False,  # no count arrived; a failed stream sets those that did
         exception=exc,
     )

@@ -82,6 +82,7 @@ class _Collected:
         self.model: str | None = None
         self.prompt_tokens: int | None = None
         self.completion_tokens: int | None = None
+        self.reasoning_tokens: int | None = None
         self.finish_reason: str | None = None
         self.first_token: float | None = None
         self.tool_calls: list[ToolCallDelta] = []
@@ -101,6 +102,8 @@ class _Collected:
             self.prompt_tokens = chunk.prompt_tokens
         if chunk.completion_tokens is not None:
             self.completion_tokens = chunk.completion_tokens
+        if chunk.reasoning_tokens is not None:
+            self.reasoning_tokens = chunk.reasoning_tokens
         if chunk.finish_reason is not None:
             self.finish_reason = chunk.finish_reason
         if chunk.tool_calls:
@@ -130,6 +133,7 @@ class _Collected:
             tool_calls=tuple(self.tool_calls),
             thinking_blocks=tuple(self.thinking_blocks),
             citations=self.citations,
+            reasoning_tokens=self.reasoning_tokens,
         )
 
     def response(
@@ -150,6 +154,7 @@ class _Collected:
             response.usage_reported = prompt is not None or completion is not None
             response.prompt_tokens, response.completion_tokens = prompt or 0, completion or 0
             response.tokens_used = response.prompt_tokens + response.completion_tokens
+            response.reasoning_tokens = self.reasoning_tokens or 0
         response.time_to_first_token = self.first_token
         return response
 

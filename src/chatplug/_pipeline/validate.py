@@ -206,13 +206,14 @@ def _calls(calls: object, where: str, names: dict[str, str]) -> tuple[dict[str, 
     return tuple(checked)
 
 
-#: The thinking blocks an assistant message may carry back, and the text each must hold.
-#: The thinking blocks a message may carry back, and the keys each needs: Anthropic's two, and the
-#: reasoning of an OpenAI-compatible provider that wants it back (DeepSeek's thinking mode).
+#: The thinking blocks a message may carry back, and the keys each needs: Anthropic's two, the
+#: reasoning of an OpenAI-compatible provider that wants it back (DeepSeek's thinking mode), and
+#: Gemini's thought signatures (``tool_call_id`` names the call a signature is on).
 THINKING_BLOCKS: Mapping[str, tuple[str, ...]] = {
     "thinking": ("thinking", "signature"),
     "redacted_thinking": ("data",),
     "reasoning_content": ("reasoning_content",),
+    "thought_signature": ("signature",),
 }
 
 
@@ -230,8 +231,9 @@ def _thinking_blocks(blocks: object, where: str) -> tuple[dict[str, Any], ...]:
         if not (isinstance(block, Mapping) and _is_thinking_block(block)):
             raise InvalidInputError(
                 f"{at} must be {{'type': 'thinking', 'thinking': str, 'signature': str}}, "
-                f"{{'type': 'redacted_thinking', 'data': str}} or {{'type': 'reasoning_content', "
-                f"'reasoning_content': str}}, exactly as response.message gave it; got {shown(block)}."
+                f"{{'type': 'redacted_thinking', 'data': str}}, {{'type': 'reasoning_content', "
+                f"'reasoning_content': str}} or {{'type': 'thought_signature', 'signature': str}}, "
+                f"exactly as response.message gave it; got {shown(block)}."
             )
         check_json(block, at)
         checked.append(dict(block))
