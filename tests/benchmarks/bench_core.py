@@ -353,6 +353,10 @@ def serve() -> None:
     plain_json = {"Content-Type": "application/json"}
     server.route("POST", "/v1/chat/completions", Reply(200, fixture("openai/chat_nonstream_200.json"), plain_json))
     server.route("POST", "/v1/messages", Reply(200, fixture("anthropic/messages_nonstream_200.json"), plain_json))
+    # bench_providers.py's gemini row: the default model's path, the reply as recorded (fixtures/gemini/INDEX.md).
+    google_json = {"Content-Type": "application/json; charset=UTF-8"}
+    gemini = "/v1beta/models/gemini-3.8-flash:generateContent"
+    server.route("POST", gemini, Reply(200, fixture("gemini/generate_200.json"), google_json))
     print(server.url, flush=True)
     sys.stdin.read()
     server.close()

@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import os
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -37,8 +36,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.benchmarks.bench_core import compare
-from tests.fakeserver import FakeServer, Reply, fixture
+from tests.benchmarks.bench_core import compare, start_server
 
 MESSAGES = [{"role": "user", "content": "Why is the sky blue?"}]
 # What chatplug sends with its defaults, so both sides make the same request.
@@ -175,27 +173,5 @@ def main() -> None:
     server.communicate("")  # closing its stdin stops the server
 
 
-def start_server() -> tuple[subprocess.Popen[str], str]:
-    """The fake server in its own process (as ``bench_core.start_server``), answering every
-    provider measured here. Close its stdin to stop it."""
-    server = subprocess.Popen(
-        [sys.executable, __file__, "--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    assert server.stdout is not None
-    return server, server.stdout.readline().strip()
-
-
-def serve() -> None:
-    server = FakeServer()
-    plain_json = {"Content-Type": "application/json"}
-    server.route("POST", "/v1/chat/completions", Reply(200, fixture("openai/chat_nonstream_200.json"), plain_json))
-    server.route("POST", "/v1/messages", Reply(200, fixture("anthropic/messages_nonstream_200.json"), plain_json))
-    google_json = {"Content-Type": "application/json; charset=UTF-8"}  # as recorded (fixtures/gemini/INDEX.md)
-    server.route("POST", GEMINI_PATH, Reply(200, fixture("gemini/generate_200.json"), google_json))
-    print(server.url, flush=True)
-    sys.stdin.read()
-    server.close()
-
-
 if __name__ == "__main__":
-    serve() if sys.argv[1:] == ["--serve"] else main()
+    main()
